@@ -1,0 +1,278 @@
+//! Layered configuration: built-in defaults < `quarry.toml` < `QUARRY_*` environment
+//! variables (`__` separates sections: `QUARRY_GATEWAY__MAX_K=100`) < command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::error::KitError;
+use crate::telemetry::LogFormat;
+
+/// The whole configuration of a Quarry process; each role reads its own section.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct QuarryConfig {
+    /// Cluster name; members of one cluster find each other under it.
+    pub cluster: String,
+    /// Where retrievers keep their shards.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub server: ServerConfig,
+    pub gateway: GatewayConfig,
+    pub analyzer: AnalyzerConfig,
+    pub retriever: RetrieverConfig,
+    pub generator: GeneratorConfig,
+    pub evaluator: EvaluatorConfig,
+}
+
+impl Default for QuarryConfig {
+    fn default() -> Self {
+        Self {
+            cluster: "quarry".to_string(),
+            data_dir: PathBuf::from("./quarry-data"),
+            log_format: LogFormat::Human,
+            server: ServerConfig::default(),
+            gateway: GatewayConfig::default(),
+            analyzer: AnalyzerConfig::default(),
+            retriever: RetrieverConfig::default(),
+            generator: GeneratorConfig::default(),
+            evaluator: EvaluatorConfig::default(),
+        }
+    }
+}
+
+/// Settings every gRPC server applies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Largest gRPC message a server accepts or sends, in bytes.
+    pub max_message_bytes: usize,
+    /// Upper bound on any call's duration when the client sets no shorter deadline.
+    pub request_timeout_ms: u64,
+    /// In-flight calls per connection before further calls wait.
+    pub concurrency_limit_per_connection: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 * 1024 * 1024,
+            request_timeout_ms: 60_000,
+            concurrency_limit_per_connection: 256,
+        }
+    }
+}
+
+/// The gateway: request limits, context building and the confidence threshold.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Hits returned by `Search` when the request's k is 0.
+    pub default_search_k: u32,
+    /// Passages an `Ask` answers from when the request's k is 0.
+    pub default_ask_k: u32,
+    /// Largest k a request may ask for.
+    pub max_k: u32,
+    /// Longest query or question, in bytes.
+    pub max_query_bytes: usize,
+    /// Longest document id, in bytes.
+    pub max_id_bytes: usize,
+    /// Longest document text, in bytes.
+    pub max_document_bytes: usize,
+    /// Characters of numbered passages handed to the generator; the last one is truncated.
+    pub max_context_chars: usize,
+    /// Answers below this confidence carry a low-confidence notice.
+    pub confidence_threshold: f32,
+    /// Deadline of one shard call.
+    pub shard_timeout_ms: u64,
+    /// Documents buffered per shard while ingesting, before they are sent on.
+    pub ingest_batch: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            default_search_k: 10,
+            default_ask_k: 5,
+            max_k: 1000,
+            max_query_bytes: 4096,
+            max_id_bytes: 512,
+            max_document_bytes: 1024 * 1024,
+            max_context_chars: 6000,
+            confidence_threshold: 0.6,
+            shard_timeout_ms: 10_000,
+            ingest_batch: 256,
+        }
+    }
+}
+
+/// Which text encoder the analyzer's `Embed` uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderKind {
+    /// No encoder: `Embed` answers FAILED_PRECONDITION and search is keyword-only.
+    #[default]
+    None,
+    /// Feature hashing of terms; for tests only, never chosen unless configured.
+    Hash,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct AnalyzerConfig {
+    pub encoder: EncoderKind,
+}
+
+/// One retriever shard replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RetrieverConfig {
+    pub shard: u32,
+    pub replica: u32,
+    /// Memory tantivy's writer may use, in bytes.
+    pub writer_memory_bytes: usize,
+}
+
+impl Default for RetrieverConfig {
+    fn default() -> Self {
+        Self {
+            shard: 0,
+            replica: 0,
+            writer_memory_bytes: 50_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct GeneratorConfig {
+    /// `extractive` (the default, needs no model).
+    pub backend: String,
+    /// Answer length budget when the request sets none.
+    pub max_answer_chars: u32,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            backend: "extractive".to_string(),
+            max_answer_chars: 700,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EvaluatorConfig {
+    /// `heuristic` (the default).
+    pub backend: String,
+}
+
+impl Default for EvaluatorConfig {
+    fn default() -> Self {
+        Self {
+            backend: "heuristic".to_string(),
+        }
+    }
+}
+
+impl QuarryConfig {
+    /// Loads the layers in order. `config_file` defaults to `./quarry.toml` when present;
+    /// `flag_overrides` is a JSON object of only the flags the user gave, shaped like the file.
+    pub fn load(
+        config_file: Option<&Path>,
+        flag_overrides: serde_json::Value,
+    ) -> Result<Self, KitError> {
+        let mut figment = Figment::from(Serialized::defaults(QuarryConfig::default()));
+        match config_file {
+            Some(path) if !path.exists() => {
+                return Err(KitError::Config(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            Some(path) => figment = figment.merge(Toml::file(path)),
+            None => figment = figment.merge(Toml::file("quarry.toml")),
+        }
+        figment = figment
+            .merge(Env::prefixed("QUARRY_").split("__"))
+            .merge(Serialized::defaults(flag_overrides));
+        let config: QuarryConfig = figment
+            .extract()
+            .map_err(|error| KitError::Config(error.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), KitError> {
+        let threshold = self.gateway.confidence_threshold;
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(KitError::Config(format!(
+                "gateway.confidence_threshold must be within 0..=1, got {threshold}"
+            )));
+        }
+        if self.gateway.max_k == 0 || self.gateway.max_k > 10_000 {
+            return Err(KitError::Config(
+                "gateway.max_k must be within 1..=10000".to_string(),
+            ));
+        }
+        if self.generator.backend != "extractive" {
+            return Err(KitError::Config(format!(
+                "generator.backend {:?} is unknown (known: extractive)",
+                self.generator.backend
+            )));
+        }
+        if self.evaluator.backend != "heuristic" {
+            return Err(KitError::Config(format!(
+                "evaluator.backend {:?} is unknown (known: heuristic)",
+                self.evaluator.backend
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order_file_env_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "quarry.toml",
+                "cluster = \"from-file\"\n[gateway]\nmax_k = 50\ndefault_ask_k = 7\n",
+            )?;
+            jail.set_env("QUARRY_GATEWAY__MAX_K", "60");
+            jail.set_env("QUARRY_LOG_FORMAT", "json");
+            let flags = serde_json::json!({ "gateway": { "default_ask_k": 3 } });
+            let config = QuarryConfig::load(None, flags).map_err(|e| e.to_string())?;
+            assert_eq!(config.cluster, "from-file");
+            assert_eq!(config.gateway.max_k, 60, "env beats file");
+            assert_eq!(config.gateway.default_ask_k, 3, "flags beat file");
+            assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.gateway.max_context_chars, 6000, "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUARRY_GATEWAY__CONFIDENCE_THRESHOLD", "1.5");
+            let error = QuarryConfig::load(None, serde_json::json!({})).unwrap_err();
+            assert!(error.to_string().contains("confidence_threshold"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_missing_file_is_an_error() {
+        let error =
+            QuarryConfig::load(Some(Path::new("/nonexistent/quarry.toml")), serde_json::json!({}))
+                .unwrap_err();
+        assert!(error.to_string().contains("does not exist"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Server bootstrap shared by every role: binds the listener, adds `grpc.health.v1.Health`
+//! and server reflection (v1) beside the role's own services, applies the server-wide limits,
+//! and on shutdown reports NOT_SERVING, finishes in-flight calls, then returns.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic_health::ServingStatus;
+use tracing::info;
+
+use crate::config::ServerConfig;
+use crate::error::KitError;
+
+/// Binds a TCP listener; port 0 picks a free port (see `local_addr`).
+pub async fn bind(address: &str) -> Result<TcpListener, KitError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| KitError::Bind {
+            address: address.to_string(),
+            source,
+        })
+}
+
+/// What one role's server runs: its routes and the names its health reports.
+pub struct RoleServer {
+    /// Role name, for logs.
+    pub role: &'static str,
+    pub routes: Routes,
+    /// Fully qualified gRPC service names served, e.g. `quarry.v1.Quarry`.
+    pub service_names: Vec<&'static str>,
+}
+
+/// Serves the role on `listener` until `shutdown` is cancelled, then drains in-flight calls.
+pub async fn serve(
+    listener: TcpListener,
+    role_server: RoleServer,
+    config: &ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), KitError> {
+    let local_address = listener
+        .local_addr()
+        .map_err(|error| KitError::Serve(error.to_string()))?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in &role_server.service_names {
+        health_reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    health_reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(quarry_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| KitError::Serve(error.to_string()))?;
+    let routes = role_server
+        .routes
+        .add_service(health_service)
+        .add_service(reflection);
+
+    let role = role_server.role;
+    let service_names = role_server.service_names;
+    let drain = async move {
+        shutdown.cancelled().await;
+        for name in &service_names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        health_reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        info!(role, "draining in-flight calls");
+    };
+    info!(role, address = %local_address, "serving");
+    Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .await
+        .map_err(|error| KitError::Serve(error.to_string()))?;
+    info!(role, "stopped");
+    Ok(())
+}
+
+/// `http://` address of a bound listener, as other members dial it.
+pub fn dial_address(address: SocketAddr) -> String {
+    format!("http://{address}")
+}
+
+/// A channel to another member that connects on first use and reconnects after failures.
+pub fn lazy_channel(address: &str) -> Result<Channel, KitError> {
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|error| KitError::Config(format!("bad address {address:?}: {error}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}

@@ -1,0 +1,39 @@
+//! Errors of a retriever shard, each mapped to one gRPC code.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetrieverError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("index error: {0}")]
+    Index(#[from] tantivy::TantivyError),
+    #[error("cannot open index directory {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RetrieverError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<RetrieverError> for Status {
+    fn from(error: RetrieverError) -> Self {
+        let code = match &error {
+            RetrieverError::InvalidArgument { .. } => Code::InvalidArgument,
+            RetrieverError::FailedPrecondition(_) => Code::FailedPrecondition,
+            RetrieverError::Index(_) | RetrieverError::Open { .. } | RetrieverError::Internal(_) => {
+                Code::Internal
+            }
+        };
+        Status::new(code, error.to_string())
+    }
+}

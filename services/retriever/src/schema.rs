@@ -1,0 +1,43 @@
+//! The tantivy schema of a shard: the id (exact, for upsert and delete), stored title and
+//! text, and one `body` field (title + " " + text, English-stemmed) that BM25 scores, as in
+//! the standard BEIR setup.
+
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, STORED, STRING,
+};
+
+/// Tokenizer of the `body` field: simple split, lowercase, English stemmer.
+pub const BODY_TOKENIZER: &str = "en_stem";
+
+/// Handles to the fields of a shard's schema.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardFields {
+    pub id: Field,
+    pub title: Field,
+    pub text: Field,
+    pub metadata: Field,
+    pub body: Field,
+}
+
+pub fn build_schema() -> (Schema, ShardFields) {
+    let mut builder = Schema::builder();
+    let id = builder.add_text_field("id", STRING | STORED);
+    let title = builder.add_text_field("title", STORED);
+    let text = builder.add_text_field("text", STORED);
+    let metadata = builder.add_text_field("metadata", STORED);
+    let body_indexing = TextFieldIndexing::default()
+        .set_tokenizer(BODY_TOKENIZER)
+        .set_index_option(IndexRecordOption::WithFreqs);
+    let body = builder.add_text_field(
+        "body",
+        TextOptions::default().set_indexing_options(body_indexing),
+    );
+    let fields = ShardFields {
+        id,
+        title,
+        text,
+        metadata,
+        body,
+    };
+    (builder.build(), fields)
+}

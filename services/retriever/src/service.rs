@@ -1,0 +1,207 @@
+//! The tonic `quarry.v1.Retriever` service: decodes requests, runs the shard's blocking
+//! index work on tokio's blocking pool, and maps errors to gRPC codes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use quarry_proto::v1::retriever_server::Retriever;
+use quarry_proto::v1::{
+    Candidate, CollectStatsRequest, CorpusStats, Document, FetchRequest, FetchResponse,
+    IndexRequest, IndexResponse, ShardDeleteRequest, ShardDeleteResponse, ShardInfoRequest,
+    ShardInfoResponse, ShardSearchRequest, ShardSearchResponse, TermStats,
+};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
+
+use crate::error::RetrieverError;
+use crate::shard::{Shard, ShardCandidate, StoredDocument};
+use crate::statistics::CorpusStatistics;
+
+/// Documents committed together while an `Index` stream is read.
+const INDEX_COMMIT_BATCH: usize = 1000;
+/// Most candidates of either kind one shard returns.
+const MAX_SHARD_K: u32 = 10_000;
+
+/// Serves one shard replica.
+#[derive(Clone)]
+pub struct RetrieverService {
+    shard: Arc<Shard>,
+}
+
+impl RetrieverService {
+    pub fn new(shard: Arc<Shard>) -> Self {
+        Self { shard }
+    }
+
+    async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shard) -> Result<T, RetrieverError> + Send + 'static,
+    {
+        let shard = Arc::clone(&self.shard);
+        tokio::task::spawn_blocking(move || work(&shard))
+            .await
+            .map_err(|error| Status::internal(format!("shard task failed: {error}")))?
+            .map_err(Status::from)
+    }
+}
+
+#[tonic::async_trait]
+impl Retriever for RetrieverService {
+    async fn collect_stats(
+        &self,
+        request: Request<CollectStatsRequest>,
+    ) -> Result<Response<CorpusStats>, Status> {
+        let query = request.into_inner().query;
+        let statistics = self
+            .blocking(move |shard| shard.collect_statistics(&query))
+            .await?;
+        Ok(Response::new(statistics_to_proto(&statistics)))
+    }
+
+    async fn search(
+        &self,
+        request: Request<ShardSearchRequest>,
+    ) -> Result<Response<ShardSearchResponse>, Status> {
+        let request = request.into_inner();
+        if request.keyword_k > MAX_SHARD_K {
+            return Err(RetrieverError::invalid("keyword_k", format!("must be at most {MAX_SHARD_K}")).into());
+        }
+        if request.vector_k > 0 {
+            return Err(RetrieverError::FailedPrecondition(
+                "vector_k: this shard has no vector index".to_string(),
+            )
+            .into());
+        }
+        let global = request.global_stats.as_ref().map(statistics_from_proto);
+        let query = request.query;
+        let keyword_k = request.keyword_k as usize;
+        let candidates = self
+            .blocking(move |shard| shard.search_keyword(&query, keyword_k, global.as_ref()))
+            .await?;
+        debug!(shard = self.shard.shard(), hits = candidates.len(), "shard searched");
+        Ok(Response::new(ShardSearchResponse {
+            shard: self.shard.shard(),
+            keyword: candidates.into_iter().map(candidate_to_proto).collect(),
+            vector: Vec::new(),
+        }))
+    }
+
+    async fn index(
+        &self,
+        request: Request<Streaming<IndexRequest>>,
+    ) -> Result<Response<IndexResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut batch = Vec::with_capacity(INDEX_COMMIT_BATCH);
+        let mut indexed = 0;
+        while let Some(message) = stream.next().await {
+            let document = message?
+                .document
+                .ok_or_else(|| Status::invalid_argument("document: missing"))?;
+            batch.push(stored_from_proto(document));
+            if batch.len() == INDEX_COMMIT_BATCH {
+                let full = std::mem::take(&mut batch);
+                indexed += self.blocking(move |shard| shard.upsert(&full)).await?;
+            }
+        }
+        if !batch.is_empty() {
+            indexed += self.blocking(move |shard| shard.upsert(&batch)).await?;
+        }
+        Ok(Response::new(IndexResponse { indexed }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<ShardDeleteRequest>,
+    ) -> Result<Response<ShardDeleteResponse>, Status> {
+        let ids = request.into_inner().ids;
+        let deleted = self.blocking(move |shard| shard.delete(&ids)).await?;
+        Ok(Response::new(ShardDeleteResponse { deleted }))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let ids = request.into_inner().ids;
+        let documents = self.blocking(move |shard| shard.fetch(&ids)).await?;
+        Ok(Response::new(FetchResponse {
+            documents: documents.into_iter().map(stored_to_proto).collect(),
+        }))
+    }
+
+    async fn shard_info(
+        &self,
+        _request: Request<ShardInfoRequest>,
+    ) -> Result<Response<ShardInfoResponse>, Status> {
+        let info = self
+            .blocking(|shard| {
+                Ok(ShardInfoResponse {
+                    shard: shard.shard(),
+                    replica: shard.replica(),
+                    num_docs: shard.num_docs(),
+                    data_dir: shard.data_dir().display().to_string(),
+                    vectors: false,
+                })
+            })
+            .await?;
+        Ok(Response::new(info))
+    }
+}
+
+fn statistics_to_proto(statistics: &CorpusStatistics) -> CorpusStats {
+    let mut terms: Vec<TermStats> = statistics
+        .doc_freqs
+        .iter()
+        .map(|(term, doc_freq)| TermStats {
+            term: term.clone(),
+            doc_freq: *doc_freq,
+        })
+        .collect();
+    terms.sort_by(|left, right| left.term.cmp(&right.term));
+    CorpusStats {
+        num_docs: statistics.num_docs,
+        total_num_tokens: statistics.total_num_tokens,
+        terms,
+    }
+}
+
+fn statistics_from_proto(stats: &CorpusStats) -> CorpusStatistics {
+    CorpusStatistics {
+        num_docs: stats.num_docs,
+        total_num_tokens: stats.total_num_tokens,
+        doc_freqs: stats
+            .terms
+            .iter()
+            .map(|term| (term.term.clone(), term.doc_freq))
+            .collect(),
+    }
+}
+
+fn candidate_to_proto(candidate: ShardCandidate) -> Candidate {
+    Candidate {
+        doc_id: candidate.doc_id,
+        title: candidate.title,
+        text: candidate.text,
+        score: candidate.score,
+    }
+}
+
+fn stored_from_proto(document: Document) -> StoredDocument {
+    StoredDocument {
+        id: document.id,
+        title: document.title,
+        text: document.text,
+        metadata: document.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn stored_to_proto(document: StoredDocument) -> Document {
+    Document {
+        id: document.id,
+        title: document.title,
+        text: document.text,
+        metadata: document.metadata.into_iter().collect(),
+    }
+}

@@ -1,0 +1,426 @@
+//! A shard replica's plain Rust API over its tantivy index: upsert and delete by id (each
+//! call committed, hence durable, before it returns), fetch, statistics, and BM25 search
+//! scored with cluster-wide statistics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tantivy::collector::TopDocs;
+use tantivy::directory::MmapDirectory;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
+use tracing::info;
+
+use crate::error::RetrieverError;
+use crate::schema::{build_schema, ShardFields};
+use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
+
+/// Most distinct terms of one query that are scored; the rest are ignored.
+const MAX_QUERY_TERMS: usize = 64;
+
+/// A document as the shard stores it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoredDocument {
+    pub id: String,
+    pub title: String,
+    pub text: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// One ranked candidate with its raw score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardCandidate {
+    pub doc_id: String,
+    pub title: String,
+    pub text: String,
+    pub score: f64,
+}
+
+/// One shard replica: its index, a reader, and the single writer.
+pub struct Shard {
+    shard: u32,
+    replica: u32,
+    data_dir: PathBuf,
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: ShardFields,
+}
+
+impl Shard {
+    /// Opens the shard's index under `data_dir`, creating it when absent.
+    pub fn open(
+        data_dir: &Path,
+        shard: u32,
+        replica: u32,
+        writer_memory_bytes: usize,
+    ) -> Result<Self, RetrieverError> {
+        let index_dir = data_dir.join("tantivy");
+        let open_error = |reason: String| RetrieverError::Open {
+            path: index_dir.display().to_string(),
+            reason,
+        };
+        std::fs::create_dir_all(&index_dir).map_err(|error| open_error(error.to_string()))?;
+        let directory =
+            MmapDirectory::open(&index_dir).map_err(|error| open_error(error.to_string()))?;
+        let (schema, fields) = build_schema();
+        let index = Index::open_or_create(directory, schema)?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let writer = index.writer(writer_memory_bytes)?;
+        let shard_replica = Self {
+            shard,
+            replica,
+            data_dir: data_dir.to_path_buf(),
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+        };
+        info!(
+            shard,
+            replica,
+            docs = shard_replica.num_docs(),
+            path = %data_dir.display(),
+            "shard opened"
+        );
+        Ok(shard_replica)
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.shard
+    }
+
+    pub fn replica(&self) -> u32 {
+        self.replica
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// Inserts or replaces documents by id; returns once they are committed to disk.
+    pub fn upsert(&self, documents: &[StoredDocument]) -> Result<u64, RetrieverError> {
+        for document in documents {
+            validate_document(document)?;
+        }
+        let mut writer = self.lock_writer()?;
+        for document in documents {
+            writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
+            writer.add_document(self.to_tantivy(document)?)?;
+        }
+        writer.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(documents.len() as u64)
+    }
+
+    /// Deletes documents by id; returns how many of them were present.
+    pub fn delete(&self, ids: &[String]) -> Result<u64, RetrieverError> {
+        let searcher = self.reader.searcher();
+        let mut present = 0;
+        let mut writer = self.lock_writer()?;
+        for id in ids {
+            let term = Term::from_field_text(self.fields.id, id);
+            if self.find_by_id(&searcher, id)?.is_some() {
+                present += 1;
+            }
+            writer.delete_term(term);
+        }
+        writer.commit()?;
+        drop(writer);
+        self.reader.reload()?;
+        Ok(present)
+    }
+
+    /// The stored documents with these ids, in order; unknown ids are left out.
+    pub fn fetch(&self, ids: &[String]) -> Result<Vec<StoredDocument>, RetrieverError> {
+        let searcher = self.reader.searcher();
+        let mut documents = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(document) = self.find_by_id(&searcher, id)? {
+                documents.push(self.to_stored(&document));
+            }
+        }
+        Ok(documents)
+    }
+
+    /// This shard's statistics for the query's terms.
+    pub fn collect_statistics(&self, query: &str) -> Result<CorpusStatistics, RetrieverError> {
+        use tantivy::query::Bm25StatisticsProvider;
+        let searcher = self.reader.searcher();
+        let mut statistics = CorpusStatistics {
+            num_docs: searcher.total_num_docs()?,
+            total_num_tokens: searcher.total_num_tokens(self.fields.body)?,
+            ..CorpusStatistics::default()
+        };
+        for term in self.query_terms(query)? {
+            let doc_freq = searcher.doc_freq(&Term::from_field_text(self.fields.body, &term))?;
+            statistics.doc_freqs.insert(term, doc_freq);
+        }
+        Ok(statistics)
+    }
+
+    /// The top `k` documents by BM25, scored with `global` statistics when given.
+    pub fn search_keyword(
+        &self,
+        query: &str,
+        k: usize,
+        global: Option<&CorpusStatistics>,
+    ) -> Result<Vec<ShardCandidate>, RetrieverError> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let terms = self.query_terms(query)?;
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let clauses: Vec<(Occur, Box<dyn Query>)> = terms
+            .iter()
+            .map(|term| {
+                let term = Term::from_field_text(self.fields.body, term);
+                let query: Box<dyn Query> =
+                    Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs));
+                (Occur::Should, query)
+            })
+            .collect();
+        let query = BooleanQuery::new(clauses);
+        let searcher = self.reader.searcher();
+        let collector = TopDocs::with_limit(k).order_by_score();
+        let top_docs = match global {
+            Some(global) => {
+                let provider = GlobalStatisticsProvider {
+                    global,
+                    local: &searcher,
+                    body: self.fields.body,
+                };
+                searcher.search_with_statistics_provider(&query, &collector, &provider)?
+            }
+            None => searcher.search(&query, &collector)?,
+        };
+        let mut candidates = Vec::with_capacity(top_docs.len());
+        for (score, address) in top_docs {
+            let document: TantivyDocument = searcher.doc(address)?;
+            let stored = self.to_stored(&document);
+            candidates.push(ShardCandidate {
+                doc_id: stored.id,
+                title: stored.title,
+                text: stored.text,
+                score: f64::from(score),
+            });
+        }
+        Ok(candidates)
+    }
+
+    /// Distinct analysed terms of a query, as the body field indexes them.
+    fn query_terms(&self, query: &str) -> Result<Vec<String>, RetrieverError> {
+        let mut analyzer = self.index.tokenizer_for_field(self.fields.body)?;
+        let mut stream = analyzer.token_stream(query);
+        let mut seen = HashSet::new();
+        let mut terms = Vec::new();
+        while stream.advance() {
+            let text = stream.token().text.clone();
+            if seen.insert(text.clone()) {
+                terms.push(text);
+            }
+            if terms.len() == MAX_QUERY_TERMS {
+                break;
+            }
+        }
+        Ok(terms)
+    }
+
+    fn find_by_id(
+        &self,
+        searcher: &Searcher,
+        id: &str,
+    ) -> Result<Option<TantivyDocument>, RetrieverError> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.id, id),
+            IndexRecordOption::Basic,
+        );
+        let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
+        match top.first() {
+            Some((_, address)) => Ok(Some(searcher.doc(*address)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lock_writer(&self) -> Result<std::sync::MutexGuard<'_, IndexWriter>, RetrieverError> {
+        self.writer
+            .lock()
+            .map_err(|_| RetrieverError::Internal("index writer lock poisoned".to_string()))
+    }
+
+    fn to_tantivy(&self, document: &StoredDocument) -> Result<TantivyDocument, RetrieverError> {
+        let metadata = serde_json::to_string(&document.metadata)
+            .map_err(|error| RetrieverError::Internal(error.to_string()))?;
+        let mut indexed = TantivyDocument::default();
+        indexed.add_text(self.fields.id, &document.id);
+        indexed.add_text(self.fields.title, &document.title);
+        indexed.add_text(self.fields.text, &document.text);
+        indexed.add_text(self.fields.metadata, metadata);
+        indexed.add_text(
+            self.fields.body,
+            format!("{} {}", document.title, document.text),
+        );
+        Ok(indexed)
+    }
+
+    fn to_stored(&self, document: &TantivyDocument) -> StoredDocument {
+        let text_of = |field| {
+            document
+                .get_first(field)
+                .and_then(|value| value.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let metadata = serde_json::from_str(&text_of(self.fields.metadata)).unwrap_or_default();
+        StoredDocument {
+            id: text_of(self.fields.id),
+            title: text_of(self.fields.title),
+            text: text_of(self.fields.text),
+            metadata,
+        }
+    }
+}
+
+fn validate_document(document: &StoredDocument) -> Result<(), RetrieverError> {
+    if document.id.trim().is_empty() {
+        return Err(RetrieverError::invalid("document.id", "must not be empty"));
+    }
+    if document.text.trim().is_empty() {
+        return Err(RetrieverError::invalid(
+            "document.text",
+            format!("must not be empty (document {:?})", document.id),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(id: &str, title: &str, text: &str) -> StoredDocument {
+        StoredDocument {
+            id: id.to_string(),
+            title: title.to_string(),
+            text: text.to_string(),
+            metadata: BTreeMap::from([("source".to_string(), "test".to_string())]),
+        }
+    }
+
+    fn corpus() -> Vec<StoredDocument> {
+        vec![
+            document("a", "Insulin", "Insulin lowers blood glucose by helping cells absorb it."),
+            document("b", "Photosynthesis", "Plants turn light, water and carbon dioxide into sugar."),
+            document("c", "Glucose", "Glucose is a simple sugar and the main energy source of cells."),
+            document("d", "Mitochondria", "Mitochondria produce most of the energy of a cell."),
+        ]
+    }
+
+    #[test]
+    fn ranks_matching_documents_and_survives_reopening() {
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+            assert_eq!(shard.upsert(&corpus()).unwrap(), 4);
+            let hits = shard.search_keyword("what lowers blood glucose", 3, None).unwrap();
+            assert_eq!(hits[0].doc_id, "a");
+            assert!(hits.iter().all(|hit| hit.doc_id != "b"));
+        }
+        let reopened = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        assert_eq!(reopened.num_docs(), 4);
+        let fetched = reopened.fetch(&["c".to_string(), "zz".to_string()]).unwrap();
+        assert_eq!(fetched, vec![document("c", "Glucose", corpus()[2].text.as_str())]);
+    }
+
+    #[test]
+    fn upsert_replaces_and_delete_removes() {
+        let directory = tempfile::tempdir().unwrap();
+        let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        shard.upsert(&corpus()).unwrap();
+        shard
+            .upsert(&[document("b", "Photosynthesis", "Chlorophyll captures sunlight.")])
+            .unwrap();
+        assert_eq!(shard.num_docs(), 4);
+        assert!(shard.search_keyword("carbon dioxide", 5, None).unwrap().is_empty());
+        assert_eq!(shard.search_keyword("chlorophyll", 5, None).unwrap()[0].doc_id, "b");
+        let deleted = shard.delete(&["a".to_string(), "missing".to_string()]).unwrap();
+        assert_eq!(deleted, 1);
+        assert_eq!(shard.num_docs(), 3);
+        assert!(shard.fetch(&["a".to_string()]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn documents_without_id_or_text_are_refused_naming_the_field() {
+        let directory = tempfile::tempdir().unwrap();
+        let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        let error = shard.upsert(&[document(" ", "t", "x")]).unwrap_err();
+        assert!(error.to_string().starts_with("document.id"), "{error}");
+        let error = shard.upsert(&[document("x", "t", "")]).unwrap_err();
+        assert!(error.to_string().starts_with("document.text"), "{error}");
+        assert_eq!(shard.num_docs(), 0);
+    }
+
+    #[test]
+    fn global_statistics_make_split_shards_score_like_one() {
+        let whole_dir = tempfile::tempdir().unwrap();
+        let whole = Shard::open(whole_dir.path(), 0, 0, 20_000_000).unwrap();
+        whole.upsert(&corpus()).unwrap();
+        let left_dir = tempfile::tempdir().unwrap();
+        let right_dir = tempfile::tempdir().unwrap();
+        let left = Shard::open(left_dir.path(), 0, 0, 20_000_000).unwrap();
+        let right = Shard::open(right_dir.path(), 1, 0, 20_000_000).unwrap();
+        left.upsert(&corpus()[..1]).unwrap();
+        right.upsert(&corpus()[1..]).unwrap();
+
+        let query = "energy of cells and glucose";
+        let mut global = left.collect_statistics(query).unwrap();
+        global.add(&right.collect_statistics(query).unwrap());
+        assert_eq!(global, whole.collect_statistics(query).unwrap());
+
+        let mut split: Vec<ShardCandidate> = left
+            .search_keyword(query, 10, Some(&global))
+            .unwrap()
+            .into_iter()
+            .chain(right.search_keyword(query, 10, Some(&global)).unwrap())
+            .collect();
+        split.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let single = whole.search_keyword(query, 10, None).unwrap();
+        assert_eq!(split.len(), single.len());
+        for (from_split, from_single) in split.iter().zip(&single) {
+            assert_eq!(from_split.doc_id, from_single.doc_id);
+            assert!((from_split.score - from_single.score).abs() < 1e-4);
+        }
+        let local_only = left.search_keyword(query, 10, None).unwrap();
+        assert!(
+            (local_only[0].score - split.iter().find(|c| c.doc_id == "a").unwrap().score).abs()
+                > 1e-3,
+            "without global statistics a small shard scores differently"
+        );
+    }
+
+    #[test]
+    fn hostile_global_statistics_do_not_panic() {
+        let directory = tempfile::tempdir().unwrap();
+        let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        shard.upsert(&corpus()).unwrap();
+        let hostile = CorpusStatistics {
+            num_docs: 0,
+            total_num_tokens: 0,
+            doc_freqs: [("glucos".to_string(), u64::MAX)].into_iter().collect(),
+        };
+        let hits = shard.search_keyword("glucose", 5, Some(&hostile)).unwrap();
+        assert!(!hits.is_empty());
+    }
+}
