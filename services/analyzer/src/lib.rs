@@ -1,0 +1,14 @@
+//! The analyzer role: what kind of question this is (type, intent, entities, complexity,
+//! confidence) from documented rules, and text embeddings from the configured encoder;
+//! plus the tonic `Analyzer` service that wraps both.
+
+mod analyzer;
+mod encoder;
+mod error;
+pub mod rules;
+mod service;
+
+pub use analyzer::QuestionAnalyzer;
+pub use encoder::{Encoder, HashEncoder};
+pub use error::AnalyzerError;
+pub use service::AnalyzerService;

@@ -1,0 +1,288 @@
+//! `Ask` and `AskStream`, the whole question path of DESIGN.md: analyse, plan, fan out and
+//! merge, build the numbered context, generate, evaluate, and answer with sources, the
+//! analysis, retrieval metadata, timings and the evaluation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use quarry_proto::v1::{
+    ask_chunk, generate_chunk, Analysis, AnalyzeRequest, AskChunk, AskRequest, AskResponse,
+    EvaluateRequest, Evaluation, GenerateRequest, GenerateResponse, Passage, QueryType,
+    RetrievalInfo, Timings,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Status};
+use tracing::info;
+
+use crate::context::build_context;
+use crate::deadline::Deadline;
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::plan::plan_question;
+use crate::search::require_some_shard;
+use crate::validate::{resolve_k, resolve_mode, validate_query};
+
+/// Everything an answer is written from.
+struct Prepared {
+    question: String,
+    analysis: Analysis,
+    retrieval: RetrievalInfo,
+    started: Instant,
+}
+
+impl Gateway {
+    pub async fn ask(&self, request: AskRequest, deadline: Deadline) -> Result<AskResponse, GatewayError> {
+        let mut prepared = self.prepare(request, deadline).await?;
+        let generate_started = Instant::now();
+        let mut generator = self.clients.generator()?;
+        let generated = generator
+            .generate(with_timeout(self.generate_request(&prepared), deadline, self))
+            .await
+            .map_err(|status| GatewayError::downstream("generator", status))?
+            .into_inner();
+        timings(&mut prepared).generate_ms = elapsed_ms(generate_started);
+        self.finish(prepared, generated, deadline).await
+    }
+
+    /// Streams answer text as the generator writes it, then the whole `AskResponse`.
+    pub fn ask_stream(
+        self: Arc<Self>,
+        request: AskRequest,
+        deadline: Deadline,
+    ) -> ReceiverStream<Result<AskChunk, Status>> {
+        let (sender, receiver) = mpsc::channel(32);
+        tokio::spawn(async move {
+            if let Err(error) = self.stream_answer(request, deadline, &sender).await {
+                let _ = sender.send(Err(error.into())).await;
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+
+    async fn stream_answer(
+        &self,
+        request: AskRequest,
+        deadline: Deadline,
+        sender: &mpsc::Sender<Result<AskChunk, Status>>,
+    ) -> Result<(), GatewayError> {
+        let mut prepared = self.prepare(request, deadline).await?;
+        let generate_started = Instant::now();
+        let mut generator = self.clients.generator()?;
+        let mut upstream = generator
+            .generate_stream(with_timeout(self.generate_request(&prepared), deadline, self))
+            .await
+            .map_err(|status| GatewayError::downstream("generator", status))?
+            .into_inner();
+        let mut generated = None;
+        while let Some(chunk) = upstream.next().await {
+            let chunk = chunk.map_err(|status| GatewayError::downstream("generator", status))?;
+            match chunk.chunk {
+                Some(generate_chunk::Chunk::Token(token)) => {
+                    let forwarded = AskChunk {
+                        chunk: Some(ask_chunk::Chunk::Token(token)),
+                    };
+                    if sender.send(Ok(forwarded)).await.is_err() {
+                        info!("client left the answer stream; stopping generation");
+                        return Ok(());
+                    }
+                }
+                Some(generate_chunk::Chunk::Done(response)) => generated = Some(response),
+                None => {}
+            }
+        }
+        let generated = generated.ok_or_else(|| GatewayError::Downstream {
+            role: "generator",
+            code: tonic::Code::Unavailable,
+            status_message: "stream ended without a final answer".to_string(),
+        })?;
+        timings(&mut prepared).generate_ms = elapsed_ms(generate_started);
+        let response = self.finish(prepared, generated, deadline).await?;
+        let _ = sender
+            .send(Ok(AskChunk {
+                chunk: Some(ask_chunk::Chunk::Done(response)),
+            }))
+            .await;
+        Ok(())
+    }
+
+    /// Analyse, plan, search every shard, and number the best passages.
+    async fn prepare(&self, request: AskRequest, deadline: Deadline) -> Result<Prepared, GatewayError> {
+        let started = Instant::now();
+        validate_query("question", &request.question, &self.config)?;
+        let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
+        let mode = resolve_mode(request.mode)?;
+
+        let mut analyzer = self.clients.analyzer()?;
+        let analyze_request = AnalyzeRequest {
+            query: request.question.clone(),
+        };
+        let analysis = analyzer
+            .analyze(with_timeout(analyze_request, deadline, self))
+            .await
+            .map_err(|status| GatewayError::downstream("analyzer", status))?
+            .into_inner()
+            .analysis
+            .unwrap_or_default();
+        let analyze_ms = elapsed_ms(started);
+
+        let query_type = QueryType::try_from(analysis.query_type).unwrap_or(QueryType::Unspecified);
+        let plan = plan_question(query_type, mode, k)?;
+        let search_started = Instant::now();
+        let fan_out = self
+            .fan_out_keyword(&request.question, plan.keyword_k, deadline.hop(self.shard_timeout()))
+            .await;
+        require_some_shard(&fan_out)?;
+        let top: Vec<_> = fan_out.keyword.iter().take(k as usize).cloned().collect();
+        let passages = build_context(&top, self.config.max_context_chars);
+        let retrieval = RetrievalInfo {
+            strategy: plan.strategy,
+            shards_total: fan_out.shards_total,
+            shards_answered: fan_out.shards_answered(),
+            partial: fan_out.partial(),
+            shards_failed: fan_out.shards_failed,
+            hedges: 0,
+            timings: Some(Timings {
+                analyze_ms,
+                search_ms: elapsed_ms(search_started),
+                ..Timings::default()
+            }),
+            passages,
+        };
+        Ok(Prepared {
+            question: request.question,
+            analysis,
+            retrieval,
+            started,
+        })
+    }
+
+    fn generate_request(&self, prepared: &Prepared) -> GenerateRequest {
+        GenerateRequest {
+            question: prepared.question.clone(),
+            passages: prepared.retrieval.passages.clone(),
+            analysis: Some(prepared.analysis.clone()),
+            max_answer_chars: 0,
+        }
+    }
+
+    /// Evaluate the answer and put the response together.
+    async fn finish(
+        &self,
+        mut prepared: Prepared,
+        generated: GenerateResponse,
+        deadline: Deadline,
+    ) -> Result<AskResponse, GatewayError> {
+        let evaluate_started = Instant::now();
+        let mut evaluator = self.clients.evaluator()?;
+        let evaluate_request = EvaluateRequest {
+            question: prepared.question.clone(),
+            answer: generated.answer.clone(),
+            passages: prepared.retrieval.passages.clone(),
+        };
+        let evaluation = evaluator
+            .evaluate(with_timeout(evaluate_request, deadline, self))
+            .await
+            .map_err(|status| GatewayError::downstream("evaluator", status))?
+            .into_inner();
+        let total_ms = elapsed_ms(prepared.started);
+        let timings = timings(&mut prepared);
+        timings.evaluate_ms = elapsed_ms(evaluate_started);
+        timings.total_ms = total_ms;
+        Ok(self.compose(prepared, generated, evaluation))
+    }
+
+    fn compose(&self, prepared: Prepared, generated: GenerateResponse, evaluation: Evaluation) -> AskResponse {
+        let confidence = evaluation.confidence;
+        let low_confidence = confidence < self.config.confidence_threshold;
+        let mut answer = generated.answer;
+        if low_confidence {
+            answer.push_str(&low_confidence_notice(confidence, self.config.confidence_threshold, &evaluation.evaluator));
+        }
+        let sources = cited_sources(&generated.cited, &prepared.retrieval.passages);
+        info!(
+            query_type = prepared.analysis.query_type,
+            passages = prepared.retrieval.passages.len(),
+            cited = sources.len(),
+            confidence,
+            partial = prepared.retrieval.partial,
+            "question answered"
+        );
+        AskResponse {
+            answer,
+            reasoning: generated.reasoning,
+            confidence,
+            sources,
+            analysis: Some(prepared.analysis),
+            retrieval: Some(prepared.retrieval),
+            evaluation: Some(evaluation),
+            low_confidence,
+            generator: generated.generator,
+        }
+    }
+}
+
+/// The notice appended to an answer under the confidence threshold.
+pub fn low_confidence_notice(confidence: f32, threshold: f32, evaluator: &str) -> String {
+    format!(
+        "\n\n(Low confidence: {confidence:.2} is below {threshold:.2}, as judged by the {evaluator} evaluator; check the sources before relying on this answer.)"
+    )
+}
+
+/// Document ids of the cited passages, in citation order, without repeats.
+fn cited_sources(cited: &[u32], passages: &[Passage]) -> Vec<String> {
+    let mut sources: Vec<String> = Vec::new();
+    for number in cited {
+        let Some(passage) = passages.iter().find(|passage| passage.number == *number) else {
+            continue;
+        };
+        if !sources.contains(&passage.doc_id) {
+            sources.push(passage.doc_id.clone());
+        }
+    }
+    sources
+}
+
+fn with_timeout<T>(message: T, deadline: Deadline, gateway: &Gateway) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(deadline.hop(gateway.hop_limit()));
+    request
+}
+
+fn timings(prepared: &mut Prepared) -> &mut Timings {
+    prepared.retrieval.timings.get_or_insert_with(Timings::default)
+}
+
+fn elapsed_ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+impl Gateway {
+    /// Limit of one call to the analyzer, generator or evaluator.
+    fn hop_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.shard_timeout_ms.saturating_mul(3))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_follow_citations_without_repeats() {
+        let passage = |number: u32, id: &str| Passage {
+            number,
+            doc_id: id.to_string(),
+            ..Passage::default()
+        };
+        let passages = [passage(1, "a"), passage(2, "b"), passage(3, "a")];
+        assert_eq!(cited_sources(&[1, 2, 3, 9], &passages), ["a", "b"]);
+    }
+
+    #[test]
+    fn the_notice_names_the_numbers() {
+        let notice = low_confidence_notice(0.42, 0.6, "heuristic");
+        assert!(notice.contains("0.42") && notice.contains("0.60") && notice.contains("heuristic"));
+    }
+}

@@ -1,0 +1,81 @@
+//! Deadlines: the client's `grpc-timeout` bounds every downstream call, so no hop outlives
+//! the question it serves.
+
+use std::time::{Duration, Instant};
+
+use tonic::metadata::MetadataMap;
+
+/// The client's remaining time, from the `grpc-timeout` header (e.g. `250m`, `5S`), if any.
+pub fn client_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 {
+        return None;
+    }
+    let (amount, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = amount.parse().ok()?;
+    match unit {
+        "H" => Some(Duration::from_secs(amount.saturating_mul(3600))),
+        "M" => Some(Duration::from_secs(amount.saturating_mul(60))),
+        "S" => Some(Duration::from_secs(amount)),
+        "m" => Some(Duration::from_millis(amount)),
+        "u" => Some(Duration::from_micros(amount)),
+        "n" => Some(Duration::from_nanos(amount)),
+        _ => None,
+    }
+}
+
+/// When the client stops waiting, if it said.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    expires: Option<Instant>,
+}
+
+impl Deadline {
+    pub fn from_metadata(metadata: &MetadataMap) -> Self {
+        Self::after(client_timeout(metadata))
+    }
+
+    pub fn after(timeout: Option<Duration>) -> Self {
+        Self {
+            expires: timeout.map(|timeout| Instant::now() + timeout),
+        }
+    }
+
+    /// The timeout of one downstream call: the hop's own limit, cut to the time left.
+    pub fn hop(&self, hop_limit: Duration) -> Duration {
+        match self.expires {
+            Some(expires) => hop_limit.min(expires.saturating_duration_since(Instant::now())),
+            None => hop_limit,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_grpc_timeout_unit() {
+        let parse = |text: &str| {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", text.parse().unwrap());
+            client_timeout(&metadata)
+        };
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("x"), None);
+        assert_eq!(parse("12q"), None);
+        assert_eq!(client_timeout(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn the_client_deadline_cuts_the_hop_limit() {
+        let second = Duration::from_secs(1);
+        assert!(Deadline::after(Some(second / 4)).hop(second) <= second / 4);
+        assert_eq!(Deadline::after(Some(second * 4)).hop(second), second);
+        assert_eq!(Deadline::after(None).hop(second), second);
+        assert_eq!(Deadline::after(Some(Duration::ZERO)).hop(second), Duration::ZERO);
+    }
+}

@@ -1,0 +1,67 @@
+//! Errors of the gateway, each mapped to one gRPC code; downstream failures keep their code
+//! and name the role that failed.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no ready {role} in the cluster")]
+    NoMember { role: &'static str },
+    #[error("{role}: {status_message}")]
+    Downstream {
+        role: &'static str,
+        code: Code,
+        status_message: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Wraps a failed call to another role; transport failures become UNAVAILABLE.
+    pub fn downstream(role: &'static str, status: Status) -> Self {
+        let code = match status.code() {
+            Code::Unknown | Code::Internal if status.message().contains("transport") => {
+                Code::Unavailable
+            }
+            code => code,
+        };
+        Self::Downstream {
+            role,
+            code,
+            status_message: status.message().to_string(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
+            GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
+            GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::NoMember { .. } | GatewayError::Unavailable(_) => Code::Unavailable,
+            GatewayError::Downstream { code, .. } => *code,
+            GatewayError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<GatewayError> for Status {
+    fn from(error: GatewayError) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}

@@ -1,0 +1,163 @@
+//! `Ingest`, bulk style: each document is validated on its own, routed to its shard by jump
+//! consistent hash of its id, buffered per shard, and written to every ready replica of the
+//! shard; a document counts as accepted only once its shard acknowledged it as durable.
+
+use futures::future::join_all;
+use futures::Stream;
+use quarry_proto::v1::{Document, IngestError, IngestSummary, IndexRequest};
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+use tracing::{info, warn};
+
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::shard_router::shard_for_document;
+use crate::validate::validate_document;
+
+/// Most rejected documents named in one summary; the count covers the rest.
+const MAX_REPORTED_ERRORS: usize = 1000;
+
+/// A document waiting for its shard, with its position in the client's stream.
+struct Pending {
+    index: u64,
+    document: Document,
+}
+
+/// The running totals of one ingest stream.
+#[derive(Default)]
+struct Tally {
+    summary: IngestSummary,
+}
+
+impl Tally {
+    fn reject(&mut self, index: u64, id: &str, code: Code, field: &str, message: String) {
+        self.summary.rejected += 1;
+        if self.summary.errors.len() < MAX_REPORTED_ERRORS {
+            self.summary.errors.push(IngestError {
+                index,
+                id: id.to_string(),
+                code: grpc_code_name(code),
+                field: field.to_string(),
+                message,
+            });
+        }
+    }
+}
+
+impl Gateway {
+    pub async fn ingest<S>(&self, mut documents: S) -> Result<IngestSummary, GatewayError>
+    where
+        S: Stream<Item = Result<Document, Status>> + Unpin,
+    {
+        let shards = self.clients.shard_count();
+        let mut buffers: Vec<Vec<Pending>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut tally = Tally::default();
+        let mut index = 0u64;
+        while let Some(message) = documents.next().await {
+            let document = message.map_err(|status| GatewayError::downstream("client", status))?;
+            match validate_document(&document, &self.config) {
+                Err(GatewayError::InvalidArgument { field, reason }) => {
+                    tally.reject(index, &document.id, Code::InvalidArgument, field, format!("document {index}: {field}: {reason}"));
+                }
+                Err(other) => return Err(other),
+                Ok(()) => {
+                    let shard = shard_for_document(&document.id, shards) as usize;
+                    buffers[shard].push(Pending { index, document });
+                    if buffers[shard].len() >= self.config.ingest_batch {
+                        let batch = std::mem::take(&mut buffers[shard]);
+                        self.write_batch(shard as u32, batch, &mut tally).await;
+                    }
+                }
+            }
+            index += 1;
+        }
+        let flushes = buffers
+            .into_iter()
+            .enumerate()
+            .filter(|(_, batch)| !batch.is_empty())
+            .map(|(shard, batch)| async move {
+                let mut shard_tally = Tally::default();
+                self.write_batch(shard as u32, batch, &mut shard_tally).await;
+                shard_tally
+            });
+        for shard_tally in join_all(flushes).await {
+            tally.summary.accepted += shard_tally.summary.accepted;
+            tally.summary.rejected += shard_tally.summary.rejected;
+            for error in shard_tally.summary.errors {
+                if tally.summary.errors.len() < MAX_REPORTED_ERRORS {
+                    tally.summary.errors.push(error);
+                }
+            }
+        }
+        tally.summary.errors.sort_by_key(|error| error.index);
+        info!(
+            accepted = tally.summary.accepted,
+            rejected = tally.summary.rejected,
+            "ingest finished"
+        );
+        Ok(tally.summary)
+    }
+
+    /// Writes one batch to every ready replica of its shard; accepted only if all of them acknowledged.
+    async fn write_batch(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
+        let replicas = self.clients.shard_replicas(shard);
+        if replicas.is_empty() {
+            for pending in &batch {
+                tally.reject(pending.index, &pending.document.id, Code::Unavailable, "id", format!("shard {shard} has no ready replica"));
+            }
+            return;
+        }
+        let writes = replicas.iter().map(|replica| {
+            let requests: Vec<IndexRequest> = batch
+                .iter()
+                .map(|pending| IndexRequest {
+                    document: Some(pending.document.clone()),
+                })
+                .collect();
+            async move {
+                let mut client = self.clients.retriever(replica)?;
+                client
+                    .index(tokio_stream::iter(requests))
+                    .await
+                    .map_err(|status| GatewayError::downstream("retriever", status))
+            }
+        });
+        let failure = join_all(writes)
+            .await
+            .into_iter()
+            .find_map(|outcome| outcome.err());
+        match failure {
+            None => tally.summary.accepted += batch.len() as u64,
+            Some(error) => {
+                warn!(shard, documents = batch.len(), error = %error, "shard refused a batch");
+                for pending in &batch {
+                    tally.reject(pending.index, &pending.document.id, error.code(), "id", format!("shard {shard}: {error}"));
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC code's name as the protocol spells it (`INVALID_ARGUMENT`), from tonic's `Debug` form.
+fn grpc_code_name(code: Code) -> String {
+    let camel = format!("{code:?}");
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (position, character) in camel.chars().enumerate() {
+        if character.is_uppercase() && position > 0 {
+            name.push('_');
+        }
+        name.push(character.to_ascii_uppercase());
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_spelled_as_in_the_protocol() {
+        assert_eq!(grpc_code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(grpc_code_name(Code::Unavailable), "UNAVAILABLE");
+    }
+}

@@ -1,0 +1,25 @@
+//! The gateway role: Quarry's public API (`quarry.v1.Quarry`). It validates requests,
+//! analyses questions, plans retrieval, fans searches out to every shard with cluster-wide
+//! BM25 statistics, merges the hits, builds the numbered context, and has the generator and
+//! the evaluator answer and judge — every hop a gRPC call to a member found by discovery.
+
+mod ask;
+mod cluster_clients;
+mod context;
+mod deadline;
+mod documents;
+mod error;
+mod fan_out;
+mod gateway;
+mod ingest;
+mod plan;
+mod search;
+mod service;
+mod shard_router;
+mod validate;
+
+pub use cluster_clients::ClusterClients;
+pub use error::GatewayError;
+pub use gateway::Gateway;
+pub use service::QuarryService;
+pub use shard_router::{jump_consistent_hash, shard_for_document};
