@@ -18,6 +18,10 @@ pub struct QuarryConfig {
     pub cluster: String,
     /// Where retrievers keep their shards.
     pub data_dir: PathBuf,
+    /// Number of shards of the cluster, fixed when it is created.
+    pub shards: u32,
+    /// Address this process's gRPC server listens on (the gateway's, under `quarry up`).
+    pub listen: String,
     pub log_format: LogFormat,
     pub server: ServerConfig,
     pub gateway: GatewayConfig,
@@ -32,6 +36,8 @@ impl Default for QuarryConfig {
         Self {
             cluster: "quarry".to_string(),
             data_dir: PathBuf::from("./quarry-data"),
+            shards: 2,
+            listen: "127.0.0.1:7700".to_string(),
             log_format: LogFormat::Human,
             server: ServerConfig::default(),
             gateway: GatewayConfig::default(),
@@ -207,6 +213,12 @@ impl QuarryConfig {
     }
 
     fn validate(&self) -> Result<(), KitError> {
+        if self.shards == 0 || self.shards > 1024 {
+            return Err(KitError::Config(format!(
+                "shards must be within 1..=1024, got {}",
+                self.shards
+            )));
+        }
         let threshold = self.gateway.confidence_threshold;
         if !(0.0..=1.0).contains(&threshold) {
             return Err(KitError::Config(format!(

@@ -1,1 +1,139 @@
-fn main() {}
+//! The one Quarry binary: `quarry serve <role>`, `quarry up`, and the client commands.
+
+mod cli;
+mod client;
+mod jsonl;
+mod output;
+mod roles;
+mod serve;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use quarry_kit::config::QuarryConfig;
+use quarry_kit::discovery::Role;
+use quarry_kit::telemetry::{init_logging, LogFormat};
+use serde_json::{json, Map, Value};
+
+use cli::{Cli, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => {
+            let config = load_config(&cli, serve_overrides(args))?;
+            init_logging(config.log_format, "info");
+            let shutdown = quarry_kit::shutdown::on_signal();
+            serve::run_serve(role_of(args.role), args, config, shutdown).await
+        }
+        Command::Up(args) => {
+            let config = load_config(&cli, up_overrides(args))?;
+            init_logging(config.log_format, "info");
+            let shutdown = quarry_kit::shutdown::on_signal();
+            up::run_up(config, shutdown).await
+        }
+        Command::Ingest(args) => {
+            init_client_logging(&cli);
+            client::ingest(args).await
+        }
+        Command::Search(args) => {
+            init_client_logging(&cli);
+            client::search(args).await
+        }
+        Command::Ask(args) => {
+            init_client_logging(&cli);
+            client::ask(args).await
+        }
+        Command::Status(args) => {
+            init_client_logging(&cli);
+            client::status(args).await
+        }
+    }
+}
+
+fn init_client_logging(cli: &Cli) {
+    let format = match cli.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        _ => LogFormat::Human,
+    };
+    init_logging(format, "warn");
+}
+
+fn role_of(role: RoleArg) -> Role {
+    match role {
+        RoleArg::Gateway => Role::Gateway,
+        RoleArg::Analyzer => Role::Analyzer,
+        RoleArg::Retriever => Role::Retriever,
+        RoleArg::Generator => Role::Generator,
+        RoleArg::Evaluator => Role::Evaluator,
+        RoleArg::Scheduler => Role::Scheduler,
+    }
+}
+
+/// Loads the configuration layers, with the given flags as the top layer.
+fn load_config(cli: &Cli, mut flags: Map<String, Value>) -> anyhow::Result<QuarryConfig> {
+    if let Some(format) = cli.log_format {
+        let name = match format {
+            LogFormatArg::Human => "human",
+            LogFormatArg::Json => "json",
+        };
+        flags.insert("log_format".to_string(), json!(name));
+    }
+    Ok(QuarryConfig::load(cli.config.as_deref(), Value::Object(flags))?)
+}
+
+fn serve_overrides(args: &ServeArgs) -> Map<String, Value> {
+    let mut flags = Map::new();
+    if let Some(listen) = &args.listen {
+        flags.insert("listen".to_string(), json!(listen));
+    }
+    if let Some(cluster) = &args.cluster {
+        flags.insert("cluster".to_string(), json!(cluster));
+    }
+    if let Some(data_dir) = &args.data_dir {
+        flags.insert("data_dir".to_string(), json!(data_dir));
+    }
+    let mut retriever = Map::new();
+    if let Some(shard) = args.shard {
+        retriever.insert("shard".to_string(), json!(shard));
+    }
+    if let Some(replica) = args.replica {
+        retriever.insert("replica".to_string(), json!(replica));
+    }
+    if !retriever.is_empty() {
+        flags.insert("retriever".to_string(), Value::Object(retriever));
+    }
+    flags
+}
+
+fn up_overrides(args: &UpArgs) -> Map<String, Value> {
+    let mut flags = Map::new();
+    if let Some(listen) = &args.listen {
+        flags.insert("listen".to_string(), json!(listen));
+    }
+    if let Some(data_dir) = &args.data_dir {
+        flags.insert("data_dir".to_string(), json!(data_dir));
+    }
+    if let Some(shards) = args.shards {
+        flags.insert("shards".to_string(), json!(shards));
+    }
+    flags
+}

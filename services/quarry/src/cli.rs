@@ -1,0 +1,151 @@
+//! The command line: global options, `serve`, `up`, and the client commands.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "quarry", version, about = "Retrieval-augmented question answering over your documents")]
+pub struct Cli {
+    /// Configuration file (default: ./quarry.toml when present).
+    #[arg(long, global = true, env = "QUARRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve one role.
+    Serve(ServeArgs),
+    /// Run the whole cluster in this process on loopback, every hop over gRPC.
+    Up(UpArgs),
+    /// Ingest a JSON-lines file (BEIR corpus lines `{"_id","title","text"}` or `{"id","text"}`).
+    Ingest(IngestArgs),
+    /// Search the indexed documents.
+    Search(SearchArgs),
+    /// Ask a question and get a cited answer.
+    Ask(AskArgs),
+    /// Show the cluster's members and shards.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RoleArg {
+    Gateway,
+    Analyzer,
+    Retriever,
+    Generator,
+    Evaluator,
+    Scheduler,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    pub role: RoleArg,
+    /// Address to listen on, e.g. 127.0.0.1:7701.
+    #[arg(long)]
+    pub listen: Option<String>,
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Where a retriever keeps its shard.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Shard of a retriever.
+    #[arg(long)]
+    pub shard: Option<u32>,
+    /// Replica of a retriever.
+    #[arg(long)]
+    pub replica: Option<u32>,
+    /// Gateway without etcd: the analyzer's address.
+    #[arg(long)]
+    pub analyzer: Option<String>,
+    /// Gateway without etcd: retriever addresses, one per shard, in shard order.
+    #[arg(long, value_delimiter = ',')]
+    pub retrievers: Vec<String>,
+    /// Gateway without etcd: the generator's address.
+    #[arg(long)]
+    pub generator: Option<String>,
+    /// Gateway without etcd: the evaluator's address.
+    #[arg(long)]
+    pub evaluator: Option<String>,
+    /// Gateway without etcd: the scheduler's address.
+    #[arg(long)]
+    pub scheduler: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the shards keep their data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Number of retriever shards.
+    #[arg(long)]
+    pub shards: Option<u32>,
+    /// The gateway's address; the other roles take free loopback ports.
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The gateway.
+    #[arg(long, env = "QUARRY_ADDR", default_value = "http://127.0.0.1:7700")]
+    pub addr: String,
+    /// Print the response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Keyword,
+    Semantic,
+    Hybrid,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    pub query: String,
+    #[arg(long, default_value_t = 10)]
+    pub k: u32,
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub mode: ModeArg,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    pub question: String,
+    /// Passages to answer from (0: the gateway's default).
+    #[arg(long, default_value_t = 0)]
+    pub k: u32,
+    /// Print answer text as it is written.
+    #[arg(long)]
+    pub stream: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}

@@ -1,0 +1,130 @@
+//! Client commands: `ingest`, `search`, `ask` and `status` against a gateway.
+
+use anyhow::{bail, Context};
+use quarry_proto::v1::quarry_client::QuarryClient;
+use quarry_proto::v1::{ask_chunk, AskRequest, ClusterStatusRequest, SearchMode, SearchRequest};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::cli::{AskArgs, ClientArgs, IngestArgs, ModeArg, SearchArgs, StatusArgs};
+use crate::jsonl::parse_documents;
+use crate::output;
+
+async fn connect(client: &ClientArgs) -> anyhow::Result<QuarryClient<Channel>> {
+    let channel = Channel::from_shared(client.addr.clone())
+        .with_context(|| format!("bad address {:?}", client.addr))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {}", client.addr))?;
+    Ok(QuarryClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+pub async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
+    let content = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let (documents, malformed) = parse_documents(&content);
+    for line in &malformed {
+        eprintln!("{}:{}: {}", args.file.display(), line.line_number, line.reason);
+    }
+    let line_numbers: Vec<usize> = documents.iter().map(|line| line.line_number).collect();
+    let mut client = connect(&args.client).await?;
+    let stream = tokio_stream::iter(documents.into_iter().map(|line| line.document));
+    let summary = client
+        .ingest(stream)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for error in &summary.errors {
+        let line = line_numbers.get(error.index as usize).copied().unwrap_or(0);
+        eprintln!("{}:{line}: {} {}", args.file.display(), error.code, error.message);
+    }
+    if args.client.json {
+        println!("{}", output::ingest_json(&summary, malformed.len()));
+    } else {
+        println!(
+            "accepted {}, rejected {} by the server, {} malformed line(s)",
+            summary.accepted,
+            summary.rejected,
+            malformed.len()
+        );
+    }
+    if summary.rejected > 0 || !malformed.is_empty() {
+        bail!("{} document(s) were not ingested", summary.rejected as usize + malformed.len());
+    }
+    Ok(())
+}
+
+pub async fn search(args: &SearchArgs) -> anyhow::Result<()> {
+    let mode = match args.mode {
+        ModeArg::Keyword => SearchMode::Keyword,
+        ModeArg::Semantic => SearchMode::Semantic,
+        ModeArg::Hybrid => SearchMode::Hybrid,
+    };
+    let mut client = connect(&args.client).await?;
+    let response = client
+        .search(SearchRequest {
+            query: args.query.clone(),
+            k: args.k,
+            mode: mode as i32,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.client.json {
+        println!("{}", output::search_json(&response));
+    } else {
+        print!("{}", output::search_text(&response));
+    }
+    Ok(())
+}
+
+pub async fn ask(args: &AskArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let request = AskRequest {
+        question: args.question.clone(),
+        k: args.k,
+        mode: SearchMode::Hybrid as i32,
+    };
+    let response = if args.stream && !args.client.json {
+        let mut stream = client.ask_stream(request).await.map_err(status_error)?.into_inner();
+        let mut done = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk.map_err(status_error)?.chunk {
+                Some(ask_chunk::Chunk::Token(token)) => print!("{token}"),
+                Some(ask_chunk::Chunk::Done(response)) => done = Some(response),
+                None => {}
+            }
+        }
+        println!();
+        done.context("the answer stream ended without a final message")?
+    } else {
+        client.ask(request).await.map_err(status_error)?.into_inner()
+    };
+    if args.client.json {
+        println!("{}", output::ask_json(&response));
+    } else {
+        print!("{}", output::ask_text(&response, !args.stream));
+    }
+    Ok(())
+}
+
+pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let mut client = connect(&args.client).await?;
+    let response = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if args.client.json {
+        println!("{}", output::status_json(&response));
+    } else {
+        print!("{}", output::status_text(&response));
+    }
+    Ok(())
+}

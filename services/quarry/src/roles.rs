@@ -1,0 +1,149 @@
+//! Starting one role: build its service with the server-wide message limits, register it in
+//! discovery, and serve it until shutdown, when it deregisters first and then drains.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use quarry_analyzer::{AnalyzerService, Encoder, HashEncoder};
+use quarry_evaluator::EvaluatorService;
+use quarry_gateway::{ClusterClients, Gateway, QuarryService};
+use quarry_generator::GeneratorService;
+use quarry_kit::config::{EncoderKind, QuarryConfig};
+use quarry_kit::discovery::{Discovery, Member, Role};
+use quarry_kit::server::{dial_address, serve, RoleServer};
+use quarry_proto::v1::analyzer_server::AnalyzerServer;
+use quarry_proto::v1::evaluator_server::EvaluatorServer;
+use quarry_proto::v1::generator_server::GeneratorServer;
+use quarry_proto::v1::quarry_server::QuarryServer;
+use quarry_proto::v1::retriever_server::RetrieverServer;
+use quarry_proto::v1::scheduler_server::SchedulerServer;
+use quarry_retriever::{RetrieverService, Shard};
+use quarry_scheduler::UnimplementedScheduler;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+
+/// Dimensions of the test-only hash encoder.
+const HASH_ENCODER_DIMENSIONS: usize = 384;
+
+/// One role, bound and ready to serve.
+pub struct RoleLaunch {
+    pub role: Role,
+    pub config: QuarryConfig,
+    pub listener: TcpListener,
+    pub discovery: Arc<dyn Discovery>,
+    pub shutdown: CancellationToken,
+}
+
+/// Where a retriever keeps a shard replica under the data directory.
+pub fn replica_dir(data_dir: &std::path::Path, shard: u32, replica: u32) -> PathBuf {
+    data_dir.join(format!("shard-{shard}-replica-{replica}"))
+}
+
+/// Registers the role and serves it on a task; the task ends after a graceful drain.
+pub async fn start_role(launch: RoleLaunch) -> anyhow::Result<(String, JoinHandle<anyhow::Result<()>>)> {
+    let RoleLaunch {
+        role,
+        config,
+        listener,
+        discovery,
+        shutdown,
+    } = launch;
+    let address = dial_address(listener.local_addr().context("listener address")?);
+    let (role_server, shard, replica) = build_role(role, &config, Arc::clone(&discovery))?;
+    let member = Member {
+        node_id: format!("{role}-{}", address.trim_start_matches("http://")),
+        role,
+        address: address.clone(),
+        shard,
+        replica,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ready: true,
+    };
+    let node_id = member.node_id.clone();
+    discovery.register(member).await?;
+    let server_config = config.server.clone();
+    let task = tokio::spawn(async move {
+        let drained = CancellationToken::new();
+        let stop_serving = drained.clone();
+        let deregister = {
+            let discovery = Arc::clone(&discovery);
+            async move {
+                shutdown.cancelled().await;
+                let _ = discovery.deregister(&node_id).await;
+                stop_serving.cancel();
+            }
+        };
+        let serving = serve(listener, role_server, &server_config, drained);
+        let (served, ()) = tokio::join!(serving, deregister);
+        served.map_err(anyhow::Error::from)
+    });
+    Ok((address, task))
+}
+
+fn build_role(
+    role: Role,
+    config: &QuarryConfig,
+    discovery: Arc<dyn Discovery>,
+) -> anyhow::Result<(RoleServer, u32, u32)> {
+    let limit = config.server.max_message_bytes;
+    let (routes, service_names, shard, replica) = match role {
+        Role::Gateway => {
+            let clients = Arc::new(ClusterClients::new(discovery, limit));
+            let gateway = Gateway::new(config.gateway.clone(), config.cluster.clone(), clients);
+            let service = QuarryServer::new(QuarryService::new(Arc::new(gateway)))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            (Routes::new(service), vec!["quarry.v1.Quarry"], 0, 0)
+        }
+        Role::Analyzer => {
+            let encoder: Option<Arc<dyn Encoder>> = match config.analyzer.encoder {
+                EncoderKind::None => None,
+                EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
+            };
+            let service = AnalyzerServer::new(AnalyzerService::new(encoder))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            (Routes::new(service), vec!["quarry.v1.Analyzer"], 0, 0)
+        }
+        Role::Retriever => {
+            let shard_number = config.retriever.shard;
+            let replica_number = config.retriever.replica;
+            let directory = replica_dir(&config.data_dir, shard_number, replica_number);
+            let shard = Shard::open(
+                &directory,
+                shard_number,
+                replica_number,
+                config.retriever.writer_memory_bytes,
+            )?;
+            let service = RetrieverServer::new(RetrieverService::new(Arc::new(shard)))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            (Routes::new(service), vec!["quarry.v1.Retriever"], shard_number, replica_number)
+        }
+        Role::Generator => {
+            let service = GeneratorServer::new(GeneratorService::new(config.generator.max_answer_chars))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            (Routes::new(service), vec!["quarry.v1.Generator"], 0, 0)
+        }
+        Role::Evaluator => {
+            let service = EvaluatorServer::new(EvaluatorService)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            (Routes::new(service), vec!["quarry.v1.Evaluator"], 0, 0)
+        }
+        Role::Scheduler => {
+            let service = SchedulerServer::new(UnimplementedScheduler);
+            (Routes::new(service), vec!["quarry.v1.Scheduler"], 0, 0)
+        }
+    };
+    let role_server = RoleServer {
+        role: role.as_str(),
+        routes,
+        service_names,
+    };
+    Ok((role_server, shard, replica))
+}
