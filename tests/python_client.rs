@@ -24,7 +24,8 @@ fn python() -> PathBuf {
 async fn python_grpcio_client_calls_health_ingest_search_and_ask() {
     let data_dir = tempfile::tempdir().unwrap();
     let quarry = QuarryUp::start(data_dir.path(), 2).await;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/quarry_client.py");
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/quarry_client.py");
     let output = Command::new(python())
         .arg(&script)
         .args(["--addr", quarry.address.trim_start_matches("http://")])
@@ -32,7 +33,10 @@ async fn python_grpcio_client_calls_health_ingest_search_and_ask() {
         .expect("run python (make test installs grpcio into .venv; or set QUARRY_PYTHON)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "python client failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("python client: ok"), "{stdout}");
     assert!(stdout.contains("py-llama"), "{stdout}");
 }

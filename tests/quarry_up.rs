@@ -47,15 +47,33 @@ async fn ingest_search_ask_delete_and_restart() {
         .unwrap()
         .into_inner();
     assert_eq!(response.hits[0].doc_id, "penicillin");
-    assert_eq!((response.shards_total, response.shards_answered, response.partial), (3, 3, false));
-    let response = client.search(search("gravitational pull of the moon", 5)).await.unwrap().into_inner();
-    assert_eq!(response.hits[0].doc_id, "tides");
-    let hybrid = client
-        .search(SearchRequest { mode: SearchMode::Hybrid as i32, ..search("moon", 5) })
+    assert_eq!(
+        (
+            response.shards_total,
+            response.shards_answered,
+            response.partial
+        ),
+        (3, 3, false)
+    );
+    let response = client
+        .search(search("gravitational pull of the moon", 5))
         .await
         .unwrap()
         .into_inner();
-    assert!(hybrid.strategy.contains("keyword only"), "{}", hybrid.strategy);
+    assert_eq!(response.hits[0].doc_id, "tides");
+    let hybrid = client
+        .search(SearchRequest {
+            mode: SearchMode::Hybrid as i32,
+            ..search("moon", 5)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        hybrid.strategy.contains("keyword only"),
+        "{}",
+        hybrid.strategy
+    );
 
     // Ask answers from the right document and cites it.
     let answer = client
@@ -67,12 +85,20 @@ async fn ingest_search_ask_delete_and_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(answer.sources.first().map(String::as_str), Some("insulin"), "{answer:?}");
+    assert_eq!(
+        answer.sources.first().map(String::as_str),
+        Some("insulin"),
+        "{answer:?}"
+    );
     assert!(answer.answer.contains("[1]"), "{}", answer.answer);
     let retrieval = answer.retrieval.clone().unwrap();
     assert_eq!(retrieval.passages[0].doc_id, "insulin");
     assert_eq!(retrieval.shards_answered, 3);
-    assert!(retrieval.strategy.starts_with("analytical") || retrieval.strategy.starts_with("factual"), "{}", retrieval.strategy);
+    assert!(
+        retrieval.strategy.starts_with("analytical") || retrieval.strategy.starts_with("factual"),
+        "{}",
+        retrieval.strategy
+    );
     let evaluation = answer.evaluation.clone().unwrap();
     assert_eq!(evaluation.evaluator, "heuristic");
     assert!(evaluation.groundedness > 0.9, "{evaluation:?}");
@@ -81,16 +107,28 @@ async fn ingest_search_ask_delete_and_restart() {
 
     // A question the corpus cannot answer carries the low-confidence notice.
     let unanswerable = client
-        .ask(AskRequest { question: "What is the capital of Mongolia?".to_string(), k: 3, mode: 0 })
+        .ask(AskRequest {
+            question: "What is the capital of Mongolia?".to_string(),
+            k: 3,
+            mode: 0,
+        })
         .await
         .unwrap()
         .into_inner();
     assert!(unanswerable.low_confidence, "{unanswerable:?}");
-    assert!(unanswerable.answer.contains("Low confidence"), "{}", unanswerable.answer);
+    assert!(
+        unanswerable.answer.contains("Low confidence"),
+        "{}",
+        unanswerable.answer
+    );
 
     // The stream's pieces add up to the answer.
     let mut stream = client
-        .ask_stream(AskRequest { question: "Who discovered penicillin?".to_string(), k: 3, mode: 0 })
+        .ask_stream(AskRequest {
+            question: "Who discovered penicillin?".to_string(),
+            k: 3,
+            mode: 0,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -103,24 +141,60 @@ async fn ingest_search_ask_delete_and_restart() {
         }
     }
     let done = done.expect("a final message");
-    assert!(done.answer.starts_with(&streamed) && !streamed.is_empty(), "{streamed:?} vs {:?}", done.answer);
+    assert!(
+        done.answer.starts_with(&streamed) && !streamed.is_empty(),
+        "{streamed:?} vs {:?}",
+        done.answer
+    );
     assert_eq!(done.sources[0], "penicillin");
 
     // Re-ingesting an id replaces it; delete removes; GetDocument says NOT_FOUND after.
     client
-        .ingest(tokio_stream::iter(vec![document("volcano", "Volcanoes", "Stratovolcanoes are tall cones built by many layers of hardened lava and tephra.")]))
+        .ingest(tokio_stream::iter(vec![document(
+            "volcano",
+            "Volcanoes",
+            "Stratovolcanoes are tall cones built by many layers of hardened lava and tephra.",
+        )]))
         .await
         .unwrap();
-    let fetched = client.get_document(GetDocumentRequest { id: "volcano".into() }).await.unwrap().into_inner();
+    let fetched = client
+        .get_document(GetDocumentRequest {
+            id: "volcano".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(fetched.text.starts_with("Stratovolcanoes"));
-    let deleted = client.delete(DeleteRequest { ids: vec!["sourdough".into(), "nope".into()] }).await.unwrap().into_inner();
+    let deleted = client
+        .delete(DeleteRequest {
+            ids: vec!["sourdough".into(), "nope".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(deleted.deleted, 1);
-    let missing = client.get_document(GetDocumentRequest { id: "sourdough".into() }).await.unwrap_err();
+    let missing = client
+        .get_document(GetDocumentRequest {
+            id: "sourdough".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 
-    let status = client.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.num_docs, corpus().len() as u64 - 1);
-    assert_eq!(status.members.iter().filter(|m| m.role == "retriever").count(), 3);
+    assert_eq!(
+        status
+            .members
+            .iter()
+            .filter(|m| m.role == "retriever")
+            .count(),
+        3
+    );
     assert!(status.members.iter().all(|member| member.ready));
 
     // A graceful stop, then a restart on the same data: everything acknowledged is there.
@@ -129,11 +203,25 @@ async fn ingest_search_ask_delete_and_restart() {
     assert!(exit.success(), "quarry exited with {exit:?}");
     let restarted = QuarryUp::start(data_dir.path(), 3).await;
     let mut client = restarted.client().await;
-    let response = client.search(search("who discovered penicillin", 3)).await.unwrap().into_inner();
+    let response = client
+        .search(search("who discovered penicillin", 3))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.hits[0].doc_id, "penicillin");
-    let status = client.cluster_status(ClusterStatusRequest {}).await.unwrap().into_inner();
+    let status = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.num_docs, corpus().len() as u64 - 1);
-    let fetched = client.get_document(GetDocumentRequest { id: "volcano".into() }).await.unwrap().into_inner();
+    let fetched = client
+        .get_document(GetDocumentRequest {
+            id: "volcano".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(fetched.text.starts_with("Stratovolcanoes"));
 }
 
@@ -149,28 +237,56 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         ("query", search(" \n\t ", 10)),
         ("query", search(&"long ".repeat(2000), 10)),
         ("k", search("moon", 1001)),
-        ("mode", SearchRequest { mode: 42, ..search("moon", 10) }),
+        (
+            "mode",
+            SearchRequest {
+                mode: 42,
+                ..search("moon", 10)
+            },
+        ),
     ];
     for (field, request) in cases {
         let error = client.search(request).await.unwrap_err();
         assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
-        assert!(error.message().starts_with(field), "{field}: {}", error.message());
+        assert!(
+            error.message().starts_with(field),
+            "{field}: {}",
+            error.message()
+        );
     }
     let error = client
-        .ask(AskRequest { question: "  ".into(), k: 0, mode: 0 })
+        .ask(AskRequest {
+            question: "  ".into(),
+            k: 0,
+            mode: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
-    assert!(error.message().starts_with("question"), "{}", error.message());
+    assert!(
+        error.message().starts_with("question"),
+        "{}",
+        error.message()
+    );
     let error = client
-        .ask(AskRequest { question: "moon".into(), k: 5000, mode: 0 })
+        .ask(AskRequest {
+            question: "moon".into(),
+            k: 5000,
+            mode: 0,
+        })
         .await
         .unwrap_err();
     assert!(error.message().starts_with("k"), "{}", error.message());
-    let error = client.get_document(GetDocumentRequest { id: "".into() }).await.unwrap_err();
+    let error = client
+        .get_document(GetDocumentRequest { id: "".into() })
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().starts_with("id"));
-    let error = client.delete(DeleteRequest { ids: vec![] }).await.unwrap_err();
+    let error = client
+        .delete(DeleteRequest { ids: vec![] })
+        .await
+        .unwrap_err();
     assert!(error.message().starts_with("ids"));
 
     let oversized = Document {
@@ -179,17 +295,45 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         ..Document::default()
     };
     let no_id = document("", "No id", "Some text");
-    let summary = client.ingest(tokio_stream::iter(vec![no_id, oversized])).await.unwrap().into_inner();
+    let summary = client
+        .ingest(tokio_stream::iter(vec![no_id, oversized]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(summary.accepted, 0);
-    let fields: Vec<&str> = summary.errors.iter().map(|error| error.field.as_str()).collect();
+    let fields: Vec<&str> = summary
+        .errors
+        .iter()
+        .map(|error| error.field.as_str())
+        .collect();
     assert_eq!(fields, ["id", "text"]);
-    assert!(summary.errors.iter().all(|error| error.code == "INVALID_ARGUMENT"));
+    assert!(summary
+        .errors
+        .iter()
+        .all(|error| error.code == "INVALID_ARGUMENT"));
 
     // Over the transport's message limit: refused, and the server keeps serving.
-    let huge = Document { id: "huge".into(), text: "x".repeat(20 * 1024 * 1024), ..Document::default() };
-    let error = client.ingest(tokio_stream::iter(vec![huge])).await.unwrap_err();
-    assert!(matches!(error.code(), Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument), "{error:?}");
-    let response = client.search(search("penicillin", 1)).await.unwrap().into_inner();
+    let huge = Document {
+        id: "huge".into(),
+        text: "x".repeat(20 * 1024 * 1024),
+        ..Document::default()
+    };
+    let error = client
+        .ingest(tokio_stream::iter(vec![huge]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
+        ),
+        "{error:?}"
+    );
+    let response = client
+        .search(search("penicillin", 1))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(response.hits[0].doc_id, "penicillin");
 
     // The scheduler's contract is served, and says it is not implemented yet.
@@ -223,7 +367,14 @@ async fn health_and_reflection_are_served() {
     let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
         panic!("unexpected reflection reply {reply:?}");
     };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
     assert!(names.contains(&"quarry.v1.Quarry".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }

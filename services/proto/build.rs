@@ -5,7 +5,13 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
-        "common", "analyzer", "retriever", "generator", "evaluator", "scheduler", "quarry",
+        "common",
+        "analyzer",
+        "retriever",
+        "generator",
+        "evaluator",
+        "scheduler",
+        "quarry",
     ]
     .map(|name| proto_root.join(format!("quarry/v1/{name}.proto")));
     for file in &files {

@@ -55,7 +55,11 @@ impl QuarryUp {
     async fn wait_until_serving(&self, patience: Duration) {
         let started = Instant::now();
         loop {
-            if let Ok(channel) = Channel::from_shared(self.address.clone()).unwrap().connect().await {
+            if let Ok(channel) = Channel::from_shared(self.address.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
                 let reply = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: "quarry.v1.Quarry".to_string(),
@@ -67,7 +71,10 @@ impl QuarryUp {
                     }
                 }
             }
-            assert!(started.elapsed() < patience, "quarry up did not start serving in {patience:?}");
+            assert!(
+                started.elapsed() < patience,
+                "quarry up did not start serving in {patience:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

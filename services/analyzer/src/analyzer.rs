@@ -66,8 +66,14 @@ mod tests {
             .analyze("Compare \"zero trust\" and VPNs at NASA since 2019")
             .unwrap();
         assert_eq!(analysis.query_type, ProtoQueryType::Analytical as i32);
-        assert!(analysis.entities.iter().any(|e| e.text == "zero trust" && e.kind == "quoted"));
-        assert!(analysis.entities.iter().any(|e| e.text == "NASA" && e.kind == "acronym"));
+        assert!(analysis
+            .entities
+            .iter()
+            .any(|e| e.text == "zero trust" && e.kind == "quoted"));
+        assert!(analysis
+            .entities
+            .iter()
+            .any(|e| e.text == "NASA" && e.kind == "acronym"));
         assert!((0.0..=1.0).contains(&analysis.complexity));
         assert!((0.0..=1.0).contains(&analysis.confidence));
         assert_eq!(analysis.analyzer, "rules");

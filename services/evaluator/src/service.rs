@@ -14,7 +14,10 @@ impl EvaluatorService {
     pub fn judge(&self, request: &EvaluateRequest) -> Evaluation {
         let mut passages: Vec<&quarry_proto::v1::Passage> = request.passages.iter().collect();
         passages.sort_by_key(|passage| passage.number);
-        let texts: Vec<&str> = passages.iter().map(|passage| passage.text.as_str()).collect();
+        let texts: Vec<&str> = passages
+            .iter()
+            .map(|passage| passage.text.as_str())
+            .collect();
         let judged = evaluate_heuristic(&request.question, &request.answer, &texts);
         Evaluation {
             evaluation: judged.evaluation,

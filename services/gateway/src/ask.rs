@@ -33,12 +33,20 @@ struct Prepared {
 }
 
 impl Gateway {
-    pub async fn ask(&self, request: AskRequest, deadline: Deadline) -> Result<AskResponse, GatewayError> {
+    pub async fn ask(
+        &self,
+        request: AskRequest,
+        deadline: Deadline,
+    ) -> Result<AskResponse, GatewayError> {
         let mut prepared = self.prepare(request, deadline).await?;
         let generate_started = Instant::now();
         let mut generator = self.clients.generator()?;
         let generated = generator
-            .generate(with_timeout(self.generate_request(&prepared), deadline, self))
+            .generate(with_timeout(
+                self.generate_request(&prepared),
+                deadline,
+                self,
+            ))
             .await
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
@@ -71,7 +79,11 @@ impl Gateway {
         let generate_started = Instant::now();
         let mut generator = self.clients.generator()?;
         let mut upstream = generator
-            .generate_stream(with_timeout(self.generate_request(&prepared), deadline, self))
+            .generate_stream(with_timeout(
+                self.generate_request(&prepared),
+                deadline,
+                self,
+            ))
             .await
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
@@ -108,7 +120,11 @@ impl Gateway {
     }
 
     /// Analyse, plan, search every shard, and number the best passages.
-    async fn prepare(&self, request: AskRequest, deadline: Deadline) -> Result<Prepared, GatewayError> {
+    async fn prepare(
+        &self,
+        request: AskRequest,
+        deadline: Deadline,
+    ) -> Result<Prepared, GatewayError> {
         let started = Instant::now();
         validate_query("question", &request.question, &self.config)?;
         let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
@@ -131,7 +147,11 @@ impl Gateway {
         let plan = plan_question(query_type, mode, k)?;
         let search_started = Instant::now();
         let fan_out = self
-            .fan_out_keyword(&request.question, plan.keyword_k, deadline.hop(self.shard_timeout()))
+            .fan_out_keyword(
+                &request.question,
+                plan.keyword_k,
+                deadline.hop(self.shard_timeout()),
+            )
             .await;
         require_some_shard(&fan_out)?;
         let top: Vec<_> = fan_out.keyword.iter().take(k as usize).cloned().collect();
@@ -193,12 +213,21 @@ impl Gateway {
         Ok(self.compose(prepared, generated, evaluation))
     }
 
-    fn compose(&self, prepared: Prepared, generated: GenerateResponse, evaluation: Evaluation) -> AskResponse {
+    fn compose(
+        &self,
+        prepared: Prepared,
+        generated: GenerateResponse,
+        evaluation: Evaluation,
+    ) -> AskResponse {
         let confidence = evaluation.confidence;
         let low_confidence = confidence < self.config.confidence_threshold;
         let mut answer = generated.answer;
         if low_confidence {
-            answer.push_str(&low_confidence_notice(confidence, self.config.confidence_threshold, &evaluation.evaluator));
+            answer.push_str(&low_confidence_notice(
+                confidence,
+                self.config.confidence_threshold,
+                &evaluation.evaluator,
+            ));
         }
         let sources = cited_sources(&generated.cited, &prepared.retrieval.passages);
         info!(
@@ -251,7 +280,10 @@ fn with_timeout<T>(message: T, deadline: Deadline, gateway: &Gateway) -> Request
 }
 
 fn timings(prepared: &mut Prepared) -> &mut Timings {
-    prepared.retrieval.timings.get_or_insert_with(Timings::default)
+    prepared
+        .retrieval
+        .timings
+        .get_or_insert_with(Timings::default)
 }
 
 fn elapsed_ms(since: Instant) -> f64 {

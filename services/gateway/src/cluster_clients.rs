@@ -50,7 +50,11 @@ impl ClusterClients {
 
     /// Ready replicas of a shard, in a stable order.
     pub fn shard_replicas(&self, shard: u32) -> Vec<Member> {
-        self.members.borrow().shard_replicas(shard).cloned().collect()
+        self.members
+            .borrow()
+            .shard_replicas(shard)
+            .cloned()
+            .collect()
     }
 
     pub fn analyzer(&self) -> Result<AnalyzerClient<Channel>, GatewayError> {

@@ -65,7 +65,11 @@ mod tests {
     #[test]
     fn passages_are_numbered_and_the_last_is_truncated() {
         let long = "word ".repeat(100);
-        let candidates = [candidate("a", "short one"), candidate("b", &long), candidate("c", "never")];
+        let candidates = [
+            candidate("a", "short one"),
+            candidate("b", &long),
+            candidate("c", "never"),
+        ];
         let passages = build_context(&candidates, 200);
         assert_eq!(passages.len(), 2);
         assert_eq!(passages[0].number, 1);

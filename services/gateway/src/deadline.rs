@@ -76,6 +76,9 @@ mod tests {
         assert!(Deadline::after(Some(second / 4)).hop(second) <= second / 4);
         assert_eq!(Deadline::after(Some(second * 4)).hop(second), second);
         assert_eq!(Deadline::after(None).hop(second), second);
-        assert_eq!(Deadline::after(Some(Duration::ZERO)).hop(second), Duration::ZERO);
+        assert_eq!(
+            Deadline::after(Some(Duration::ZERO)).hop(second),
+            Duration::ZERO
+        );
     }
 }

@@ -17,12 +17,19 @@ use crate::validate::validate_id;
 const MAX_DELETE_IDS: usize = 10_000;
 
 impl Gateway {
-    pub async fn delete(&self, request: DeleteRequest, deadline: Deadline) -> Result<DeleteResponse, GatewayError> {
+    pub async fn delete(
+        &self,
+        request: DeleteRequest,
+        deadline: Deadline,
+    ) -> Result<DeleteResponse, GatewayError> {
         if request.ids.is_empty() {
             return Err(GatewayError::invalid("ids", "must name at least one id"));
         }
         if request.ids.len() > MAX_DELETE_IDS {
-            return Err(GatewayError::invalid("ids", format!("at most {MAX_DELETE_IDS} ids")));
+            return Err(GatewayError::invalid(
+                "ids",
+                format!("at most {MAX_DELETE_IDS} ids"),
+            ));
         }
         for id in &request.ids {
             validate_id(id, &self.config)?;
@@ -40,7 +47,9 @@ impl Gateway {
             .map(|(shard, ids)| async move {
                 let replicas = self.clients.shard_replicas(shard as u32);
                 if replicas.is_empty() {
-                    return Err(GatewayError::Unavailable(format!("shard {shard} has no ready replica")));
+                    return Err(GatewayError::Unavailable(format!(
+                        "shard {shard} has no ready replica"
+                    )));
                 }
                 let mut deleted = 0;
                 for replica in replicas {
@@ -61,17 +70,25 @@ impl Gateway {
         Ok(DeleteResponse { deleted })
     }
 
-    pub async fn get_document(&self, id: &str, deadline: Deadline) -> Result<Document, GatewayError> {
+    pub async fn get_document(
+        &self,
+        id: &str,
+        deadline: Deadline,
+    ) -> Result<Document, GatewayError> {
         validate_id(id, &self.config)?;
         let shard = shard_for_document(id, self.clients.shard_count());
         let request = FetchRequest {
             ids: vec![id.to_string()],
         };
         let fetched = self
-            .call_shard(shard, deadline.hop(self.shard_timeout()), move |mut client| {
-                let request = request.clone();
-                async move { client.fetch(request).await }
-            })
+            .call_shard(
+                shard,
+                deadline.hop(self.shard_timeout()),
+                move |mut client| {
+                    let request = request.clone();
+                    async move { client.fetch(request).await }
+                },
+            )
             .await?;
         fetched
             .documents
@@ -80,7 +97,10 @@ impl Gateway {
             .ok_or_else(|| GatewayError::NotFound(format!("id: no document {id:?}")))
     }
 
-    pub async fn cluster_status(&self, deadline: Deadline) -> Result<ClusterStatusResponse, GatewayError> {
+    pub async fn cluster_status(
+        &self,
+        deadline: Deadline,
+    ) -> Result<ClusterStatusResponse, GatewayError> {
         let members = self.clients.members();
         let shards = self.clients.shard_count();
         let timeout = deadline.hop(self.shard_timeout());

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use quarry_proto::v1::retriever_client::RetrieverClient;
-use quarry_proto::v1::{Candidate, CollectStatsRequest, CorpusStats, ShardSearchRequest, TermStats};
+use quarry_proto::v1::{
+    Candidate, CollectStatsRequest, CorpusStats, ShardSearchRequest, TermStats,
+};
 use tonic::transport::Channel;
 use tonic::{Response, Status};
 use tracing::warn;

@@ -4,7 +4,7 @@
 
 use futures::future::join_all;
 use futures::Stream;
-use quarry_proto::v1::{Document, IngestError, IngestSummary, IndexRequest};
+use quarry_proto::v1::{Document, IndexRequest, IngestError, IngestSummary};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tracing::{info, warn};
@@ -57,7 +57,13 @@ impl Gateway {
             let document = message.map_err(|status| GatewayError::downstream("client", status))?;
             match validate_document(&document, &self.config) {
                 Err(GatewayError::InvalidArgument { field, reason }) => {
-                    tally.reject(index, &document.id, Code::InvalidArgument, field, format!("document {index}: {field}: {reason}"));
+                    tally.reject(
+                        index,
+                        &document.id,
+                        Code::InvalidArgument,
+                        field,
+                        format!("document {index}: {field}: {reason}"),
+                    );
                 }
                 Err(other) => return Err(other),
                 Ok(()) => {
@@ -77,7 +83,8 @@ impl Gateway {
             .filter(|(_, batch)| !batch.is_empty())
             .map(|(shard, batch)| async move {
                 let mut shard_tally = Tally::default();
-                self.write_batch(shard as u32, batch, &mut shard_tally).await;
+                self.write_batch(shard as u32, batch, &mut shard_tally)
+                    .await;
                 shard_tally
             });
         for shard_tally in join_all(flushes).await {
@@ -103,7 +110,13 @@ impl Gateway {
         let replicas = self.clients.shard_replicas(shard);
         if replicas.is_empty() {
             for pending in &batch {
-                tally.reject(pending.index, &pending.document.id, Code::Unavailable, "id", format!("shard {shard} has no ready replica"));
+                tally.reject(
+                    pending.index,
+                    &pending.document.id,
+                    Code::Unavailable,
+                    "id",
+                    format!("shard {shard} has no ready replica"),
+                );
             }
             return;
         }
@@ -131,7 +144,13 @@ impl Gateway {
             Some(error) => {
                 warn!(shard, documents = batch.len(), error = %error, "shard refused a batch");
                 for pending in &batch {
-                    tally.reject(pending.index, &pending.document.id, error.code(), "id", format!("shard {shard}: {error}"));
+                    tally.reject(
+                        pending.index,
+                        &pending.document.id,
+                        error.code(),
+                        "id",
+                        format!("shard {shard}: {error}"),
+                    );
                 }
             }
         }

@@ -50,7 +50,9 @@ pub fn plan_question(
     };
     Ok(RetrievalPlan {
         keyword_k: k,
-        strategy: format!("{planned} planned; running keyword only (no vector index yet): {KEYWORD_ONLY}"),
+        strategy: format!(
+            "{planned} planned; running keyword only (no vector index yet): {KEYWORD_ONLY}"
+        ),
     })
 }
 
@@ -74,7 +76,9 @@ mod tests {
     #[test]
     fn the_plan_names_the_question_type() {
         let plan = plan_question(QueryType::Factual, SearchMode::Hybrid, 5).unwrap();
-        assert!(plan.strategy.starts_with("factual: semantic-weighted 0.7/0.3"));
+        assert!(plan
+            .strategy
+            .starts_with("factual: semantic-weighted 0.7/0.3"));
         let error = plan_question(QueryType::Factual, SearchMode::Semantic, 5).unwrap_err();
         assert!(error.to_string().starts_with("mode:"));
     }

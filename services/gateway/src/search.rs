@@ -21,7 +21,11 @@ impl Gateway {
         let mode = resolve_mode(request.mode)?;
         let plan = plan_search(mode, k)?;
         let fan_out = self
-            .fan_out_keyword(&request.query, plan.keyword_k, deadline.hop(self.shard_timeout()))
+            .fan_out_keyword(
+                &request.query,
+                plan.keyword_k,
+                deadline.hop(self.shard_timeout()),
+            )
             .await;
         require_some_shard(&fan_out)?;
         let hits = fan_out

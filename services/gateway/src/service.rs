@@ -106,7 +106,10 @@ impl Quarry for QuarryService {
         request: Request<SubmitWorkflowRequest>,
     ) -> Result<Response<Workflow>, Status> {
         let mut scheduler = self.gateway.clients.scheduler()?;
-        scheduler.submit(request.into_inner()).await.map_err(scheduler_failed)
+        scheduler
+            .submit(request.into_inner())
+            .await
+            .map_err(scheduler_failed)
     }
 
     async fn get_workflow(
@@ -114,7 +117,10 @@ impl Quarry for QuarryService {
         request: Request<GetWorkflowRequest>,
     ) -> Result<Response<Workflow>, Status> {
         let mut scheduler = self.gateway.clients.scheduler()?;
-        scheduler.get(request.into_inner()).await.map_err(scheduler_failed)
+        scheduler
+            .get(request.into_inner())
+            .await
+            .map_err(scheduler_failed)
     }
 
     type WatchWorkflowStream = WorkflowEventStream;
@@ -137,6 +143,9 @@ impl Quarry for QuarryService {
         request: Request<CancelWorkflowRequest>,
     ) -> Result<Response<Workflow>, Status> {
         let mut scheduler = self.gateway.clients.scheduler()?;
-        scheduler.cancel(request.into_inner()).await.map_err(scheduler_failed)
+        scheduler
+            .cancel(request.into_inner())
+            .await
+            .map_err(scheduler_failed)
     }
 }

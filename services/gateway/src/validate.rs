@@ -6,21 +6,33 @@ use quarry_proto::v1::{Document, SearchMode};
 use crate::error::GatewayError;
 
 /// A query or question: not blank, not longer than the limit.
-pub fn validate_query(field: &'static str, text: &str, config: &GatewayConfig) -> Result<(), GatewayError> {
+pub fn validate_query(
+    field: &'static str,
+    text: &str,
+    config: &GatewayConfig,
+) -> Result<(), GatewayError> {
     if text.trim().is_empty() {
         return Err(GatewayError::invalid(field, "must not be empty"));
     }
     if text.len() > config.max_query_bytes {
         return Err(GatewayError::invalid(
             field,
-            format!("is {} bytes, the limit is {}", text.len(), config.max_query_bytes),
+            format!(
+                "is {} bytes, the limit is {}",
+                text.len(),
+                config.max_query_bytes
+            ),
         ));
     }
     Ok(())
 }
 
 /// k within 1..=max_k; 0 means the default.
-pub fn resolve_k(requested: u32, default: u32, config: &GatewayConfig) -> Result<u32, GatewayError> {
+pub fn resolve_k(
+    requested: u32,
+    default: u32,
+    config: &GatewayConfig,
+) -> Result<u32, GatewayError> {
     let k = if requested == 0 { default } else { requested };
     if k > config.max_k {
         return Err(GatewayError::invalid(
@@ -51,7 +63,11 @@ pub fn validate_document(document: &Document, config: &GatewayConfig) -> Result<
     if document.id.len() > config.max_id_bytes {
         return Err(GatewayError::invalid(
             "id",
-            format!("is {} bytes, the limit is {}", document.id.len(), config.max_id_bytes),
+            format!(
+                "is {} bytes, the limit is {}",
+                document.id.len(),
+                config.max_id_bytes
+            ),
         ));
     }
     if document.text.trim().is_empty() {
@@ -61,7 +77,10 @@ pub fn validate_document(document: &Document, config: &GatewayConfig) -> Result<
     if size > config.max_document_bytes {
         return Err(GatewayError::invalid(
             "text",
-            format!("title and text are {size} bytes, the limit is {}", config.max_document_bytes),
+            format!(
+                "title and text are {size} bytes, the limit is {}",
+                config.max_document_bytes
+            ),
         ));
     }
     Ok(())
@@ -73,7 +92,10 @@ pub fn validate_id(id: &str, config: &GatewayConfig) -> Result<(), GatewayError>
         return Err(GatewayError::invalid("id", "must not be empty"));
     }
     if id.len() > config.max_id_bytes {
-        return Err(GatewayError::invalid("id", format!("longer than {} bytes", config.max_id_bytes)));
+        return Err(GatewayError::invalid(
+            "id",
+            format!("longer than {} bytes", config.max_id_bytes),
+        ));
     }
     Ok(())
 }
@@ -92,7 +114,10 @@ mod tests {
         assert_eq!(error.to_string(), "query: must not be empty");
         let long = "a".repeat(config().max_query_bytes + 1);
         let error = validate_query("question", &long, &config()).unwrap_err();
-        assert!(error.to_string().starts_with("question: is 4097 bytes"), "{error}");
+        assert!(
+            error.to_string().starts_with("question: is 4097 bytes"),
+            "{error}"
+        );
         assert!(validate_query("query", "insulin", &config()).is_ok());
     }
 
@@ -101,14 +126,20 @@ mod tests {
         assert_eq!(resolve_k(0, 10, &config()).unwrap(), 10);
         assert_eq!(resolve_k(1000, 10, &config()).unwrap(), 1000);
         let error = resolve_k(1001, 10, &config()).unwrap_err();
-        assert!(error.to_string().starts_with("k: must be within 1..=1000"), "{error}");
+        assert!(
+            error.to_string().starts_with("k: must be within 1..=1000"),
+            "{error}"
+        );
     }
 
     #[test]
     fn unknown_modes_are_refused_and_unspecified_is_hybrid() {
         assert_eq!(resolve_mode(0).unwrap(), SearchMode::Hybrid);
         assert_eq!(resolve_mode(1).unwrap(), SearchMode::Keyword);
-        assert!(resolve_mode(42).unwrap_err().to_string().starts_with("mode: unknown"));
+        assert!(resolve_mode(42)
+            .unwrap_err()
+            .to_string()
+            .starts_with("mode: unknown"));
     }
 
     #[test]
@@ -118,10 +149,19 @@ mod tests {
             text: text.to_string(),
             ..Document::default()
         };
-        assert!(validate_document(&document("", "x"), &config()).unwrap_err().to_string().starts_with("id:"));
-        assert!(validate_document(&document("a", " "), &config()).unwrap_err().to_string().starts_with("text:"));
+        assert!(validate_document(&document("", "x"), &config())
+            .unwrap_err()
+            .to_string()
+            .starts_with("id:"));
+        assert!(validate_document(&document("a", " "), &config())
+            .unwrap_err()
+            .to_string()
+            .starts_with("text:"));
         let huge = "x".repeat(config().max_document_bytes + 1);
-        assert!(validate_document(&document("a", &huge), &config()).unwrap_err().to_string().starts_with("text:"));
+        assert!(validate_document(&document("a", &huge), &config())
+            .unwrap_err()
+            .to_string()
+            .starts_with("text:"));
         assert!(validate_document(&document("a", "fine"), &config()).is_ok());
     }
 }

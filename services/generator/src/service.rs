@@ -81,14 +81,15 @@ impl Generator for GeneratorService {
         request: Request<GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let response = self.write(request.into_inner())?;
-        let mut chunks: Vec<Result<GenerateChunk, Status>> = split_after_citations(&response.answer)
-            .into_iter()
-            .map(|piece| {
-                Ok(GenerateChunk {
-                    chunk: Some(generate_chunk::Chunk::Token(piece)),
+        let mut chunks: Vec<Result<GenerateChunk, Status>> =
+            split_after_citations(&response.answer)
+                .into_iter()
+                .map(|piece| {
+                    Ok(GenerateChunk {
+                        chunk: Some(generate_chunk::Chunk::Token(piece)),
+                    })
                 })
-            })
-            .collect();
+                .collect();
         chunks.push(Ok(GenerateChunk {
             chunk: Some(generate_chunk::Chunk::Done(response)),
         }));

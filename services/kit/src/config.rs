@@ -247,6 +247,7 @@ impl QuarryConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
 
@@ -265,7 +266,10 @@ mod tests {
             assert_eq!(config.gateway.max_k, 60, "env beats file");
             assert_eq!(config.gateway.default_ask_k, 3, "flags beat file");
             assert_eq!(config.log_format, LogFormat::Json);
-            assert_eq!(config.gateway.max_context_chars, 6000, "defaults fill the rest");
+            assert_eq!(
+                config.gateway.max_context_chars, 6000,
+                "defaults fill the rest"
+            );
             Ok(())
         });
     }
@@ -275,16 +279,21 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("QUARRY_GATEWAY__CONFIDENCE_THRESHOLD", "1.5");
             let error = QuarryConfig::load(None, serde_json::json!({})).unwrap_err();
-            assert!(error.to_string().contains("confidence_threshold"), "{error}");
+            assert!(
+                error.to_string().contains("confidence_threshold"),
+                "{error}"
+            );
             Ok(())
         });
     }
 
     #[test]
     fn a_named_missing_file_is_an_error() {
-        let error =
-            QuarryConfig::load(Some(Path::new("/nonexistent/quarry.toml")), serde_json::json!({}))
-                .unwrap_err();
+        let error = QuarryConfig::load(
+            Some(Path::new("/nonexistent/quarry.toml")),
+            serde_json::json!({}),
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("does not exist"));
     }
 }

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic_health::ServingStatus;
 use tracing::info;
@@ -78,12 +78,14 @@ pub async fn serve(
             .await;
         info!(role, "draining in-flight calls");
     };
+    // Small request/response messages must not wait for Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     info!(role, address = %local_address, "serving");
     Server::builder()
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .serve_with_incoming_shutdown(incoming, drain)
         .await
         .map_err(|error| KitError::Serve(error.to_string()))?;
     info!(role, "stopped");

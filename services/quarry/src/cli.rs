@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "quarry", version, about = "Retrieval-augmented question answering over your documents")]
+#[command(
+    name = "quarry",
+    version,
+    about = "Retrieval-augmented question answering over your documents"
+)]
 pub struct Cli {
     /// Configuration file (default: ./quarry.toml when present).
     #[arg(long, global = true, env = "QUARRY_CONFIG")]

@@ -30,7 +30,12 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", args.file.display()))?;
     let (documents, malformed) = parse_documents(&content);
     for line in &malformed {
-        eprintln!("{}:{}: {}", args.file.display(), line.line_number, line.reason);
+        eprintln!(
+            "{}:{}: {}",
+            args.file.display(),
+            line.line_number,
+            line.reason
+        );
     }
     let line_numbers: Vec<usize> = documents.iter().map(|line| line.line_number).collect();
     let mut client = connect(&args.client).await?;
@@ -42,7 +47,12 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         .into_inner();
     for error in &summary.errors {
         let line = line_numbers.get(error.index as usize).copied().unwrap_or(0);
-        eprintln!("{}:{line}: {} {}", args.file.display(), error.code, error.message);
+        eprintln!(
+            "{}:{line}: {} {}",
+            args.file.display(),
+            error.code,
+            error.message
+        );
     }
     if args.client.json {
         println!("{}", output::ingest_json(&summary, malformed.len()));
@@ -55,7 +65,10 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         );
     }
     if summary.rejected > 0 || !malformed.is_empty() {
-        bail!("{} document(s) were not ingested", summary.rejected as usize + malformed.len());
+        bail!(
+            "{} document(s) were not ingested",
+            summary.rejected as usize + malformed.len()
+        );
     }
     Ok(())
 }
@@ -92,7 +105,11 @@ pub async fn ask(args: &AskArgs) -> anyhow::Result<()> {
         mode: SearchMode::Hybrid as i32,
     };
     let response = if args.stream && !args.client.json {
-        let mut stream = client.ask_stream(request).await.map_err(status_error)?.into_inner();
+        let mut stream = client
+            .ask_stream(request)
+            .await
+            .map_err(status_error)?
+            .into_inner();
         let mut done = None;
         while let Some(chunk) = stream.next().await {
             match chunk.map_err(status_error)?.chunk {
@@ -104,7 +121,11 @@ pub async fn ask(args: &AskArgs) -> anyhow::Result<()> {
         println!();
         done.context("the answer stream ended without a final message")?
     } else {
-        client.ask(request).await.map_err(status_error)?.into_inner()
+        client
+            .ask(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
     };
     if args.client.json {
         println!("{}", output::ask_json(&response));

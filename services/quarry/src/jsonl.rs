@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(documents[0].document.metadata["year"], "2001");
         assert_eq!(documents[1].line_number, 3);
         assert_eq!(documents[1].document.id, "7");
-        assert_eq!(documents[2].document.text, "", "empty text is left for the server to refuse");
+        assert_eq!(
+            documents[2].document.text, "",
+            "empty text is left for the server to refuse"
+        );
         let numbers: Vec<usize> = malformed.iter().map(|line| line.line_number).collect();
         assert_eq!(numbers, [4, 5, 6]);
         assert!(malformed[2].reason.contains("text"));

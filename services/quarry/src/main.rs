@@ -97,7 +97,10 @@ fn load_config(cli: &Cli, mut flags: Map<String, Value>) -> anyhow::Result<Quarr
         };
         flags.insert("log_format".to_string(), json!(name));
     }
-    Ok(QuarryConfig::load(cli.config.as_deref(), Value::Object(flags))?)
+    Ok(QuarryConfig::load(
+        cli.config.as_deref(),
+        Value::Object(flags),
+    )?)
 }
 
 fn serve_overrides(args: &ServeArgs) -> Map<String, Value> {

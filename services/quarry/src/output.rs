@@ -40,7 +40,14 @@ pub fn search_text(response: &SearchResponse) -> String {
         response.strategy
     );
     for (rank, hit) in response.hits.iter().enumerate() {
-        let _ = writeln!(out, "{:>3}. [{}] {:.4}  {}", rank + 1, hit.doc_id, hit.score, hit.title);
+        let _ = writeln!(
+            out,
+            "{:>3}. [{}] {:.4}  {}",
+            rank + 1,
+            hit.doc_id,
+            hit.score,
+            hit.title
+        );
         let _ = writeln!(out, "     {}", snippet(&hit.text, 160));
     }
     out
@@ -82,12 +89,34 @@ pub fn ask_text(response: &AskResponse, include_answer: bool) -> String {
             let _ = writeln!(out, "  - {source}  {title}");
         }
     }
-    let _ = writeln!(out, "Confidence: {:.2}{}", response.confidence, if response.low_confidence { " (low)" } else { "" });
+    let _ = writeln!(
+        out,
+        "Confidence: {:.2}{}",
+        response.confidence,
+        if response.low_confidence {
+            " (low)"
+        } else {
+            ""
+        }
+    );
     if let Some(analysis) = &response.analysis {
-        let _ = writeln!(out, "Question: {} ({}), complexity {:.2}", query_type_name(analysis.query_type), analysis.intent, analysis.complexity);
+        let _ = writeln!(
+            out,
+            "Question: {} ({}), complexity {:.2}",
+            query_type_name(analysis.query_type),
+            analysis.intent,
+            analysis.complexity
+        );
     }
     if let Some(retrieval) = &response.retrieval {
-        let _ = writeln!(out, "Retrieval: {}; shards {}/{}{}", retrieval.strategy, retrieval.shards_answered, retrieval.shards_total, if retrieval.partial { " (PARTIAL)" } else { "" });
+        let _ = writeln!(
+            out,
+            "Retrieval: {}; shards {}/{}{}",
+            retrieval.strategy,
+            retrieval.shards_answered,
+            retrieval.shards_total,
+            if retrieval.partial { " (PARTIAL)" } else { "" }
+        );
         if let Some(timings) = &retrieval.timings {
             let _ = writeln!(out, "Timings: total {:.1} ms (analyze {:.1}, search {:.1}, generate {:.1}, evaluate {:.1})", timings.total_ms, timings.analyze_ms, timings.search_ms, timings.generate_ms, timings.evaluate_ms);
         }
@@ -96,7 +125,9 @@ pub fn ask_text(response: &AskResponse, include_answer: bool) -> String {
 }
 
 fn analysis_json(analysis: Option<&Analysis>) -> Value {
-    let Some(analysis) = analysis else { return Value::Null };
+    let Some(analysis) = analysis else {
+        return Value::Null;
+    };
     json!({
         "query_type": query_type_name(analysis.query_type),
         "intent": analysis.intent,
@@ -108,8 +139,10 @@ fn analysis_json(analysis: Option<&Analysis>) -> Value {
 }
 
 fn retrieval_json(retrieval: Option<&RetrievalInfo>) -> Value {
-    let Some(retrieval) = retrieval else { return Value::Null };
-    let timings = retrieval.timings.clone().unwrap_or_default();
+    let Some(retrieval) = retrieval else {
+        return Value::Null;
+    };
+    let timings = retrieval.timings.unwrap_or_default();
     json!({
         "strategy": retrieval.strategy,
         "shards_total": retrieval.shards_total,
@@ -130,7 +163,9 @@ fn retrieval_json(retrieval: Option<&RetrievalInfo>) -> Value {
 }
 
 fn evaluation_json(evaluation: Option<&Evaluation>) -> Value {
-    let Some(evaluation) = evaluation else { return Value::Null };
+    let Some(evaluation) = evaluation else {
+        return Value::Null;
+    };
     json!({
         "evaluation": evaluation.evaluation,
         "groundedness": evaluation.groundedness,
@@ -169,7 +204,11 @@ pub fn ingest_json(summary: &IngestSummary, malformed_lines: usize) -> Value {
 
 pub fn status_text(response: &ClusterStatusResponse) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "cluster {}: {} shard(s), {} document(s)", response.cluster, response.shards, response.num_docs);
+    let _ = writeln!(
+        out,
+        "cluster {}: {} shard(s), {} document(s)",
+        response.cluster, response.shards, response.num_docs
+    );
     if !response.shards_unavailable.is_empty() {
         let _ = writeln!(out, "UNAVAILABLE shards: {:?}", response.shards_unavailable);
     }
@@ -179,7 +218,14 @@ pub fn status_text(response: &ClusterStatusResponse) -> String {
         } else {
             String::new()
         };
-        let _ = writeln!(out, "  {:<10} {}{}  {}", member.role, member.address, placement, if member.ready { "ready" } else { "not ready" });
+        let _ = writeln!(
+            out,
+            "  {:<10} {}{}  {}",
+            member.role,
+            member.address,
+            placement,
+            if member.ready { "ready" } else { "not ready" }
+        );
     }
     out
 }
@@ -206,7 +252,13 @@ mod tests {
     #[test]
     fn search_output_names_partial_results() {
         let response = SearchResponse {
-            hits: vec![Hit { doc_id: "d1".into(), score: 1.5, title: "T".into(), text: "x".repeat(300), shard: 1 }],
+            hits: vec![Hit {
+                doc_id: "d1".into(),
+                score: 1.5,
+                title: "T".into(),
+                text: "x".repeat(300),
+                shard: 1,
+            }],
             shards_total: 2,
             shards_answered: 1,
             partial: true,

@@ -43,7 +43,9 @@ pub fn replica_dir(data_dir: &std::path::Path, shard: u32, replica: u32) -> Path
 }
 
 /// Registers the role and serves it on a task; the task ends after a graceful drain.
-pub async fn start_role(launch: RoleLaunch) -> anyhow::Result<(String, JoinHandle<anyhow::Result<()>>)> {
+pub async fn start_role(
+    launch: RoleLaunch,
+) -> anyhow::Result<(String, JoinHandle<anyhow::Result<()>>)> {
     let RoleLaunch {
         role,
         config,
@@ -121,12 +123,18 @@ fn build_role(
             let service = RetrieverServer::new(RetrieverService::new(Arc::new(shard)))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
-            (Routes::new(service), vec!["quarry.v1.Retriever"], shard_number, replica_number)
+            (
+                Routes::new(service),
+                vec!["quarry.v1.Retriever"],
+                shard_number,
+                replica_number,
+            )
         }
         Role::Generator => {
-            let service = GeneratorServer::new(GeneratorService::new(config.generator.max_answer_chars))
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit);
+            let service =
+                GeneratorServer::new(GeneratorService::new(config.generator.max_answer_chars))
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Generator"], 0, 0)
         }
         Role::Evaluator => {

@@ -18,7 +18,12 @@ pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow
         .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
     let discovery: Arc<dyn Discovery> = Arc::new(StaticDiscovery::new(config.shards, Vec::new()));
     let mut launches = Vec::new();
-    for role in [Role::Analyzer, Role::Generator, Role::Evaluator, Role::Scheduler] {
+    for role in [
+        Role::Analyzer,
+        Role::Generator,
+        Role::Evaluator,
+        Role::Scheduler,
+    ] {
         launches.push((role, config.clone()));
     }
     for shard in 0..config.shards {
@@ -57,10 +62,16 @@ pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow
         data_dir = %config.data_dir.display(),
         "quarry is up"
     );
-    eprintln!("quarry up: gateway on {gateway_address}, {} shard(s), data in {}", config.shards, config.data_dir.display());
+    eprintln!(
+        "quarry up: gateway on {gateway_address}, {} shard(s), data in {}",
+        config.shards,
+        config.data_dir.display()
+    );
     let mut first_error = None;
     while let Some(finished) = tasks.join_next().await {
-        let outcome = finished.map_err(anyhow::Error::from).and_then(|served| served);
+        let outcome = finished
+            .map_err(anyhow::Error::from)
+            .and_then(|served| served);
         if let Err(error) = outcome {
             shutdown.cancel();
             first_error.get_or_insert(error);

@@ -30,9 +30,9 @@ impl From<RetrieverError> for Status {
         let code = match &error {
             RetrieverError::InvalidArgument { .. } => Code::InvalidArgument,
             RetrieverError::FailedPrecondition(_) => Code::FailedPrecondition,
-            RetrieverError::Index(_) | RetrieverError::Open { .. } | RetrieverError::Internal(_) => {
-                Code::Internal
-            }
+            RetrieverError::Index(_)
+            | RetrieverError::Open { .. }
+            | RetrieverError::Internal(_) => Code::Internal,
         };
         Status::new(code, error.to_string())
     }

@@ -66,7 +66,11 @@ impl Retriever for RetrieverService {
     ) -> Result<Response<ShardSearchResponse>, Status> {
         let request = request.into_inner();
         if request.keyword_k > MAX_SHARD_K {
-            return Err(RetrieverError::invalid("keyword_k", format!("must be at most {MAX_SHARD_K}")).into());
+            return Err(RetrieverError::invalid(
+                "keyword_k",
+                format!("must be at most {MAX_SHARD_K}"),
+            )
+            .into());
         }
         if request.vector_k > 0 {
             return Err(RetrieverError::FailedPrecondition(
@@ -80,7 +84,11 @@ impl Retriever for RetrieverService {
         let candidates = self
             .blocking(move |shard| shard.search_keyword(&query, keyword_k, global.as_ref()))
             .await?;
-        debug!(shard = self.shard.shard(), hits = candidates.len(), "shard searched");
+        debug!(
+            shard = self.shard.shard(),
+            hits = candidates.len(),
+            "shard searched"
+        );
         Ok(Response::new(ShardSearchResponse {
             shard: self.shard.shard(),
             keyword: candidates.into_iter().map(candidate_to_proto).collect(),

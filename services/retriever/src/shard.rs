@@ -321,10 +321,26 @@ mod tests {
 
     fn corpus() -> Vec<StoredDocument> {
         vec![
-            document("a", "Insulin", "Insulin lowers blood glucose by helping cells absorb it."),
-            document("b", "Photosynthesis", "Plants turn light, water and carbon dioxide into sugar."),
-            document("c", "Glucose", "Glucose is a simple sugar and the main energy source of cells."),
-            document("d", "Mitochondria", "Mitochondria produce most of the energy of a cell."),
+            document(
+                "a",
+                "Insulin",
+                "Insulin lowers blood glucose by helping cells absorb it.",
+            ),
+            document(
+                "b",
+                "Photosynthesis",
+                "Plants turn light, water and carbon dioxide into sugar.",
+            ),
+            document(
+                "c",
+                "Glucose",
+                "Glucose is a simple sugar and the main energy source of cells.",
+            ),
+            document(
+                "d",
+                "Mitochondria",
+                "Mitochondria produce most of the energy of a cell.",
+            ),
         ]
     }
 
@@ -334,14 +350,21 @@ mod tests {
         {
             let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
             assert_eq!(shard.upsert(&corpus()).unwrap(), 4);
-            let hits = shard.search_keyword("what lowers blood glucose", 3, None).unwrap();
+            let hits = shard
+                .search_keyword("what lowers blood glucose", 3, None)
+                .unwrap();
             assert_eq!(hits[0].doc_id, "a");
             assert!(hits.iter().all(|hit| hit.doc_id != "b"));
         }
         let reopened = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
         assert_eq!(reopened.num_docs(), 4);
-        let fetched = reopened.fetch(&["c".to_string(), "zz".to_string()]).unwrap();
-        assert_eq!(fetched, vec![document("c", "Glucose", corpus()[2].text.as_str())]);
+        let fetched = reopened
+            .fetch(&["c".to_string(), "zz".to_string()])
+            .unwrap();
+        assert_eq!(
+            fetched,
+            vec![document("c", "Glucose", corpus()[2].text.as_str())]
+        );
     }
 
     #[test]
@@ -350,12 +373,24 @@ mod tests {
         let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
         shard.upsert(&corpus()).unwrap();
         shard
-            .upsert(&[document("b", "Photosynthesis", "Chlorophyll captures sunlight.")])
+            .upsert(&[document(
+                "b",
+                "Photosynthesis",
+                "Chlorophyll captures sunlight.",
+            )])
             .unwrap();
         assert_eq!(shard.num_docs(), 4);
-        assert!(shard.search_keyword("carbon dioxide", 5, None).unwrap().is_empty());
-        assert_eq!(shard.search_keyword("chlorophyll", 5, None).unwrap()[0].doc_id, "b");
-        let deleted = shard.delete(&["a".to_string(), "missing".to_string()]).unwrap();
+        assert!(shard
+            .search_keyword("carbon dioxide", 5, None)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            shard.search_keyword("chlorophyll", 5, None).unwrap()[0].doc_id,
+            "b"
+        );
+        let deleted = shard
+            .delete(&["a".to_string(), "missing".to_string()])
+            .unwrap();
         assert_eq!(deleted, 1);
         assert_eq!(shard.num_docs(), 3);
         assert!(shard.fetch(&["a".to_string()]).unwrap().is_empty());

@@ -32,7 +32,10 @@ impl Scheduler for UnimplementedScheduler {
         Err(Status::unimplemented(NOT_YET))
     }
 
-    async fn get(&self, _request: Request<GetWorkflowRequest>) -> Result<Response<Workflow>, Status> {
+    async fn get(
+        &self,
+        _request: Request<GetWorkflowRequest>,
+    ) -> Result<Response<Workflow>, Status> {
         Err(Status::unimplemented(NOT_YET))
     }
 
