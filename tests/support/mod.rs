@@ -38,6 +38,7 @@ impl QuarryUp {
             .arg(data_dir)
             .args(["--shards", &shards.to_string()])
             .env("RUST_LOG", "warn")
+            .env("QUARRY_ANALYZER__ENCODER", "hash")
             .env_remove("QUARRY_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -8,6 +8,12 @@ pub enum AnalyzerError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("no encoder is configured (set analyzer.encoder)")]
     NoEncoder,
+    #[error("cannot load the encoder: {0}")]
+    EncoderLoad(String),
+    #[error("encoder failed: {0}")]
+    Encoder(String),
+    #[error("encoder backend unavailable: {0}")]
+    EncoderUnavailable(String),
 }
 
 impl From<AnalyzerError> for Status {
@@ -15,6 +21,9 @@ impl From<AnalyzerError> for Status {
         let code = match &error {
             AnalyzerError::InvalidArgument { .. } => Code::InvalidArgument,
             AnalyzerError::NoEncoder => Code::FailedPrecondition,
+            AnalyzerError::EncoderLoad(_) => Code::FailedPrecondition,
+            AnalyzerError::Encoder(_) => Code::Internal,
+            AnalyzerError::EncoderUnavailable(_) => Code::Unavailable,
         };
         Status::new(code, error.to_string())
     }

@@ -56,7 +56,7 @@ impl Analyzer for AnalyzerService {
         let encoder_for_task = Arc::clone(&encoder);
         let vectors = tokio::task::spawn_blocking(move || encoder_for_task.encode(&texts))
             .await
-            .map_err(|error| Status::internal(format!("encoder task failed: {error}")))?;
+            .map_err(|error| Status::internal(format!("encoder task failed: {error}")))??;
         Ok(Response::new(EmbedResponse {
             vectors: vectors
                 .into_iter()

@@ -119,16 +119,65 @@ impl Default for GatewayConfig {
 #[serde(rename_all = "lowercase")]
 pub enum EncoderKind {
     /// No encoder: `Embed` answers FAILED_PRECONDITION and search is keyword-only.
-    #[default]
     None,
     /// Feature hashing of terms; for tests only, never chosen unless configured.
     Hash,
+    /// all-MiniLM-L6-v2 run in-process with candle from `analyzer.model_dir`.
+    #[default]
+    Minilm,
+    /// Any OpenAI-compatible `/v1/embeddings` endpoint.
+    Openai,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AnalyzerConfig {
     pub encoder: EncoderKind,
+    /// Directory with config.json, tokenizer.json and model.safetensors (`make model`).
+    pub model_dir: PathBuf,
+    /// Most texts embedded in one forward pass.
+    pub max_batch: usize,
+    /// How long a request waits for others to share its batch, in microseconds.
+    pub batch_window_us: u64,
+    pub openai: OpenAiEmbeddingsConfig,
+}
+
+impl Default for AnalyzerConfig {
+    fn default() -> Self {
+        Self {
+            encoder: EncoderKind::default(),
+            model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            max_batch: 32,
+            batch_window_us: 500,
+            openai: OpenAiEmbeddingsConfig::default(),
+        }
+    }
+}
+
+/// An OpenAI-compatible embeddings endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OpenAiEmbeddingsConfig {
+    /// Base URL up to and including `/v1`, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key (the key itself is never configured or logged).
+    pub api_key_env: String,
+    /// Dimensions of the vectors the model returns.
+    pub dimensions: usize,
+    pub timeout_ms: u64,
+}
+
+impl Default for OpenAiEmbeddingsConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "http://127.0.0.1:8000/v1".to_string(),
+            model: "all-MiniLM-L6-v2".to_string(),
+            api_key_env: "OPENAI_API_KEY".to_string(),
+            dimensions: 384,
+            timeout_ms: 30_000,
+        }
+    }
 }
 
 /// One retriever shard replica.

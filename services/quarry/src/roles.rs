@@ -104,6 +104,12 @@ fn build_role(
             let encoder: Option<Arc<dyn Encoder>> = match config.analyzer.encoder {
                 EncoderKind::None => None,
                 EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
+                EncoderKind::Minilm | EncoderKind::Openai => {
+                    anyhow::bail!(
+                        "analyzer.encoder {:?} is not available in this build",
+                        config.analyzer.encoder
+                    )
+                }
             };
             let service = AnalyzerServer::new(AnalyzerService::new(encoder))
                 .max_decoding_message_size(limit)

@@ -1,15 +1,11 @@
-//! Text encoders behind one trait. `HashEncoder` is dependency-free feature hashing of
-//! terms, for tests only: it is used only when `analyzer.encoder = "hash"` is configured.
+//! `HashEncoder`: dependency-free feature hashing of terms, for tests only; it is used only
+//! when `analyzer.encoder = "hash"` is configured.
 
 use quarry_kit::text::content_terms;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// Turns texts into L2-normalised vectors of a fixed dimension.
-pub trait Encoder: Send + Sync + 'static {
-    fn name(&self) -> String;
-    fn dimensions(&self) -> usize;
-    fn encode(&self, texts: &[String]) -> Vec<Vec<f32>>;
-}
+use super::Encoder;
+use crate::error::AnalyzerError;
 
 /// Signed feature hashing of content terms into `dimensions` buckets.
 #[derive(Debug, Clone)]
@@ -49,8 +45,8 @@ impl Encoder for HashEncoder {
         self.dimensions
     }
 
-    fn encode(&self, texts: &[String]) -> Vec<Vec<f32>> {
-        texts.iter().map(|text| self.encode_one(text)).collect()
+    fn encode(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, AnalyzerError> {
+        Ok(texts.iter().map(|text| self.encode_one(text)).collect())
     }
 }
 
@@ -65,11 +61,13 @@ mod tests {
     #[test]
     fn similar_texts_are_closer_than_unrelated_ones() {
         let encoder = HashEncoder::new(384);
-        let vectors = encoder.encode(&[
-            "insulin lowers blood glucose".to_string(),
-            "blood glucose is lowered by insulin".to_string(),
-            "the river flooded the village".to_string(),
-        ]);
+        let vectors = encoder
+            .encode(&[
+                "insulin lowers blood glucose".to_string(),
+                "blood glucose is lowered by insulin".to_string(),
+                "the river flooded the village".to_string(),
+            ])
+            .unwrap();
         assert_eq!(vectors[0].len(), 384);
         assert!((cosine(&vectors[0], &vectors[0]) - 1.0).abs() < 1e-5);
         assert!(cosine(&vectors[0], &vectors[1]) > cosine(&vectors[0], &vectors[2]) + 0.3);
