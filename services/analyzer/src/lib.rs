@@ -9,6 +9,9 @@ pub mod rules;
 mod service;
 
 pub use analyzer::QuestionAnalyzer;
-pub use encoder::{Encoder, HashEncoder};
+pub use encoder::{
+    BatchOptions, BatchStats, EmbedBatcher, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
+    MINILM_DIMENSIONS, MINILM_NAME,
+};
 pub use error::AnalyzerError;
 pub use service::AnalyzerService;

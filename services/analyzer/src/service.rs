@@ -1,4 +1,5 @@
-//! The tonic `quarry.v1.Analyzer` service over `QuestionAnalyzer` and the configured encoder.
+//! The tonic `quarry.v1.Analyzer` service over `QuestionAnalyzer` and the configured encoder,
+//! whose concurrent `Embed` calls share batches through `EmbedBatcher`.
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use quarry_proto::v1::{AnalyzeRequest, AnalyzeResponse, EmbedRequest, EmbedRespo
 use tonic::{Request, Response, Status};
 
 use crate::analyzer::QuestionAnalyzer;
-use crate::encoder::Encoder;
+use crate::encoder::{BatchOptions, EmbedBatcher, Encoder};
 use crate::error::AnalyzerError;
 
 /// Most texts embedded in one request.
@@ -16,15 +17,23 @@ const MAX_EMBED_BATCH: usize = 1024;
 #[derive(Clone)]
 pub struct AnalyzerService {
     analyzer: QuestionAnalyzer,
-    encoder: Option<Arc<dyn Encoder>>,
+    embedder: Option<Arc<EmbedBatcher>>,
 }
 
 impl AnalyzerService {
-    pub fn new(encoder: Option<Arc<dyn Encoder>>) -> Self {
-        Self {
+    /// Serves `encoder` (if any) through a batcher with `batching`'s limits.
+    pub fn new(
+        encoder: Option<Arc<dyn Encoder>>,
+        batching: BatchOptions,
+    ) -> Result<Self, AnalyzerError> {
+        let embedder = match encoder {
+            Some(encoder) => Some(Arc::new(EmbedBatcher::start(encoder, batching)?)),
+            None => None,
+        };
+        Ok(Self {
             analyzer: QuestionAnalyzer,
-            encoder,
-        }
+            embedder,
+        })
     }
 }
 
@@ -44,7 +53,7 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<EmbedRequest>,
     ) -> Result<Response<EmbedResponse>, Status> {
-        let encoder = self.encoder.clone().ok_or(AnalyzerError::NoEncoder)?;
+        let embedder = self.embedder.as_ref().ok_or(AnalyzerError::NoEncoder)?;
         let texts = request.into_inner().texts;
         if texts.len() > MAX_EMBED_BATCH {
             return Err(AnalyzerError::InvalidArgument {
@@ -53,10 +62,8 @@ impl Analyzer for AnalyzerService {
             }
             .into());
         }
-        let encoder_for_task = Arc::clone(&encoder);
-        let vectors = tokio::task::spawn_blocking(move || encoder_for_task.encode(&texts))
-            .await
-            .map_err(|error| Status::internal(format!("encoder task failed: {error}")))??;
+        let vectors = embedder.embed(texts).await?;
+        let encoder = embedder.encoder();
         Ok(Response::new(EmbedResponse {
             vectors: vectors
                 .into_iter()

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use quarry_analyzer::{AnalyzerService, Encoder, HashEncoder};
+use quarry_analyzer::{
+    AnalyzerService, BatchOptions, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
+};
 use quarry_evaluator::EvaluatorService;
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
@@ -104,14 +106,28 @@ fn build_role(
             let encoder: Option<Arc<dyn Encoder>> = match config.analyzer.encoder {
                 EncoderKind::None => None,
                 EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
-                EncoderKind::Minilm | EncoderKind::Openai => {
-                    anyhow::bail!(
-                        "analyzer.encoder {:?} is not available in this build",
-                        config.analyzer.encoder
-                    )
+                EncoderKind::Minilm => {
+                    let model_dir = &config.analyzer.model_dir;
+                    let encoder = MiniLmEncoder::load(model_dir).with_context(|| {
+                        format!(
+                            "analyzer.encoder = \"minilm\" needs all-MiniLM-L6-v2 in {}: \
+                             run `make model`, or set analyzer.encoder \
+                             (QUARRY_ANALYZER__ENCODER) to \"openai\" or \"none\"",
+                            model_dir.display()
+                        )
+                    })?;
+                    Some(Arc::new(encoder))
                 }
+                EncoderKind::Openai => Some(Arc::new(
+                    OpenAiEncoder::new(&config.analyzer.openai)
+                        .context("analyzer.encoder = \"openai\"")?,
+                )),
             };
-            let service = AnalyzerServer::new(AnalyzerService::new(encoder))
+            let batching = BatchOptions {
+                max_batch: config.analyzer.max_batch,
+                window: std::time::Duration::from_micros(config.analyzer.batch_window_us),
+            };
+            let service = AnalyzerServer::new(AnalyzerService::new(encoder, batching)?)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Analyzer"], 0, 0)

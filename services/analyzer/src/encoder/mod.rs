@@ -1,8 +1,16 @@
-//! Text encoders behind one trait: `hash` (tests only), and the real ones.
+//! Text encoders behind one trait: `hash` (tests only), MiniLM in-process, any
+//! OpenAI-compatible endpoint; and `EmbedBatcher`, which shares one encoder among callers.
 
+mod batcher;
+mod bert;
 mod hash;
+mod minilm;
+mod openai;
 
+pub use batcher::{BatchOptions, BatchStats, EmbedBatcher};
 pub use hash::HashEncoder;
+pub use minilm::{MiniLmEncoder, MINILM_DIMENSIONS, MINILM_NAME};
+pub use openai::OpenAiEncoder;
 
 use crate::error::AnalyzerError;
 

@@ -1,0 +1,374 @@
+//! `EmbedBatcher`: embedding requests that arrive together share one `Encoder::encode` call,
+//! run on a dedicated worker thread, and each caller gets back its own vectors in order.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use super::Encoder;
+use crate::error::AnalyzerError;
+
+/// How requests are gathered into batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOptions {
+    /// Most texts in one batch; a single larger request still runs, alone.
+    pub max_batch: usize,
+    /// How long the worker waits for more requests after the first one arrives.
+    pub window: Duration,
+}
+
+/// Counts of what the batcher has done since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// `encode` calls made.
+    pub batches: u64,
+    /// Requests answered (each shares one batch with others or runs alone).
+    pub requests: u64,
+    /// Texts embedded.
+    pub texts: u64,
+    /// Most texts in one batch so far.
+    pub largest_batch: u64,
+}
+
+#[derive(Debug, Default)]
+struct BatchCounters {
+    batches: AtomicU64,
+    requests: AtomicU64,
+    texts: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+type EmbedResult = Result<Vec<Vec<f32>>, AnalyzerError>;
+
+/// One caller's texts and where its vectors go.
+struct EmbedJob {
+    texts: Vec<String>,
+    reply: oneshot::Sender<EmbedResult>,
+}
+
+/// Gathers concurrent embedding requests into batches for one encoder.
+pub struct EmbedBatcher {
+    encoder: Arc<dyn Encoder>,
+    jobs: Sender<EmbedJob>,
+    counters: Arc<BatchCounters>,
+}
+
+impl std::fmt::Debug for EmbedBatcher {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("EmbedBatcher")
+            .field("encoder", &self.encoder.name())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbedBatcher {
+    /// Starts the worker thread; it stops once the batcher is dropped and its queue is empty.
+    pub fn start(encoder: Arc<dyn Encoder>, options: BatchOptions) -> Result<Self, AnalyzerError> {
+        let (jobs, queue) = mpsc::channel();
+        let counters = Arc::new(BatchCounters::default());
+        let worker = BatchWorker {
+            encoder: Arc::clone(&encoder),
+            queue,
+            options: BatchOptions {
+                max_batch: options.max_batch.max(1),
+                window: options.window,
+            },
+            counters: Arc::clone(&counters),
+            held_over: None,
+        };
+        std::thread::Builder::new()
+            .name("quarry-embed-batcher".to_string())
+            .spawn(move || worker.run())
+            .map_err(|error| {
+                AnalyzerError::EncoderLoad(format!("cannot start the embedding worker: {error}"))
+            })?;
+        Ok(Self {
+            encoder,
+            jobs,
+            counters,
+        })
+    }
+
+    /// The encoder every batch runs on.
+    pub fn encoder(&self) -> &Arc<dyn Encoder> {
+        &self.encoder
+    }
+
+    /// Embeds `texts`, sharing an `encode` call with whatever other requests arrive alongside.
+    pub async fn embed(&self, texts: Vec<String>) -> EmbedResult {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, vectors) = oneshot::channel();
+        self.jobs
+            .send(EmbedJob { texts, reply })
+            .map_err(|_| AnalyzerError::Encoder("the embedding worker has stopped".to_string()))?;
+        vectors
+            .await
+            .map_err(|_| AnalyzerError::Encoder("the embedding worker has stopped".to_string()))?
+    }
+
+    /// What the batcher has done so far.
+    pub fn stats(&self) -> BatchStats {
+        BatchStats {
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            texts: self.counters.texts.load(Ordering::Relaxed),
+            largest_batch: self.counters.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The worker thread's state: the queue, and a job that did not fit the last batch.
+struct BatchWorker {
+    encoder: Arc<dyn Encoder>,
+    queue: Receiver<EmbedJob>,
+    options: BatchOptions,
+    counters: Arc<BatchCounters>,
+    held_over: Option<EmbedJob>,
+}
+
+impl BatchWorker {
+    fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            self.encode_and_reply(batch);
+        }
+        debug!("embedding worker stopped");
+    }
+
+    /// Blocks for the first job, then gathers more until the batch is full, the window has
+    /// passed, or the queue is closed. `None` once the queue is closed and empty.
+    fn next_batch(&mut self) -> Option<Vec<EmbedJob>> {
+        let first = match self.held_over.take() {
+            Some(job) => job,
+            None => self.queue.recv().ok()?,
+        };
+        let deadline = Instant::now() + self.options.window;
+        let mut texts = first.texts.len();
+        let mut batch = vec![first];
+        while texts < self.options.max_batch {
+            let next = match self.queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    match self.queue.recv_timeout(deadline - now) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            if texts + next.texts.len() > self.options.max_batch {
+                self.held_over = Some(next);
+                break;
+            }
+            texts += next.texts.len();
+            batch.push(next);
+        }
+        Some(batch)
+    }
+
+    /// One `encode` over every job's texts; the vectors, or the error, go back to each job.
+    fn encode_and_reply(&self, batch: Vec<EmbedJob>) {
+        let mut texts = Vec::with_capacity(batch.iter().map(|job| job.texts.len()).sum());
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            replies.push((job.texts.len(), job.reply));
+            texts.extend(job.texts);
+        }
+        self.count(replies.len(), texts.len());
+        let started = Instant::now();
+        let encoded = catch_unwind(AssertUnwindSafe(|| self.encoder.encode(&texts)))
+            .unwrap_or_else(|_| Err(AnalyzerError::Encoder("the encoder panicked".to_string())));
+        let encoded = encoded.and_then(|vectors| {
+            if vectors.len() == texts.len() {
+                Ok(vectors)
+            } else {
+                Err(AnalyzerError::Encoder(format!(
+                    "the encoder returned {} vectors for {} texts",
+                    vectors.len(),
+                    texts.len()
+                )))
+            }
+        });
+        debug!(
+            requests = replies.len(),
+            texts = texts.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = encoded.is_ok(),
+            "embedding batch encoded"
+        );
+        match encoded {
+            Ok(vectors) => {
+                let mut vectors = vectors.into_iter();
+                for (count, reply) in replies {
+                    // A caller that gave up (its request was cancelled) is no longer waiting.
+                    let _ = reply.send(Ok(vectors.by_ref().take(count).collect()));
+                }
+            }
+            Err(error) => {
+                warn!(texts = texts.len(), error = %error, "embedding batch failed");
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(same_error(&error)));
+                }
+            }
+        }
+    }
+
+    fn count(&self, requests: usize, texts: usize) {
+        let counters = &self.counters;
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters
+            .requests
+            .fetch_add(requests as u64, Ordering::Relaxed);
+        counters.texts.fetch_add(texts as u64, Ordering::Relaxed);
+        counters
+            .largest_batch
+            .fetch_max(texts as u64, Ordering::Relaxed);
+    }
+}
+
+/// A copy of a batch's error for each of its callers.
+fn same_error(error: &AnalyzerError) -> AnalyzerError {
+    match error {
+        AnalyzerError::InvalidArgument { field, reason } => AnalyzerError::InvalidArgument {
+            field,
+            reason: reason.clone(),
+        },
+        AnalyzerError::NoEncoder => AnalyzerError::NoEncoder,
+        AnalyzerError::EncoderLoad(message) => AnalyzerError::EncoderLoad(message.clone()),
+        AnalyzerError::Encoder(message) => AnalyzerError::Encoder(message.clone()),
+        AnalyzerError::EncoderUnavailable(message) => {
+            AnalyzerError::EncoderUnavailable(message.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::encoder::HashEncoder;
+
+    /// The hash encoder, counting its `encode` calls and optionally failing them.
+    struct CountingEncoder {
+        inner: HashEncoder,
+        calls: AtomicUsize,
+        fail: bool,
+    }
+
+    impl Encoder for CountingEncoder {
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+        fn dimensions(&self) -> usize {
+            self.inner.dimensions()
+        }
+        fn encode(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, AnalyzerError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            // Long enough that callers pile up behind a running batch.
+            std::thread::sleep(Duration::from_millis(2));
+            if self.fail {
+                return Err(AnalyzerError::EncoderUnavailable(
+                    "backend down".to_string(),
+                ));
+            }
+            self.inner.encode(texts)
+        }
+    }
+
+    fn counting(fail: bool) -> Arc<CountingEncoder> {
+        Arc::new(CountingEncoder {
+            inner: HashEncoder::new(64),
+            calls: AtomicUsize::new(0),
+            fail,
+        })
+    }
+
+    fn options() -> BatchOptions {
+        BatchOptions {
+            max_batch: 32,
+            window: Duration::from_millis(1),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_callers_share_batches_and_get_their_own_vectors() {
+        let encoder = counting(false);
+        let batcher = Arc::new(EmbedBatcher::start(encoder.clone(), options()).unwrap());
+        let callers: Vec<_> = (0..50)
+            .map(|caller| {
+                let batcher = Arc::clone(&batcher);
+                tokio::spawn(async move {
+                    let texts: Vec<String> = (0..1 + caller % 3)
+                        .map(|text| format!("caller {caller} text {text} about insulin"))
+                        .collect();
+                    let vectors = batcher.embed(texts.clone()).await.unwrap();
+                    (texts, vectors)
+                })
+            })
+            .collect();
+        let reference = HashEncoder::new(64);
+        for caller in callers {
+            let (texts, vectors) = caller.await.unwrap();
+            assert_eq!(vectors, reference.encode(&texts).unwrap());
+        }
+        let calls = encoder.calls.load(Ordering::SeqCst);
+        let stats = batcher.stats();
+        assert!(calls < 50, "{calls} encode calls for 50 callers");
+        assert_eq!(stats.batches, calls as u64);
+        assert_eq!(stats.requests, 50);
+        assert_eq!(
+            stats.texts,
+            (0..50).map(|caller| 1 + caller % 3).sum::<u64>()
+        );
+        assert!(stats.largest_batch <= 32, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_encoder_error_reaches_every_caller_of_the_batch() {
+        let batcher = Arc::new(EmbedBatcher::start(counting(true), options()).unwrap());
+        let callers: Vec<_> = (0..8)
+            .map(|caller| {
+                let batcher = Arc::clone(&batcher);
+                tokio::spawn(async move { batcher.embed(vec![format!("text {caller}")]).await })
+            })
+            .collect();
+        for caller in callers {
+            let error = caller.await.unwrap().unwrap_err();
+            assert!(
+                matches!(error, AnalyzerError::EncoderUnavailable(ref message) if message == "backend down"),
+                "{error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_max_batch_still_runs_and_empty_ones_skip_the_encoder() {
+        let encoder = counting(false);
+        let batcher = EmbedBatcher::start(
+            encoder.clone(),
+            BatchOptions {
+                max_batch: 2,
+                window: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        let texts: Vec<String> = (0..5).map(|text| format!("text {text}")).collect();
+        let vectors = batcher.embed(texts.clone()).await.unwrap();
+        assert_eq!(vectors, HashEncoder::new(64).encode(&texts).unwrap());
+        assert!(batcher.embed(Vec::new()).await.unwrap().is_empty());
+        assert_eq!(encoder.calls.load(Ordering::SeqCst), 1);
+    }
+}
