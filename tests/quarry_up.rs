@@ -16,6 +16,7 @@ fn search(query: &str, k: u32) -> SearchRequest {
         query: query.to_string(),
         k,
         mode: SearchMode::Keyword as i32,
+        fusion: 0,
     }
 }
 
@@ -64,16 +65,40 @@ async fn ingest_search_ask_delete_and_restart() {
     let hybrid = client
         .search(SearchRequest {
             mode: SearchMode::Hybrid as i32,
-            ..search("moon", 5)
+            ..search("gas giant with many moons", 5)
         })
         .await
         .unwrap()
         .into_inner();
     assert!(
-        hybrid.strategy.contains("keyword only"),
+        hybrid.strategy.starts_with("hybrid: rrf(k=60)"),
         "{}",
         hybrid.strategy
     );
+    assert_eq!(hybrid.hits[0].doc_id, "jupiter");
+    let semantic = client
+        .search(SearchRequest {
+            mode: SearchMode::Semantic as i32,
+            ..search("gas giant with many moons", 3)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        semantic.strategy.starts_with("semantic"),
+        "{}",
+        semantic.strategy
+    );
+    assert_eq!(semantic.hits[0].doc_id, "jupiter");
+    assert!(semantic.hits[0].score > 0.0 && semantic.hits[0].score <= 1.0001);
+    let error = client
+        .search(SearchRequest {
+            fusion: 9,
+            ..search("moons", 3)
+        })
+        .await
+        .unwrap_err();
+    assert!(error.message().starts_with("fusion"), "{}", error.message());
 
     // Ask answers from the right document and cites it.
     let answer = client

@@ -8,7 +8,7 @@ use std::time::Instant;
 use quarry_proto::v1::{
     ask_chunk, generate_chunk, Analysis, AnalyzeRequest, AskChunk, AskRequest, AskResponse,
     EvaluateRequest, Evaluation, GenerateRequest, GenerateResponse, Passage, QueryType,
-    RetrievalInfo, Timings,
+    RetrievalInfo, SearchMode, Timings,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,7 +21,6 @@ use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::plan::plan_question;
-use crate::search::require_some_shard;
 use crate::validate::{resolve_k, resolve_mode, validate_query};
 
 /// Everything an answer is written from.
@@ -130,38 +129,44 @@ impl Gateway {
         let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
         let mode = resolve_mode(request.mode)?;
 
-        let mut analyzer = self.clients.analyzer()?;
-        let analyze_request = AnalyzeRequest {
-            query: request.question.clone(),
-        };
-        let analysis = analyzer
-            .analyze(with_timeout(analyze_request, deadline, self))
-            .await
-            .map_err(|status| GatewayError::downstream("analyzer", status))?
-            .into_inner()
-            .analysis
-            .unwrap_or_default();
+        let wants_vectors = mode != SearchMode::Keyword;
+        let (analysis, query_vector) =
+            futures::join!(self.analyze(&request.question, deadline), async {
+                if wants_vectors {
+                    self.embed_query(&request.question, deadline).await
+                } else {
+                    Ok(None)
+                }
+            });
+        let analysis = analysis?;
+        let query_vector = query_vector?;
         let analyze_ms = elapsed_ms(started);
 
         let query_type = QueryType::try_from(analysis.query_type).unwrap_or(QueryType::Unspecified);
-        let plan = plan_question(query_type, mode, k)?;
+        let entities: Vec<String> = analysis
+            .entities
+            .iter()
+            .map(|entity| entity.text.clone())
+            .collect();
+        let context = self.plan_context(mode, k, query_vector.is_some());
+        let plan = plan_question(context, query_type, &entities)?;
         let search_started = Instant::now();
-        let fan_out = self
-            .fan_out_keyword(
+        let retrieved = self
+            .retrieve(
                 &request.question,
-                plan.keyword_k,
-                deadline.hop(self.shard_timeout()),
+                &plan,
+                query_vector.unwrap_or_default(),
+                deadline,
             )
-            .await;
-        require_some_shard(&fan_out)?;
-        let top: Vec<_> = fan_out.keyword.iter().take(k as usize).cloned().collect();
+            .await?;
+        let top: Vec<_> = retrieved.ranked.iter().take(k as usize).cloned().collect();
         let passages = build_context(&top, self.config.max_context_chars);
         let retrieval = RetrievalInfo {
             strategy: plan.strategy,
-            shards_total: fan_out.shards_total,
-            shards_answered: fan_out.shards_answered(),
-            partial: fan_out.partial(),
-            shards_failed: fan_out.shards_failed,
+            shards_total: retrieved.shards_total,
+            shards_answered: retrieved.shards_answered(),
+            partial: retrieved.partial(),
+            shards_failed: retrieved.shards_failed,
             hedges: 0,
             timings: Some(Timings {
                 analyze_ms,
@@ -176,6 +181,20 @@ impl Gateway {
             retrieval,
             started,
         })
+    }
+
+    async fn analyze(&self, question: &str, deadline: Deadline) -> Result<Analysis, GatewayError> {
+        let mut analyzer = self.clients.analyzer()?;
+        let request = AnalyzeRequest {
+            query: question.to_string(),
+        };
+        Ok(analyzer
+            .analyze(with_timeout(request, deadline, self))
+            .await
+            .map_err(|status| GatewayError::downstream("analyzer", status))?
+            .into_inner()
+            .analysis
+            .unwrap_or_default())
     }
 
     fn generate_request(&self, prepared: &Prepared) -> GenerateRequest {
@@ -288,13 +307,6 @@ fn timings(prepared: &mut Prepared) -> &mut Timings {
 
 fn elapsed_ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
-}
-
-impl Gateway {
-    /// Limit of one call to the analyzer, generator or evaluator.
-    fn hop_limit(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.config.shard_timeout_ms.saturating_mul(3))
-    }
 }
 
 #[cfg(test)]

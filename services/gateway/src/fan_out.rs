@@ -24,6 +24,15 @@ pub struct ShardedCandidate {
     pub candidate: Candidate,
 }
 
+/// What to ask every shard for.
+#[derive(Debug, Clone, Default)]
+pub struct FanOutRequest {
+    pub query: String,
+    pub keyword_k: u32,
+    pub vector_k: u32,
+    pub query_vector: Vec<f32>,
+}
+
 /// What the fan-out gathered.
 #[derive(Debug, Default)]
 pub struct FanOutResult {
@@ -31,28 +40,82 @@ pub struct FanOutResult {
     pub shards_failed: Vec<u32>,
     /// Every shard's keyword candidates, best first globally.
     pub keyword: Vec<ShardedCandidate>,
+    /// Every shard's vector candidates, best first globally.
+    pub vector: Vec<ShardedCandidate>,
 }
 
 impl FanOutResult {
     pub fn shards_answered(&self) -> u32 {
         self.shards_total - self.shards_failed.len() as u32
     }
-
-    pub fn partial(&self) -> bool {
-        !self.shards_failed.is_empty()
-    }
 }
 
 impl Gateway {
-    /// Searches every shard for `keyword_k` BM25 candidates scored with cluster-wide statistics.
-    pub(crate) async fn fan_out_keyword(
+    /// Searches every shard; keyword candidates are scored with cluster-wide statistics,
+    /// collected first (skipped when no keyword candidates are wanted).
+    pub(crate) async fn fan_out(&self, request: &FanOutRequest, timeout: Duration) -> FanOutResult {
+        let shards_total = self.clients.shard_count();
+        let mut shards_failed = Vec::new();
+        let (answering, global) = if request.keyword_k > 0 {
+            let (answering, failed, global) =
+                self.collect_statistics(&request.query, timeout).await;
+            shards_failed = failed;
+            (answering, Some(global))
+        } else {
+            ((0..shards_total).collect(), None)
+        };
+        let search_calls = answering.into_iter().map(|shard| {
+            let shard_request = ShardSearchRequest {
+                query: request.query.clone(),
+                keyword_k: request.keyword_k,
+                vector_k: request.vector_k,
+                query_vector: request.query_vector.clone(),
+                global_stats: global.clone(),
+            };
+            async move {
+                let response = self
+                    .call_shard(shard, timeout, move |mut client| {
+                        let shard_request = shard_request.clone();
+                        async move { client.search(shard_request).await }
+                    })
+                    .await;
+                (shard, response)
+            }
+        });
+        let mut keyword = Vec::new();
+        let mut vector = Vec::new();
+        for (shard, outcome) in join_all(search_calls).await {
+            match outcome {
+                Ok(response) => {
+                    let tag = |candidate| ShardedCandidate { shard, candidate };
+                    keyword.extend(response.keyword.into_iter().map(tag));
+                    vector.extend(response.vector.into_iter().map(tag));
+                }
+                Err(error) => {
+                    warn!(shard, error = %error, "shard did not answer search");
+                    shards_failed.push(shard);
+                }
+            }
+        }
+        shards_failed.sort_unstable();
+        sort_best_first(&mut keyword);
+        sort_best_first(&mut vector);
+        FanOutResult {
+            shards_total,
+            shards_failed,
+            keyword,
+            vector,
+        }
+    }
+
+    /// Every shard's statistics of the query, summed; returns the shards that answered,
+    /// those that did not, and the sums.
+    async fn collect_statistics(
         &self,
         query: &str,
-        keyword_k: u32,
         timeout: Duration,
-    ) -> FanOutResult {
-        let shards_total = self.clients.shard_count();
-        let stats_calls = (0..shards_total).map(|shard| {
+    ) -> (Vec<u32>, Vec<u32>, CorpusStats) {
+        let stats_calls = (0..self.clients.shard_count()).map(|shard| {
             let request = CollectStatsRequest {
                 query: query.to_string(),
             };
@@ -66,63 +129,22 @@ impl Gateway {
                 (shard, stats)
             }
         });
-        let mut shards_failed = Vec::new();
         let mut answering = Vec::new();
-        let mut per_shard_stats = Vec::new();
+        let mut failed = Vec::new();
+        let mut per_shard = Vec::new();
         for (shard, outcome) in join_all(stats_calls).await {
             match outcome {
                 Ok(stats) => {
                     answering.push(shard);
-                    per_shard_stats.push(stats);
+                    per_shard.push(stats);
                 }
                 Err(error) => {
                     warn!(shard, error = %error, "shard did not answer statistics");
-                    shards_failed.push(shard);
+                    failed.push(shard);
                 }
             }
         }
-        let global = sum_statistics(&per_shard_stats);
-
-        let search_calls = answering.into_iter().map(|shard| {
-            let request = ShardSearchRequest {
-                query: query.to_string(),
-                keyword_k,
-                vector_k: 0,
-                query_vector: Vec::new(),
-                global_stats: Some(global.clone()),
-            };
-            async move {
-                let response = self
-                    .call_shard(shard, timeout, move |mut client| {
-                        let request = request.clone();
-                        async move { client.search(request).await }
-                    })
-                    .await;
-                (shard, response)
-            }
-        });
-        let mut keyword = Vec::new();
-        for (shard, outcome) in join_all(search_calls).await {
-            match outcome {
-                Ok(response) => keyword.extend(
-                    response
-                        .keyword
-                        .into_iter()
-                        .map(|candidate| ShardedCandidate { shard, candidate }),
-                ),
-                Err(error) => {
-                    warn!(shard, error = %error, "shard did not answer search");
-                    shards_failed.push(shard);
-                }
-            }
-        }
-        shards_failed.sort_unstable();
-        sort_best_first(&mut keyword);
-        FanOutResult {
-            shards_total,
-            shards_failed,
-            keyword,
-        }
+        (answering, failed, sum_statistics(&per_shard))
     }
 
     /// Calls one shard: each ready replica in turn until one answers, each try under `timeout`.

@@ -22,3 +22,15 @@ impl Gateway {
         }
     }
 }
+
+impl Gateway {
+    /// Deadline of one shard call.
+    pub(crate) fn shard_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.shard_timeout_ms)
+    }
+
+    /// Limit of one call to the analyzer, generator or evaluator.
+    pub(crate) fn hop_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.shard_timeout_ms.saturating_mul(3))
+    }
+}

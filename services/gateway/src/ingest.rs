@@ -1,6 +1,7 @@
 //! `Ingest`, bulk style: each document is validated on its own, routed to its shard by jump
-//! consistent hash of its id, buffered per shard, and written to every ready replica of the
-//! shard; a document counts as accepted only once its shard acknowledged it as durable.
+//! consistent hash of its id, buffered per shard, embedded by the analyzer (when it has an
+//! encoder), and written to every ready replica of the shard; a document counts as accepted
+//! only once its shard acknowledged it as durable.
 
 use futures::future::join_all;
 use futures::Stream;
@@ -9,6 +10,7 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
+use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::shard_router::shard_for_document;
@@ -21,6 +23,11 @@ const MAX_REPORTED_ERRORS: usize = 1000;
 struct Pending {
     index: u64,
     document: Document,
+}
+
+/// The text a document is embedded from, as BM25 indexes it: title, a space, text.
+fn embedding_text(document: &Document) -> String {
+    format!("{} {}", document.title, document.text)
 }
 
 /// The running totals of one ingest stream.
@@ -105,8 +112,41 @@ impl Gateway {
         Ok(tally.summary)
     }
 
-    /// Writes one batch to every ready replica of its shard; accepted only if all of them acknowledged.
+    /// Embeddings of a batch, `embed_batch` texts per call; `None` without an encoder.
+    async fn embed_batch(&self, batch: &[Pending]) -> Result<Option<Vec<Vec<f32>>>, GatewayError> {
+        let mut vectors = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(self.config.embed_batch) {
+            let texts = chunk
+                .iter()
+                .map(|pending| embedding_text(&pending.document))
+                .collect();
+            match self.embed_texts(texts, Deadline::after(None)).await? {
+                Some(chunk_vectors) => vectors.extend(chunk_vectors),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(vectors))
+    }
+
+    /// Embeds one batch and writes it to every ready replica of its shard; accepted only if
+    /// all of them acknowledged.
     async fn write_batch(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
+        let vectors = match self.embed_batch(&batch).await {
+            Ok(vectors) => vectors,
+            Err(error) => {
+                warn!(shard, documents = batch.len(), error = %error, "embedding a batch failed");
+                for pending in &batch {
+                    tally.reject(
+                        pending.index,
+                        &pending.document.id,
+                        error.code(),
+                        "text",
+                        format!("embedding failed: {error}"),
+                    );
+                }
+                return;
+            }
+        };
         let replicas = self.clients.shard_replicas(shard);
         if replicas.is_empty() {
             for pending in &batch {
@@ -123,8 +163,13 @@ impl Gateway {
         let writes = replicas.iter().map(|replica| {
             let requests: Vec<IndexRequest> = batch
                 .iter()
-                .map(|pending| IndexRequest {
+                .enumerate()
+                .map(|(position, pending)| IndexRequest {
                     document: Some(pending.document.clone()),
+                    vector: vectors
+                        .as_ref()
+                        .and_then(|vectors| vectors.get(position).cloned())
+                        .unwrap_or_default(),
                 })
                 .collect();
             async move {

@@ -1,14 +1,14 @@
-//! `Search`: validate, plan, fan out to every shard, merge, and return the top k hits with
-//! how many shards answered.
+//! `Search`: validate, plan, embed the query when the plan wants vectors, fan out to every
+//! shard, fuse, and return the top k hits with how many shards answered.
 
-use quarry_proto::v1::{Hit, SearchRequest, SearchResponse};
+use quarry_proto::v1::{Hit, SearchMode, SearchRequest, SearchResponse};
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::fan_out::FanOutResult;
 use crate::gateway::Gateway;
-use crate::plan::plan_search;
-use crate::validate::{resolve_k, resolve_mode, validate_query};
+use crate::plan::{plan_search, PlanContext};
+use crate::validate::{resolve_fusion, resolve_k, resolve_mode, validate_query};
 
 impl Gateway {
     pub async fn search(
@@ -19,17 +19,25 @@ impl Gateway {
         validate_query("query", &request.query, &self.config)?;
         let k = resolve_k(request.k, self.config.default_search_k, &self.config)?;
         let mode = resolve_mode(request.mode)?;
-        let plan = plan_search(mode, k)?;
-        let fan_out = self
-            .fan_out_keyword(
+        let query_vector = if mode == SearchMode::Keyword {
+            None
+        } else {
+            self.embed_query(&request.query, deadline).await?
+        };
+        let fusion = resolve_fusion(request.fusion, self.config.fusion)?;
+        let mut context = self.plan_context(mode, k, query_vector.is_some());
+        context.fusion = fusion;
+        let plan = plan_search(context)?;
+        let retrieved = self
+            .retrieve(
                 &request.query,
-                plan.keyword_k,
-                deadline.hop(self.shard_timeout()),
+                &plan,
+                query_vector.unwrap_or_default(),
+                deadline,
             )
-            .await;
-        require_some_shard(&fan_out)?;
-        let hits = fan_out
-            .keyword
+            .await?;
+        let hits = retrieved
+            .ranked
             .iter()
             .take(k as usize)
             .map(|sharded| Hit {
@@ -42,16 +50,22 @@ impl Gateway {
             .collect();
         Ok(SearchResponse {
             hits,
-            shards_total: fan_out.shards_total,
-            shards_answered: fan_out.shards_answered(),
-            partial: fan_out.partial(),
+            shards_total: retrieved.shards_total,
+            shards_answered: retrieved.shards_answered(),
+            partial: retrieved.partial(),
             strategy: plan.strategy,
-            shards_failed: fan_out.shards_failed,
+            shards_failed: retrieved.shards_failed,
         })
     }
 
-    pub(crate) fn shard_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.config.shard_timeout_ms)
+    pub(crate) fn plan_context(&self, mode: SearchMode, k: u32, vectors: bool) -> PlanContext {
+        PlanContext {
+            mode,
+            k,
+            vectors,
+            fusion: self.config.fusion,
+            rrf_k: self.config.rrf_k,
+        }
     }
 }
 

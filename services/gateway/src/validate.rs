@@ -1,7 +1,8 @@
 //! Request validation at the front door: every refusal is INVALID_ARGUMENT naming the field.
 
+use quarry_kit::config::Fusion as FusionMethod;
 use quarry_kit::config::GatewayConfig;
-use quarry_proto::v1::{Document, SearchMode};
+use quarry_proto::v1::{Document, Fusion, SearchMode};
 
 use crate::error::GatewayError;
 
@@ -51,6 +52,19 @@ pub fn resolve_mode(raw: i32) -> Result<SearchMode, GatewayError> {
         Err(_) => Err(GatewayError::invalid(
             "mode",
             format!("unknown search mode {raw} (known: KEYWORD, SEMANTIC, HYBRID)"),
+        )),
+    }
+}
+
+/// The fusion a request asks for; UNSPECIFIED means the configured default.
+pub fn resolve_fusion(raw: i32, default: FusionMethod) -> Result<FusionMethod, GatewayError> {
+    match Fusion::try_from(raw) {
+        Ok(Fusion::Unspecified) => Ok(default),
+        Ok(Fusion::Rrf) => Ok(FusionMethod::Rrf),
+        Ok(Fusion::Weighted) => Ok(FusionMethod::Weighted),
+        Err(_) => Err(GatewayError::invalid(
+            "fusion",
+            format!("unknown fusion {raw} (known: RRF, WEIGHTED)"),
         )),
     }
 }

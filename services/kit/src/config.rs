@@ -95,6 +95,23 @@ pub struct GatewayConfig {
     pub shard_timeout_ms: u64,
     /// Documents buffered per shard while ingesting, before they are sent on.
     pub ingest_batch: usize,
+    /// How hybrid retrieval fuses the keyword and vector lists (chosen by measurement, see the README).
+    pub fusion: Fusion,
+    /// The k of reciprocal rank fusion.
+    pub rrf_k: f64,
+    /// Texts per `Embed` call while ingesting.
+    pub embed_batch: usize,
+}
+
+/// How ranked lists are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// Reciprocal rank fusion: Σ weight / (k + rank).
+    #[default]
+    Rrf,
+    /// Σ weight · (score − min) / (max − min) per list.
+    Weighted,
 }
 
 impl Default for GatewayConfig {
@@ -110,6 +127,9 @@ impl Default for GatewayConfig {
             confidence_threshold: 0.6,
             shard_timeout_ms: 10_000,
             ingest_batch: 256,
+            fusion: Fusion::default(),
+            rrf_k: 60.0,
+            embed_batch: 64,
         }
     }
 }
@@ -273,6 +293,16 @@ impl QuarryConfig {
             return Err(KitError::Config(format!(
                 "gateway.confidence_threshold must be within 0..=1, got {threshold}"
             )));
+        }
+        if self.gateway.rrf_k.is_nan()
+            || self.gateway.rrf_k <= 0.0
+            || self.gateway.embed_batch == 0
+            || self.gateway.ingest_batch == 0
+        {
+            return Err(KitError::Config(
+                "gateway.rrf_k, gateway.embed_batch and gateway.ingest_batch must be positive"
+                    .to_string(),
+            ));
         }
         if self.gateway.max_k == 0 || self.gateway.max_k > 10_000 {
             return Err(KitError::Config(

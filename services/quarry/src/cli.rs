@@ -41,6 +41,67 @@ pub enum Command {
     Ask(AskArgs),
     /// Show the cluster's members and shards.
     Status(StatusArgs),
+    /// Run a BEIR queries file through the gateway and write a TREC run to stdout.
+    SearchBatch(SearchBatchArgs),
+    /// Benchmarks that print JSON.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ranking quality, shard invariance and speed on a BEIR dataset, in-process.
+    Beir(BeirArgs),
+    /// Query-type accuracy and confusion matrix of the rule-based analyzer.
+    Analyzer(AnalyzerBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BeirArgs {
+    /// A BEIR folder: corpus.jsonl, queries.jsonl, qrels-test.tsv.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Shard counts to run, e.g. 1,4 (the first is the reference for shard invariance).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    pub shards: Vec<u32>,
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "keyword,semantic,hybrid"
+    )]
+    pub modes: Vec<ModeArg>,
+    /// Also run hybrid with the weighted-sum fusion, to compare it with RRF.
+    #[arg(long)]
+    pub compare_fusion: bool,
+    /// Run only the first N judged queries.
+    #[arg(long)]
+    pub limit_queries: Option<usize>,
+    /// Also write the JSON report here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzerBenchArgs {
+    /// Labelled questions: a header, then question<TAB>type per line.
+    #[arg(long, default_value = "../shared/data/query-types.tsv")]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SearchBatchArgs {
+    /// BEIR queries.jsonl (or {"id","text"} lines).
+    #[arg(long)]
+    pub queries: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub k: u32,
+    #[arg(long, value_enum, default_value = "hybrid")]
+    pub mode: ModeArg,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -117,7 +178,7 @@ pub struct IngestArgs {
     pub client: ClientArgs,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum ModeArg {
     Keyword,
     Semantic,

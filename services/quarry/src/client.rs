@@ -85,6 +85,7 @@ pub async fn search(args: &SearchArgs) -> anyhow::Result<()> {
             query: args.query.clone(),
             k: args.k,
             mode: mode as i32,
+            fusion: 0,
         })
         .await
         .map_err(status_error)?

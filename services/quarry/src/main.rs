@@ -1,10 +1,12 @@
 //! The one Quarry binary: `quarry serve <role>`, `quarry up`, and the client commands.
 
+mod bench;
 mod cli;
 mod client;
 mod jsonl;
 mod output;
 mod roles;
+mod search_batch;
 mod serve;
 mod up;
 
@@ -16,7 +18,7 @@ use quarry_kit::discovery::Role;
 use quarry_kit::telemetry::{init_logging, LogFormat};
 use serde_json::{json, Map, Value};
 
-use cli::{Cli, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs};
+use cli::{BenchCommand, Cli, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -65,6 +67,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => {
             init_client_logging(&cli);
             client::status(args).await
+        }
+        Command::SearchBatch(args) => {
+            init_client_logging(&cli);
+            search_batch::search_batch(args).await
+        }
+        Command::Bench(BenchCommand::Beir(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_beir_bench(args, config).await
+        }
+        Command::Bench(BenchCommand::Analyzer(args)) => {
+            init_client_logging(&cli);
+            bench::run_analyzer_bench(&args.file, args.out.as_deref())
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Starting one role: build its service with the server-wide message limits, register it in
-//! discovery, and serve it until shutdown, when it deregisters first and then drains.
+//! discovery, and serve it until shutdown, when it deregisters first, then drains, and a
+//! retriever saves its vector index.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -56,7 +57,8 @@ pub async fn start_role(
         shutdown,
     } = launch;
     let address = dial_address(listener.local_addr().context("listener address")?);
-    let (role_server, shard, replica) = build_role(role, &config, Arc::clone(&discovery))?;
+    let (role_server, shard, replica, stored_shard) =
+        build_role(role, &config, Arc::clone(&discovery))?;
     let member = Member {
         node_id: format!("{role}-{}", address.trim_start_matches("http://")),
         role,
@@ -82,6 +84,9 @@ pub async fn start_role(
         };
         let serving = serve(listener, role_server, &server_config, drained);
         let (served, ()) = tokio::join!(serving, deregister);
+        if let Some(stored_shard) = stored_shard {
+            tokio::task::spawn_blocking(move || stored_shard.persist_vectors()).await??;
+        }
         served.map_err(anyhow::Error::from)
     });
     Ok((address, task))
@@ -91,8 +96,9 @@ fn build_role(
     role: Role,
     config: &QuarryConfig,
     discovery: Arc<dyn Discovery>,
-) -> anyhow::Result<(RoleServer, u32, u32)> {
+) -> anyhow::Result<(RoleServer, u32, u32, Option<Arc<Shard>>)> {
     let limit = config.server.max_message_bytes;
+    let mut stored_shard = None;
     let (routes, service_names, shard, replica) = match role {
         Role::Gateway => {
             let clients = Arc::new(ClusterClients::new(discovery, limit));
@@ -142,7 +148,9 @@ fn build_role(
                 replica_number,
                 config.retriever.writer_memory_bytes,
             )?;
-            let service = RetrieverServer::new(RetrieverService::new(Arc::new(shard)))
+            let shard = Arc::new(shard);
+            stored_shard = Some(Arc::clone(&shard));
+            let service = RetrieverServer::new(RetrieverService::new(shard))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
             (
@@ -175,5 +183,5 @@ fn build_role(
         routes,
         service_names,
     };
-    Ok((role_server, shard, replica))
+    Ok((role_server, shard, replica, stored_shard))
 }

@@ -8,81 +8,109 @@ use anyhow::Context;
 use quarry_kit::config::QuarryConfig;
 use quarry_kit::discovery::{Discovery, Role, StaticDiscovery};
 use quarry_kit::server::bind;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::roles::{start_role, RoleLaunch};
 
-pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-    let discovery: Arc<dyn Discovery> = Arc::new(StaticDiscovery::new(config.shards, Vec::new()));
-    let mut launches = Vec::new();
-    for role in [
-        Role::Analyzer,
-        Role::Generator,
-        Role::Evaluator,
-        Role::Scheduler,
-    ] {
-        launches.push((role, config.clone()));
-    }
-    for shard in 0..config.shards {
-        let mut retriever_config = config.clone();
-        retriever_config.retriever.shard = shard;
-        retriever_config.retriever.replica = 0;
-        launches.push((Role::Retriever, retriever_config));
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for (role, role_config) in launches {
-        let listener = bind("127.0.0.1:0").await?;
-        let (address, task) = start_role(RoleLaunch {
-            role,
-            config: role_config,
-            listener,
-            discovery: Arc::clone(&discovery),
+/// A cluster running in this process.
+pub struct LocalCluster {
+    /// `http://` address of the gateway.
+    pub gateway_address: String,
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl LocalCluster {
+    /// Starts every role; the gateway listens on `config.listen` (port 0 picks a free one).
+    pub async fn start(config: &QuarryConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let discovery: Arc<dyn Discovery> =
+            Arc::new(StaticDiscovery::new(config.shards, Vec::new()));
+        let mut launches = Vec::new();
+        for role in [
+            Role::Analyzer,
+            Role::Generator,
+            Role::Evaluator,
+            Role::Scheduler,
+        ] {
+            launches.push((role, config.clone(), "127.0.0.1:0".to_string()));
+        }
+        for shard in 0..config.shards {
+            let mut retriever_config = config.clone();
+            retriever_config.retriever.shard = shard;
+            retriever_config.retriever.replica = 0;
+            launches.push((Role::Retriever, retriever_config, "127.0.0.1:0".to_string()));
+        }
+        launches.push((Role::Gateway, config.clone(), config.listen.clone()));
+        let mut cluster = Self {
+            gateway_address: String::new(),
+            tasks: JoinSet::new(),
             shutdown: shutdown.clone(),
-        })
-        .await?;
-        info!(role = %role, address, "role started");
-        tasks.spawn(flatten(task));
+        };
+        for (role, role_config, listen) in launches {
+            let listener = bind(&listen).await?;
+            let (address, task) = start_role(RoleLaunch {
+                role,
+                config: role_config,
+                listener,
+                discovery: Arc::clone(&discovery),
+                shutdown: shutdown.clone(),
+            })
+            .await?;
+            info!(role = %role, address, "role started");
+            if role == Role::Gateway {
+                cluster.gateway_address = address;
+            }
+            cluster.tasks.spawn(flatten(task));
+        }
+        Ok(cluster)
     }
-    let gateway_listener = bind(&config.listen).await?;
-    let (gateway_address, gateway_task) = start_role(RoleLaunch {
-        role: Role::Gateway,
-        config: config.clone(),
-        listener: gateway_listener,
-        discovery: Arc::clone(&discovery),
-        shutdown: shutdown.clone(),
-    })
-    .await?;
-    tasks.spawn(flatten(gateway_task));
+
+    /// Waits until every role has stopped; the first failure stops the others.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(finished) = self.tasks.join_next().await {
+            let outcome = finished
+                .map_err(anyhow::Error::from)
+                .and_then(|served| served);
+            if let Err(error) = outcome {
+                self.shutdown.cancel();
+                first_error.get_or_insert(error);
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every role gracefully and waits for them.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(&config, shutdown).await?;
     info!(
-        gateway = gateway_address,
+        gateway = cluster.gateway_address,
         shards = config.shards,
         data_dir = %config.data_dir.display(),
         "quarry is up"
     );
     eprintln!(
-        "quarry up: gateway on {gateway_address}, {} shard(s), data in {}",
+        "quarry up: gateway on {}, {} shard(s), data in {}",
+        cluster.gateway_address,
         config.shards,
         config.data_dir.display()
     );
-    let mut first_error = None;
-    while let Some(finished) = tasks.join_next().await {
-        let outcome = finished
-            .map_err(anyhow::Error::from)
-            .and_then(|served| served);
-        if let Err(error) = outcome {
-            shutdown.cancel();
-            first_error.get_or_insert(error);
-        }
-    }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(()),
-    }
+    cluster.wait().await
 }
 
-async fn flatten(task: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+async fn flatten(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
     task.await?
 }

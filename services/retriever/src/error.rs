@@ -6,8 +6,6 @@ use tonic::{Code, Status};
 pub enum RetrieverError {
     #[error("{field}: {reason}")]
     InvalidArgument { field: &'static str, reason: String },
-    #[error("{0}")]
-    FailedPrecondition(String),
     #[error("index error: {0}")]
     Index(#[from] tantivy::TantivyError),
     #[error("cannot open index directory {path}: {reason}")]
@@ -29,7 +27,6 @@ impl From<RetrieverError> for Status {
     fn from(error: RetrieverError) -> Self {
         let code = match &error {
             RetrieverError::InvalidArgument { .. } => Code::InvalidArgument,
-            RetrieverError::FailedPrecondition(_) => Code::FailedPrecondition,
             RetrieverError::Index(_)
             | RetrieverError::Open { .. }
             | RetrieverError::Internal(_) => Code::Internal,

@@ -1,12 +1,14 @@
-//! One retriever shard replica: a persistent tantivy BM25 index over title and text, with
-//! upsert and delete by id, fetch, corpus statistics, and scoring with cluster-wide
-//! statistics; plus the tonic `Retriever` service that wraps it.
+//! One retriever shard replica: a persistent tantivy BM25 index over title and text and a
+//! usearch vector index kept consistent with it, with upsert and delete by id, fetch, corpus
+//! statistics, BM25 scoring with cluster-wide statistics and vector search; plus the tonic
+//! `Retriever` service that wraps it.
 
 mod error;
 mod schema;
 mod service;
 mod shard;
 mod statistics;
+mod vectors;
 
 pub use error::RetrieverError;
 pub use service::RetrieverService;

@@ -1,9 +1,9 @@
 //! The tantivy schema of a shard: the id (exact, for upsert and delete), stored title and
 //! text, and one `body` field (title + " " + text, English-stemmed) that BM25 scores, as in
-//! the standard BEIR setup.
+//! the standard BEIR setup; plus the stored vector and its key.
 
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, STORED, STRING,
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, INDEXED, STORED, STRING,
 };
 
 /// Tokenizer of the `body` field: simple split, lowercase, English stemmer.
@@ -17,6 +17,10 @@ pub struct ShardFields {
     pub text: Field,
     pub metadata: Field,
     pub body: Field,
+    /// The document's vector, little-endian f32 bytes; empty when it has none.
+    pub vector: Field,
+    /// `vector_key(id)`, to find a document from a vector hit.
+    pub vector_key: Field,
 }
 
 pub fn build_schema() -> (Schema, ShardFields) {
@@ -32,12 +36,16 @@ pub fn build_schema() -> (Schema, ShardFields) {
         "body",
         TextOptions::default().set_indexing_options(body_indexing),
     );
+    let vector = builder.add_bytes_field("vector", STORED);
+    let vector_key = builder.add_u64_field("vector_key", INDEXED);
     let fields = ShardFields {
         id,
         title,
         text,
         metadata,
         body,
+        vector,
+        vector_key,
     };
     (builder.build(), fields)
 }

@@ -72,27 +72,44 @@ impl Retriever for RetrieverService {
             )
             .into());
         }
-        if request.vector_k > 0 {
-            return Err(RetrieverError::FailedPrecondition(
-                "vector_k: this shard has no vector index".to_string(),
+        if request.vector_k > MAX_SHARD_K {
+            return Err(RetrieverError::invalid(
+                "vector_k",
+                format!("must be at most {MAX_SHARD_K}"),
             )
             .into());
         }
+        if request.vector_k > 0 && request.query_vector.is_empty() {
+            return Err(
+                RetrieverError::invalid("query_vector", "is required when vector_k > 0").into(),
+            );
+        }
         let global = request.global_stats.as_ref().map(statistics_from_proto);
         let query = request.query;
+        let query_vector = request.query_vector;
         let keyword_k = request.keyword_k as usize;
-        let candidates = self
-            .blocking(move |shard| shard.search_keyword(&query, keyword_k, global.as_ref()))
+        let vector_k = request.vector_k as usize;
+        let (keyword, vector) = self
+            .blocking(move |shard| {
+                let keyword = shard.search_keyword(&query, keyword_k, global.as_ref())?;
+                let vector = if vector_k > 0 {
+                    shard.search_vector(&query_vector, vector_k)?
+                } else {
+                    Vec::new()
+                };
+                Ok((keyword, vector))
+            })
             .await?;
         debug!(
             shard = self.shard.shard(),
-            hits = candidates.len(),
+            keyword = keyword.len(),
+            vector = vector.len(),
             "shard searched"
         );
         Ok(Response::new(ShardSearchResponse {
             shard: self.shard.shard(),
-            keyword: candidates.into_iter().map(candidate_to_proto).collect(),
-            vector: Vec::new(),
+            keyword: keyword.into_iter().map(candidate_to_proto).collect(),
+            vector: vector.into_iter().map(candidate_to_proto).collect(),
         }))
     }
 
@@ -104,10 +121,11 @@ impl Retriever for RetrieverService {
         let mut batch = Vec::with_capacity(INDEX_COMMIT_BATCH);
         let mut indexed = 0;
         while let Some(message) = stream.next().await {
-            let document = message?
+            let message = message?;
+            let document = message
                 .document
                 .ok_or_else(|| Status::invalid_argument("document: missing"))?;
-            batch.push(stored_from_proto(document));
+            batch.push(stored_from_proto(document, message.vector));
             if batch.len() == INDEX_COMMIT_BATCH {
                 let full = std::mem::take(&mut batch);
                 indexed += self.blocking(move |shard| shard.upsert(&full)).await?;
@@ -150,7 +168,7 @@ impl Retriever for RetrieverService {
                     replica: shard.replica(),
                     num_docs: shard.num_docs(),
                     data_dir: shard.data_dir().display().to_string(),
-                    vectors: false,
+                    num_vectors: shard.num_vectors(),
                 })
             })
             .await?;
@@ -196,12 +214,13 @@ fn candidate_to_proto(candidate: ShardCandidate) -> Candidate {
     }
 }
 
-fn stored_from_proto(document: Document) -> StoredDocument {
+fn stored_from_proto(document: Document, vector: Vec<f32>) -> StoredDocument {
     StoredDocument {
         id: document.id,
         title: document.title,
         text: document.text,
         metadata: document.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        vector,
     }
 }
 

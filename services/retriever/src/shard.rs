@@ -4,18 +4,26 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{IndexRecordOption, Value};
-use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term};
-use tracing::info;
+use tantivy::{
+    DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
+};
+use tracing::{info, warn};
 
 use crate::error::RetrieverError;
 use crate::schema::{build_schema, ShardFields};
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
+use crate::vectors::{vector_key, VectorIndex};
+
+/// How often, at most, the vector index is saved while writes go on (it is also saved on
+/// a graceful stop; after a crash it is rebuilt from tantivy).
+const VECTOR_SAVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Most distinct terms of one query that are scored; the rest are ignored.
 const MAX_QUERY_TERMS: usize = 64;
@@ -27,6 +35,8 @@ pub struct StoredDocument {
     pub title: String,
     pub text: String,
     pub metadata: BTreeMap<String, String>,
+    /// The document's embedding; empty when it has none.
+    pub vector: Vec<f32>,
 }
 
 /// One ranked candidate with its raw score.
@@ -47,6 +57,8 @@ pub struct Shard {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     fields: ShardFields,
+    vectors: RwLock<VectorIndex>,
+    vectors_saved: Mutex<Instant>,
 }
 
 impl Shard {
@@ -72,6 +84,16 @@ impl Shard {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let writer = index.writer(writer_memory_bytes)?;
+        let opstamp = index.load_metas()?.opstamp;
+        let vectors_dir = data_dir.join("usearch");
+        let vectors = match VectorIndex::load_if_current(&vectors_dir, opstamp) {
+            Some(loaded) => loaded,
+            None => {
+                let rebuilt = rebuild_vectors(&reader.searcher(), &fields, &vectors_dir)?;
+                rebuilt.save(opstamp)?;
+                rebuilt
+            }
+        };
         let shard_replica = Self {
             shard,
             replica,
@@ -80,15 +102,31 @@ impl Shard {
             reader,
             writer: Mutex::new(writer),
             fields,
+            vectors: RwLock::new(vectors),
+            vectors_saved: Mutex::new(Instant::now()),
         };
         info!(
             shard,
             replica,
             docs = shard_replica.num_docs(),
+            vectors = shard_replica.num_vectors(),
             path = %data_dir.display(),
             "shard opened"
         );
         Ok(shard_replica)
+    }
+
+    /// Vectors in the vector index.
+    pub fn num_vectors(&self) -> u64 {
+        self.vectors
+            .read()
+            .map_or(0, |vectors| vectors.len() as u64)
+    }
+
+    /// Saves the vector index with the commit it matches (on a graceful stop).
+    pub fn persist_vectors(&self) -> Result<(), RetrieverError> {
+        let opstamp = self.index.load_metas()?.opstamp;
+        self.read_vectors()?.save(opstamp)
     }
 
     pub fn shard(&self) -> u32 {
@@ -112,15 +150,113 @@ impl Shard {
         for document in documents {
             validate_document(document)?;
         }
+        self.check_vectors(documents)?;
         let mut writer = self.lock_writer()?;
         for document in documents {
             writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
             writer.add_document(self.to_tantivy(document)?)?;
         }
-        writer.commit()?;
+        let opstamp = writer.commit()?;
         drop(writer);
         self.reader.reload()?;
+        {
+            let mut vectors = self.write_vectors()?;
+            for document in documents {
+                if document.vector.is_empty() {
+                    vectors.remove(&document.id)?;
+                } else {
+                    vectors.upsert(&document.id, &document.vector)?;
+                }
+            }
+        }
+        self.save_vectors_now_and_then(opstamp);
         Ok(documents.len() as u64)
+    }
+
+    /// All vectors of a batch agree with each other and with the index's dimensions.
+    fn check_vectors(&self, documents: &[StoredDocument]) -> Result<(), RetrieverError> {
+        let vectors = self.read_vectors()?;
+        let mut batch_dimensions = vectors.dimensions();
+        for document in documents
+            .iter()
+            .filter(|document| !document.vector.is_empty())
+        {
+            vectors.check(&document.vector)?;
+            let dimensions = *batch_dimensions.get_or_insert(document.vector.len());
+            if dimensions != document.vector.len() {
+                return Err(RetrieverError::invalid(
+                    "vector",
+                    format!(
+                        "document {:?} has {} dimensions, others have {dimensions}",
+                        document.id,
+                        document.vector.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn save_vectors_now_and_then(&self, opstamp: u64) {
+        let Ok(mut saved) = self.vectors_saved.lock() else {
+            return;
+        };
+        if saved.elapsed() < VECTOR_SAVE_INTERVAL {
+            return;
+        }
+        *saved = Instant::now();
+        match self
+            .read_vectors()
+            .and_then(|vectors| vectors.save(opstamp))
+        {
+            Ok(()) => {}
+            Err(error) => {
+                warn!(error = %error, "saving the vector index failed; it will be rebuilt on start")
+            }
+        }
+    }
+
+    /// The `k` documents whose vectors are nearest to `query`, by cosine similarity.
+    pub fn search_vector(
+        &self,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<ShardCandidate>, RetrieverError> {
+        let nearest = self.read_vectors()?.search(query, k)?;
+        let searcher = self.reader.searcher();
+        let mut candidates = Vec::with_capacity(nearest.len());
+        for (key, similarity) in nearest {
+            let query = TermQuery::new(
+                Term::from_field_u64(self.fields.vector_key, key),
+                IndexRecordOption::Basic,
+            );
+            let top = searcher.search(&query, &TopDocs::with_limit(1).order_by_score())?;
+            let Some((_, address)) = top.first() else {
+                continue;
+            };
+            let stored = self.to_stored(&searcher.doc(*address)?);
+            candidates.push(ShardCandidate {
+                doc_id: stored.id,
+                title: stored.title,
+                text: stored.text,
+                score: f64::from(similarity),
+            });
+        }
+        Ok(candidates)
+    }
+
+    fn read_vectors(&self) -> Result<std::sync::RwLockReadGuard<'_, VectorIndex>, RetrieverError> {
+        self.vectors
+            .read()
+            .map_err(|_| RetrieverError::Internal("vector index lock poisoned".to_string()))
+    }
+
+    fn write_vectors(
+        &self,
+    ) -> Result<std::sync::RwLockWriteGuard<'_, VectorIndex>, RetrieverError> {
+        self.vectors
+            .write()
+            .map_err(|_| RetrieverError::Internal("vector index lock poisoned".to_string()))
     }
 
     /// Deletes documents by id; returns how many of them were present.
@@ -135,9 +271,16 @@ impl Shard {
             }
             writer.delete_term(term);
         }
-        writer.commit()?;
+        let opstamp = writer.commit()?;
         drop(writer);
         self.reader.reload()?;
+        {
+            let mut vectors = self.write_vectors()?;
+            for id in ids {
+                vectors.remove(id)?;
+            }
+        }
+        self.save_vectors_now_and_then(opstamp);
         Ok(present)
     }
 
@@ -272,6 +415,8 @@ impl Shard {
             self.fields.body,
             format!("{} {}", document.title, document.text),
         );
+        indexed.add_u64(self.fields.vector_key, vector_key(&document.id));
+        indexed.add_bytes(self.fields.vector, &vector_to_bytes(&document.vector));
         Ok(indexed)
     }
 
@@ -289,8 +434,60 @@ impl Shard {
             title: text_of(self.fields.title),
             text: text_of(self.fields.text),
             metadata,
+            vector: stored_vector(document, self.fields.vector),
         }
     }
+}
+
+fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
+    vector
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect()
+}
+
+fn stored_vector(document: &TantivyDocument, field: tantivy::schema::Field) -> Vec<f32> {
+    let Some(bytes) = document.get_first(field).and_then(|value| value.as_bytes()) else {
+        return Vec::new();
+    };
+    bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+        .collect()
+}
+
+/// Rebuilds the vector index from the vectors tantivy stores, for every live document.
+fn rebuild_vectors(
+    searcher: &Searcher,
+    fields: &ShardFields,
+    directory: &Path,
+) -> Result<VectorIndex, RetrieverError> {
+    let mut vectors = VectorIndex::empty(directory);
+    for (segment_ordinal, segment) in searcher.segment_readers().iter().enumerate() {
+        let alive = segment.alive_bitset();
+        for doc_id in 0..segment.max_doc() {
+            if alive.is_some_and(|bitset| !bitset.is_alive(doc_id)) {
+                continue;
+            }
+            let document: TantivyDocument =
+                searcher.doc(DocAddress::new(segment_ordinal as u32, doc_id))?;
+            let vector = stored_vector(&document, fields.vector);
+            if vector.is_empty() {
+                continue;
+            }
+            let id = document
+                .get_first(fields.id)
+                .and_then(|value| value.as_str())
+                .unwrap_or_default()
+                .to_string();
+            vectors.upsert(&id, &vector)?;
+        }
+    }
+    info!(
+        vectors = vectors.len(),
+        "vector index rebuilt from the stored vectors"
+    );
+    Ok(vectors)
 }
 
 fn validate_document(document: &StoredDocument) -> Result<(), RetrieverError> {
@@ -316,6 +513,7 @@ mod tests {
             title: title.to_string(),
             text: text.to_string(),
             metadata: BTreeMap::from([("source".to_string(), "test".to_string())]),
+            vector: Vec::new(),
         }
     }
 
@@ -443,6 +641,69 @@ mod tests {
                 > 1e-3,
             "without global statistics a small shard scores differently"
         );
+    }
+
+    fn with_vector(mut document: StoredDocument, vector: &[f32]) -> StoredDocument {
+        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        document.vector = vector.iter().map(|v| v / norm).collect();
+        document
+    }
+
+    fn corpus_with_vectors() -> Vec<StoredDocument> {
+        let axes = [
+            [1.0, 0.1, 0.0],
+            [0.0, 1.0, 0.2],
+            [0.9, 0.0, 0.4],
+            [0.1, 0.2, 1.0],
+        ];
+        corpus()
+            .into_iter()
+            .zip(axes)
+            .map(|(document, axis)| with_vector(document, &axis))
+            .collect()
+    }
+
+    #[test]
+    fn vectors_are_searched_and_survive_a_crash_and_a_clean_stop() {
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+            shard.upsert(&corpus_with_vectors()).unwrap();
+            let hits = shard.search_vector(&[1.0, 0.0, 0.0], 2).unwrap();
+            assert_eq!(hits[0].doc_id, "a");
+            assert_eq!(hits[1].doc_id, "c");
+            assert!(hits[0].score > hits[1].score && hits[0].score <= 1.0001);
+            shard.delete(&["c".to_string()]).unwrap();
+            assert_eq!(shard.num_vectors(), 3);
+            // Dropped without persist_vectors: as after kill -9, the saved file is stale.
+        }
+        {
+            let reopened = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+            assert_eq!(reopened.num_vectors(), reopened.num_docs());
+            assert_eq!(
+                reopened.search_vector(&[1.0, 0.0, 0.0], 2).unwrap()[1].doc_id,
+                "d"
+            );
+            reopened.persist_vectors().unwrap();
+        }
+        let clean = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        assert_eq!(clean.num_vectors(), 3);
+    }
+
+    #[test]
+    fn a_vector_of_the_wrong_dimensions_is_refused_and_nothing_is_written() {
+        let directory = tempfile::tempdir().unwrap();
+        let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        shard.upsert(&corpus_with_vectors()).unwrap();
+        let wrong = with_vector(document("e", "E", "text"), &[1.0, 2.0]);
+        let error = shard.upsert(&[wrong]).unwrap_err();
+        assert!(
+            error.to_string().starts_with("vector: has 2 dimensions"),
+            "{error}"
+        );
+        assert_eq!(shard.num_docs(), 4);
+        let error = shard.search_vector(&[1.0, 0.0], 2).unwrap_err();
+        assert!(error.to_string().starts_with("vector:"));
     }
 
     #[test]

@@ -1,0 +1,74 @@
+//! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
+//! ingest and query speed on a BEIR dataset) and `analyzer` (query-type accuracy).
+
+mod analyzer;
+mod beir;
+pub mod dataset;
+pub mod metrics;
+
+use std::path::Path;
+
+use anyhow::Context;
+use quarry_kit::config::QuarryConfig;
+use quarry_proto::v1::{Fusion, SearchMode};
+use serde_json::Value;
+
+use crate::cli::{BeirArgs, ModeArg};
+use beir::{run_beir, BeirOptions, Setting};
+use dataset::Dataset;
+
+pub use analyzer::run_analyzer_bench;
+
+pub async fn run_beir_bench(args: &BeirArgs, config: QuarryConfig) -> anyhow::Result<()> {
+    let mut dataset = Dataset::load(&args.dataset)?;
+    if let Some(limit) = args.limit_queries {
+        dataset.queries.truncate(limit);
+    }
+    let mut settings = Vec::new();
+    for mode in &args.modes {
+        match mode {
+            ModeArg::Keyword => settings.push(Setting {
+                mode: SearchMode::Keyword,
+                fusion: Fusion::Unspecified,
+            }),
+            ModeArg::Semantic => settings.push(Setting {
+                mode: SearchMode::Semantic,
+                fusion: Fusion::Unspecified,
+            }),
+            ModeArg::Hybrid => {
+                settings.push(Setting {
+                    mode: SearchMode::Hybrid,
+                    fusion: Fusion::Rrf,
+                });
+                if args.compare_fusion {
+                    settings.push(Setting {
+                        mode: SearchMode::Hybrid,
+                        fusion: Fusion::Weighted,
+                    });
+                }
+            }
+        }
+    }
+    let report = run_beir(BeirOptions {
+        dataset,
+        shard_counts: args.shards.clone(),
+        settings,
+        config,
+    })
+    .await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+/// Prints the report and, when asked, writes it to a file.
+pub fn print_and_save(report: &Value, out: Option<&Path>) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(report)?;
+    println!("{text}");
+    if let Some(path) = out {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, format!("{text}\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
