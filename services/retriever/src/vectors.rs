@@ -133,7 +133,7 @@ impl VectorIndex {
     }
 
     /// The `k` nearest keys with their cosine similarity, best first.
-    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(u64, f32)>, RetrieverError> {
+    pub fn search(&self, query: &[f32], k: usize) -> Result<Vec<(f32, u64)>, RetrieverError> {
         let Some(index) = &self.index else {
             return Ok(Vec::new());
         };
@@ -153,7 +153,7 @@ impl VectorIndex {
             .keys
             .into_iter()
             .zip(matches.distances)
-            .map(|(key, distance)| (key, 1.0 - distance))
+            .map(|(key, distance)| (1.0 - distance, key))
             .collect())
     }
 
@@ -233,13 +233,13 @@ mod tests {
         vectors.upsert("b", &unit(&[0.0, 1.0, 0.0])).unwrap();
         vectors.upsert("c", &unit(&[1.0, 1.0, 0.0])).unwrap();
         let hits = vectors.search(&unit(&[1.0, 0.1, 0.0]), 2).unwrap();
-        assert_eq!(hits[0].0, vector_key("a"));
-        assert!((hits[0].1 - 0.995).abs() < 0.01);
-        assert_eq!(hits[1].0, vector_key("c"));
+        assert_eq!(hits[0].1, vector_key("a"));
+        assert!((hits[0].0 - 0.995).abs() < 0.01);
+        assert_eq!(hits[1].1, vector_key("c"));
         vectors.upsert("a", &unit(&[0.0, 0.0, 1.0])).unwrap();
         assert_eq!(vectors.len(), 3);
         assert_eq!(
-            vectors.search(&unit(&[1.0, 0.1, 0.0]), 1).unwrap()[0].0,
+            vectors.search(&unit(&[1.0, 0.1, 0.0]), 1).unwrap()[0].1,
             vector_key("c")
         );
         vectors.remove("c").unwrap();
