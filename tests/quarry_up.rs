@@ -403,3 +403,49 @@ async fn health_and_reflection_are_served() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_dash_nine_keeps_every_acknowledged_document_in_both_indexes() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut quarry = QuarryUp::start(data_dir.path(), 2).await;
+    let mut client = quarry.client().await;
+    let summary = client
+        .ingest(tokio_stream::iter(corpus()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.accepted, corpus().len() as u64);
+    client
+        .delete(DeleteRequest {
+            ids: vec!["tides".into()],
+        })
+        .await
+        .unwrap();
+    drop(client);
+    quarry.kill();
+
+    let restarted = QuarryUp::start(data_dir.path(), 2).await;
+    let mut client = restarted.client().await;
+    let status = client
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let expected = corpus().len() as u64 - 1;
+    assert_eq!((status.num_docs, status.num_vectors), (expected, expected));
+    let semantic = client
+        .search(SearchRequest {
+            mode: SearchMode::Semantic as i32,
+            ..search("who found the first antibiotic", 3)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(semantic.hits[0].doc_id, "penicillin");
+    let tides = client
+        .search(search("gravitational pull of the moon", 5))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tides.hits.iter().all(|hit| hit.doc_id != "tides"));
+}

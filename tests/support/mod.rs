@@ -96,6 +96,13 @@ impl QuarryUp {
         QuarryClient::new(self.channel().await)
     }
 
+    /// Kills the process with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL quarry");
+        child.wait().expect("reap quarry");
+    }
+
     /// Sends SIGTERM and waits for a graceful exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

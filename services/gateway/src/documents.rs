@@ -109,14 +109,18 @@ impl Gateway {
                 client.shard_info(ShardInfoRequest {}).await
             })
             .await
-            .map(|info| info.num_docs)
+            .map(|info| (info.num_docs, info.num_vectors))
             .map_err(|_| shard)
         });
         let mut num_docs = 0;
+        let mut num_vectors = 0;
         let mut shards_unavailable = Vec::new();
         for outcome in join_all(infos).await {
             match outcome {
-                Ok(count) => num_docs += count,
+                Ok((docs, vectors)) => {
+                    num_docs += docs;
+                    num_vectors += vectors;
+                }
                 Err(shard) => shards_unavailable.push(shard),
             }
         }
@@ -138,6 +142,7 @@ impl Gateway {
                 .collect(),
             shards_unavailable,
             num_docs,
+            num_vectors,
         })
     }
 }

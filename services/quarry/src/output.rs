@@ -235,6 +235,7 @@ pub fn status_json(response: &ClusterStatusResponse) -> Value {
         "cluster": response.cluster,
         "shards": response.shards,
         "num_docs": response.num_docs,
+        "num_vectors": response.num_vectors,
         "shards_unavailable": response.shards_unavailable,
         "members": response.members.iter().map(|member| json!({
             "node_id": member.node_id, "role": member.role, "address": member.address,
