@@ -23,6 +23,10 @@ pub struct QuarryConfig {
     /// Address this process's gRPC server listens on (the gateway's, under `quarry up`).
     pub listen: String,
     pub log_format: LogFormat,
+    /// The address other members dial, when it differs from `listen` (e.g. a pod's IP
+    /// while listening on 0.0.0.0).
+    pub advertise: Option<String>,
+    pub discovery: DiscoveryConfig,
     pub server: ServerConfig,
     pub gateway: GatewayConfig,
     pub analyzer: AnalyzerConfig,
@@ -39,12 +43,33 @@ impl Default for QuarryConfig {
             shards: 2,
             listen: "127.0.0.1:7700".to_string(),
             log_format: LogFormat::Human,
+            advertise: None,
+            discovery: DiscoveryConfig::default(),
             server: ServerConfig::default(),
             gateway: GatewayConfig::default(),
             analyzer: AnalyzerConfig::default(),
             retriever: RetrieverConfig::default(),
             generator: GeneratorConfig::default(),
             evaluator: EvaluatorConfig::default(),
+        }
+    }
+}
+
+/// Where members find each other.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DiscoveryConfig {
+    /// etcd endpoints; empty for static discovery (`quarry up`, or addresses given as flags).
+    pub etcd: Vec<String>,
+    /// TTL of a member's lease: a member that dies leaves the member set this long after.
+    pub lease_ttl_s: i64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            etcd: Vec::new(),
+            lease_ttl_s: 10,
         }
     }
 }
@@ -159,6 +184,10 @@ pub struct AnalyzerConfig {
     pub max_batch: usize,
     /// How long a request waits for others to share its batch, in microseconds.
     pub batch_window_us: u64,
+    /// Most analyses and, separately, most embeddings kept in memory; 0 turns caching off.
+    pub cache_entries: u64,
+    /// How long a cached analysis or embedding stays, in seconds.
+    pub cache_ttl_s: u64,
     pub openai: OpenAiEmbeddingsConfig,
 }
 
@@ -169,6 +198,8 @@ impl Default for AnalyzerConfig {
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_batch: 32,
             batch_window_us: 500,
+            cache_entries: 10_000,
+            cache_ttl_s: 600,
             openai: OpenAiEmbeddingsConfig::default(),
         }
     }
@@ -223,10 +254,12 @@ impl Default for RetrieverConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct GeneratorConfig {
-    /// `extractive` (the default, needs no model).
+    /// `extractive` (the default, needs no model) or `openai` (any OpenAI-compatible
+    /// `/v1/chat/completions`, configured under `[generator.openai]`).
     pub backend: String,
     /// Answer length budget when the request sets none.
     pub max_answer_chars: u32,
+    pub openai: OpenAiChatConfig,
 }
 
 impl Default for GeneratorConfig {
@@ -234,22 +267,112 @@ impl Default for GeneratorConfig {
         Self {
             backend: "extractive".to_string(),
             max_answer_chars: 700,
+            openai: OpenAiChatConfig::default(),
         }
     }
 }
 
+/// Generator backends `generator.backend` accepts.
+pub const GENERATOR_BACKENDS: [&str; 2] = ["extractive", "openai"];
+/// Evaluator backends `evaluator.backend` accepts.
+pub const EVALUATOR_BACKENDS: [&str; 2] = ["heuristic", "llm"];
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct EvaluatorConfig {
-    /// `heuristic` (the default).
+    /// `heuristic` (the default, lexical) or `llm` (a judge model under `[evaluator.openai]`,
+    /// falling back to `heuristic` when its reply is unusable).
     pub backend: String,
+    pub openai: OpenAiChatConfig,
 }
 
 impl Default for EvaluatorConfig {
     fn default() -> Self {
         Self {
             backend: "heuristic".to_string(),
+            openai: OpenAiChatConfig::default(),
         }
+    }
+}
+
+/// An OpenAI-compatible chat-completions backend (vLLM, llama.cpp's server, Ollama, OpenAI).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct OpenAiChatConfig {
+    /// Base URLs up to and including `/v1`, balanced round-robin; a failing one is ejected
+    /// for `eject_ms`.
+    pub base_urls: Vec<String>,
+    pub model: String,
+    /// Name of the environment variable holding the API key (the key itself is never configured or logged).
+    pub api_key_env: String,
+    pub temperature: f32,
+    /// Most tokens the model may write per answer.
+    pub max_tokens: u32,
+    /// Bound on the wait for response headers, for a whole non-streamed reply, and for each
+    /// gap between streamed chunks (the first token included).
+    pub timeout_ms: u64,
+    /// Retries after the first attempt, on 429, 5xx, connection errors and timeouts; never
+    /// once a streamed token has been forwarded.
+    pub max_retries: u32,
+    /// First backoff; it doubles per retry (with jitter), capped at 20 times this.
+    pub backoff_ms: u64,
+    /// How long a base URL that failed is left out of the rotation.
+    pub eject_ms: u64,
+    /// Most characters of numbered passages one prompt may carry; more is INVALID_ARGUMENT.
+    pub max_prompt_chars: usize,
+}
+
+impl Default for OpenAiChatConfig {
+    fn default() -> Self {
+        Self {
+            base_urls: vec!["http://127.0.0.1:8000/v1".to_string()],
+            model: "gpt-4o-mini".to_string(),
+            api_key_env: "OPENAI_API_KEY".to_string(),
+            temperature: 0.1,
+            max_tokens: 512,
+            timeout_ms: 30_000,
+            max_retries: 2,
+            backoff_ms: 200,
+            eject_ms: 30_000,
+            max_prompt_chars: 32_000,
+        }
+    }
+}
+
+impl OpenAiChatConfig {
+    /// Checks the keys of the section named `section` (`generator.openai`, ...).
+    fn validate(&self, section: &str) -> Result<(), KitError> {
+        if self.base_urls.is_empty() || self.base_urls.iter().any(|url| url.trim().is_empty()) {
+            return Err(KitError::Config(format!(
+                "{section}.base_urls must list at least one non-empty URL"
+            )));
+        }
+        if let Some(url) = self
+            .base_urls
+            .iter()
+            .find(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+        {
+            return Err(KitError::Config(format!(
+                "{section}.base_urls: {url:?} must start with http:// or https://"
+            )));
+        }
+        if self.model.trim().is_empty() {
+            return Err(KitError::Config(format!(
+                "{section}.model must not be empty"
+            )));
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(KitError::Config(format!(
+                "{section}.temperature must be within 0..=2, got {}",
+                self.temperature
+            )));
+        }
+        if self.max_tokens == 0 || self.timeout_ms == 0 || self.max_prompt_chars == 0 {
+            return Err(KitError::Config(format!(
+                "{section}.max_tokens, {section}.timeout_ms and {section}.max_prompt_chars must be positive"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -309,17 +432,25 @@ impl QuarryConfig {
                 "gateway.max_k must be within 1..=10000".to_string(),
             ));
         }
-        if self.generator.backend != "extractive" {
+        if !GENERATOR_BACKENDS.contains(&self.generator.backend.as_str()) {
             return Err(KitError::Config(format!(
-                "generator.backend {:?} is unknown (known: extractive)",
-                self.generator.backend
+                "generator.backend {:?} is unknown (known: {})",
+                self.generator.backend,
+                GENERATOR_BACKENDS.join(", ")
             )));
         }
-        if self.evaluator.backend != "heuristic" {
+        if !EVALUATOR_BACKENDS.contains(&self.evaluator.backend.as_str()) {
             return Err(KitError::Config(format!(
-                "evaluator.backend {:?} is unknown (known: heuristic)",
-                self.evaluator.backend
+                "evaluator.backend {:?} is unknown (known: {})",
+                self.evaluator.backend,
+                EVALUATOR_BACKENDS.join(", ")
             )));
+        }
+        if self.generator.backend == "openai" {
+            self.generator.openai.validate("generator.openai")?;
+        }
+        if self.evaluator.backend == "llm" {
+            self.evaluator.openai.validate("evaluator.openai")?;
         }
         Ok(())
     }
@@ -360,6 +491,39 @@ mod tests {
             let error = QuarryConfig::load(None, serde_json::json!({})).unwrap_err();
             assert!(
                 error.to_string().contains("confidence_threshold"),
+                "{error}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn llm_backends_are_configured_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("QUARRY_GENERATOR__BACKEND", "openai");
+            jail.set_env("QUARRY_GENERATOR__OPENAI__MODEL", "llama-3");
+            jail.set_env(
+                "QUARRY_GENERATOR__OPENAI__BASE_URLS",
+                "[\"http://a:1/v1\", \"http://b:2/v1\"]",
+            );
+            jail.set_env("QUARRY_EVALUATOR__BACKEND", "llm");
+            let config =
+                QuarryConfig::load(None, serde_json::json!({})).map_err(|e| e.to_string())?;
+            assert_eq!(config.generator.backend, "openai");
+            assert_eq!(config.generator.openai.model, "llama-3");
+            assert_eq!(
+                config.generator.openai.base_urls,
+                ["http://a:1/v1", "http://b:2/v1"]
+            );
+            assert_eq!(config.evaluator.backend, "llm");
+            jail.set_env("QUARRY_GENERATOR__BACKEND", "gpt");
+            let error = QuarryConfig::load(None, serde_json::json!({})).unwrap_err();
+            assert!(error.to_string().contains("generator.backend"), "{error}");
+            jail.set_env("QUARRY_GENERATOR__BACKEND", "openai");
+            jail.set_env("QUARRY_GENERATOR__OPENAI__BASE_URLS", "[\"ftp://x\"]");
+            let error = QuarryConfig::load(None, serde_json::json!({})).unwrap_err();
+            assert!(
+                error.to_string().contains("generator.openai.base_urls"),
                 "{error}"
             );
             Ok(())

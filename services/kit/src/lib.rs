@@ -4,6 +4,7 @@
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod openai;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
