@@ -161,14 +161,17 @@ fn build_role(
             )
         }
         Role::Generator => {
-            let service =
-                GeneratorServer::new(GeneratorService::new(config.generator.max_answer_chars))
-                    .max_decoding_message_size(limit)
-                    .max_encoding_message_size(limit);
+            let generator = GeneratorService::from_config(&config.generator)
+                .with_context(|| format!("generator.backend = {:?}", config.generator.backend))?;
+            let service = GeneratorServer::new(generator)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Generator"], 0, 0)
         }
         Role::Evaluator => {
-            let service = EvaluatorServer::new(EvaluatorService)
+            let evaluator = EvaluatorService::from_config(&config.evaluator)
+                .with_context(|| format!("evaluator.backend = {:?}", config.evaluator.backend))?;
+            let service = EvaluatorServer::new(evaluator)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Evaluator"], 0, 0)
