@@ -31,6 +31,12 @@ pub fn free_port() -> u16 {
 impl QuarryUp {
     /// Starts `quarry up` with `shards` shards on a free port and waits until it serves.
     pub async fn start(data_dir: &Path, shards: u32) -> Self {
+        Self::start_with_env(data_dir, shards, &[]).await
+    }
+
+    /// Starts `quarry up` like [`QuarryUp::start`] with extra environment variables, set
+    /// last so they override the defaults above (`QUARRY_GENERATOR__BACKEND=openai`, ...).
+    pub async fn start_with_env(data_dir: &Path, shards: u32, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
@@ -44,6 +50,7 @@ impl QuarryUp {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/all-MiniLM-L6-v2"),
             )
             .env_remove("QUARRY_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
