@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -162,4 +164,134 @@ pub fn corpus() -> Vec<Document> {
         document("jupiter", "Jupiter", "Jupiter is the largest planet in the Solar System. It is a gas giant with at least 95 known moons, including Ganymede, the largest moon."),
         document("penicillin", "Penicillin", "Penicillin was discovered by Alexander Fleming in 1928 when he noticed mould killing bacteria in a culture dish."),
     ]
+}
+
+/// One `quarry serve <role>` process registered in etcd.
+pub struct Served {
+    child: Option<Child>,
+    pub address: String,
+    pub args: Vec<String>,
+}
+
+/// Environment every test process gets: the model, and a short lease so that a dead member
+/// leaves the member set quickly.
+fn test_env(command: &mut Command) {
+    let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/all-MiniLM-L6-v2");
+    command
+        .env("RUST_LOG", "warn")
+        .env("QUARRY_ANALYZER__MODEL_DIR", model_dir)
+        .env("QUARRY_DISCOVERY__LEASE_TTL_S", "3")
+        .env_remove("QUARRY_CONFIG");
+}
+
+impl Served {
+    /// Starts `quarry serve <role> --listen 127.0.0.1:<free> <extra...>` and waits for SERVING.
+    pub async fn start(role: &str, extra: &[String]) -> Self {
+        let port = free_port();
+        let mut args = vec![
+            "serve".to_string(),
+            role.to_string(),
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().cloned());
+        let mut served = Self {
+            child: None,
+            address: format!("http://127.0.0.1:{port}"),
+            args,
+        };
+        served.launch().await;
+        served
+    }
+
+    async fn launch(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quarry"));
+        command
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        test_env(&mut command);
+        self.child = Some(command.spawn().expect("start quarry serve"));
+        wait_for_health(&self.address, "", Duration::from_secs(60)).await;
+    }
+
+    /// Starts the process again with the same arguments (same port and data).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.launch().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, and wait for the process to finish.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until the server at `address` reports SERVING for `service` ("" for the server).
+pub async fn wait_for_health(address: &str, service: &str, patience: Duration) {
+    let started = Instant::now();
+    loop {
+        if let Ok(channel) = Channel::from_shared(address.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await;
+            if matches!(reply, Ok(ref reply) if reply.get_ref().status == ServingStatus::Serving as i32)
+            {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < patience,
+            "{address} did not serve in {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `quarry <args>` to completion and returns its stdout, failing on a non-zero exit.
+pub fn quarry_command(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args(args)
+        .output()
+        .expect("run quarry");
+    assert!(
+        output.status.success(),
+        "quarry {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
 }

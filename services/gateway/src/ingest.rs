@@ -10,7 +10,6 @@ use tokio_stream::StreamExt;
 use tonic::{Code, Status};
 use tracing::{info, warn};
 
-use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
 use crate::shard_router::shard_for_document;
@@ -120,7 +119,8 @@ impl Gateway {
                 .iter()
                 .map(|pending| embedding_text(&pending.document))
                 .collect();
-            match self.embed_texts(texts, Deadline::after(None)).await? {
+            let limit = std::time::Duration::from_millis(self.config.embed_timeout_ms);
+            match self.embed_texts(texts, limit).await? {
                 Some(chunk_vectors) => vectors.extend(chunk_vectors),
                 None => return Ok(None),
             }

@@ -38,20 +38,21 @@ impl Gateway {
         text: &str,
         deadline: Deadline,
     ) -> Result<Option<Vec<f32>>, GatewayError> {
-        let vectors = self.embed_texts(vec![text.to_string()], deadline).await?;
+        let limit = deadline.hop(self.hop_limit());
+        let vectors = self.embed_texts(vec![text.to_string()], limit).await?;
         Ok(vectors.and_then(|vectors| vectors.into_iter().next()))
     }
 
-    /// Embeddings of `texts`, in order, or `None` when the analyzer has no encoder.
+    /// Embeddings of `texts`, in order, within `timeout`, or `None` when the analyzer has no encoder.
     pub(crate) async fn embed_texts(
         &self,
         texts: Vec<String>,
-        deadline: Deadline,
+        timeout: std::time::Duration,
     ) -> Result<Option<Vec<Vec<f32>>>, GatewayError> {
         let count = texts.len();
         let mut analyzer = self.clients.analyzer()?;
         let mut request = Request::new(EmbedRequest { texts });
-        request.set_timeout(deadline.hop(self.hop_limit()));
+        request.set_timeout(timeout);
         match analyzer.embed(request).await {
             Ok(response) => {
                 let vectors: Vec<Vec<f32>> = response

@@ -80,7 +80,8 @@ impl Default for DiscoveryConfig {
 pub struct ServerConfig {
     /// Largest gRPC message a server accepts or sends, in bytes.
     pub max_message_bytes: usize,
-    /// Upper bound on any call's duration when the client sets no shorter deadline.
+    /// Upper bound on any call's duration, 0 for none (the default: a long ingest stream must
+    /// not be cut; clients bound their calls with `grpc-timeout`, and every hop has its own limit).
     pub request_timeout_ms: u64,
     /// In-flight calls per connection before further calls wait.
     pub concurrency_limit_per_connection: usize,
@@ -90,7 +91,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_message_bytes: 16 * 1024 * 1024,
-            request_timeout_ms: 60_000,
+            request_timeout_ms: 0,
             concurrency_limit_per_connection: 256,
         }
     }
@@ -126,6 +127,8 @@ pub struct GatewayConfig {
     pub rrf_k: f64,
     /// Texts per `Embed` call while ingesting.
     pub embed_batch: usize,
+    /// Limit of one `Embed` call while ingesting (calls queue behind each other in the analyzer).
+    pub embed_timeout_ms: u64,
 }
 
 /// How ranked lists are combined.
@@ -155,6 +158,7 @@ impl Default for GatewayConfig {
             fusion: Fusion::default(),
             rrf_k: 60.0,
             embed_batch: 64,
+            embed_timeout_ms: 300_000,
         }
     }
 }

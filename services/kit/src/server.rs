@@ -81,8 +81,11 @@ pub async fn serve(
     // Small request/response messages must not wait for Nagle's algorithm.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     info!(role, address = %local_address, "serving");
-    Server::builder()
-        .timeout(Duration::from_millis(config.request_timeout_ms))
+    let mut builder = Server::builder();
+    if config.request_timeout_ms > 0 {
+        builder = builder.timeout(Duration::from_millis(config.request_timeout_ms));
+    }
+    builder
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain)

@@ -41,11 +41,31 @@ pub enum Command {
     Ask(AskArgs),
     /// Show the cluster's members and shards.
     Status(StatusArgs),
+    /// Cluster settings in etcd.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Run a BEIR queries file through the gateway and write a TREC run to stdout.
     SearchBatch(SearchBatchArgs),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Writes the cluster's settings (shard count) to etcd, once.
+    Create(ClusterCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterCreateArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    #[arg(long, default_value = "quarry")]
+    pub cluster: String,
+    #[arg(long)]
+    pub shards: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +142,12 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     #[arg(long)]
     pub cluster: Option<String>,
+    /// etcd endpoints, comma-separated: register there and find the other members there.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The address other members dial, when it differs from --listen.
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Where a retriever keeps its shard.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,

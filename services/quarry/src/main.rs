@@ -18,7 +18,7 @@ use quarry_kit::discovery::Role;
 use quarry_kit::telemetry::{init_logging, LogFormat};
 use serde_json::{json, Map, Value};
 
-use cli::{BenchCommand, Cli, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs};
+use cli::{BenchCommand, Cli, ClusterCommand, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,6 +67,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => {
             init_client_logging(&cli);
             client::status(args).await
+        }
+        Command::Cluster(ClusterCommand::Create(args)) => {
+            init_client_logging(&cli);
+            let settings = quarry_kit::discovery::ClusterSettings {
+                shards: args.shards,
+            };
+            let created =
+                quarry_kit::discovery::create_cluster(&args.etcd, &args.cluster, settings).await?;
+            println!("cluster {} has {} shard(s)", args.cluster, created.shards);
+            Ok(())
         }
         Command::SearchBatch(args) => {
             init_client_logging(&cli);
@@ -125,6 +135,12 @@ fn serve_overrides(args: &ServeArgs) -> Map<String, Value> {
     }
     if let Some(cluster) = &args.cluster {
         flags.insert("cluster".to_string(), json!(cluster));
+    }
+    if let Some(advertise) = &args.advertise {
+        flags.insert("advertise".to_string(), json!(advertise));
+    }
+    if !args.etcd.is_empty() {
+        flags.insert("discovery".to_string(), json!({ "etcd": args.etcd }));
     }
     if let Some(data_dir) = &args.data_dir {
         flags.insert("data_dir".to_string(), json!(data_dir));

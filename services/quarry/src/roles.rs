@@ -56,7 +56,15 @@ pub async fn start_role(
         discovery,
         shutdown,
     } = launch;
-    let address = dial_address(listener.local_addr().context("listener address")?);
+    let local_address = listener.local_addr().context("listener address")?;
+    let address = match &config.advertise {
+        Some(advertise) if advertise.starts_with("http") => advertise.clone(),
+        Some(advertise) => format!("http://{advertise}"),
+        None if local_address.ip().is_unspecified() => {
+            anyhow::bail!("listening on {local_address}: set --advertise to the address other members should dial")
+        }
+        None => dial_address(local_address),
+    };
     let (role_server, shard, replica, stored_shard) =
         build_role(role, &config, Arc::clone(&discovery))?;
     let member = Member {
@@ -141,7 +149,12 @@ fn build_role(
         Role::Retriever => {
             let shard_number = config.retriever.shard;
             let replica_number = config.retriever.replica;
+            let shard_count = discovery.shard_count();
+            if shard_number >= shard_count {
+                anyhow::bail!("--shard {shard_number} does not exist: the cluster has {shard_count} shard(s), numbered from 0");
+            }
             let directory = replica_dir(&config.data_dir, shard_number, replica_number);
+            check_shard_count(&directory, shard_count)?;
             let shard = Shard::open(
                 &directory,
                 shard_number,
@@ -187,4 +200,31 @@ fn build_role(
         service_names,
     };
     Ok((role_server, shard, replica, stored_shard))
+}
+
+/// A replica's data belongs to a cluster of a fixed shard count (its documents were routed
+/// for that count); refuses to serve it in a cluster with another count.
+fn check_shard_count(directory: &std::path::Path, shard_count: u32) -> anyhow::Result<()> {
+    let marker = directory.join("cluster.json");
+    std::fs::create_dir_all(directory)?;
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            let recorded: serde_json::Value = serde_json::from_str(&text)?;
+            let recorded_shards = recorded["shards"].as_u64().unwrap_or(0);
+            if recorded_shards != u64::from(shard_count) {
+                anyhow::bail!(
+                    "the data in {} belongs to a cluster of {recorded_shards} shard(s); this cluster has {shard_count}",
+                    directory.display()
+                );
+            }
+            Ok(())
+        }
+        Err(_) => {
+            std::fs::write(
+                &marker,
+                serde_json::json!({ "shards": shard_count }).to_string(),
+            )?;
+            Ok(())
+        }
+    }
 }

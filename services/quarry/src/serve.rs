@@ -1,10 +1,11 @@
-//! `quarry serve <role>`: one role in this process. Until etcd discovery lands, a gateway is
-//! told where the other roles are with flags (`--analyzer`, `--retrievers`, ...).
+//! `quarry serve <role>`: one role in this process. With `--etcd` it registers in etcd and
+//! finds the other members there; without, a gateway is told where the other roles are
+//! with flags (`--analyzer`, `--retrievers`, ...).
 
 use std::sync::Arc;
 
 use quarry_kit::config::QuarryConfig;
-use quarry_kit::discovery::{Discovery, Member, Role, StaticDiscovery};
+use quarry_kit::discovery::{Discovery, EtcdDiscovery, Member, Role, StaticDiscovery};
 use quarry_kit::server::bind;
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +18,22 @@ pub async fn run_serve(
     config: QuarryConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (shards, members) = static_members(args, &config);
-    let discovery: Arc<dyn Discovery> = Arc::new(StaticDiscovery::new(shards, members));
+    let etcd = if config.discovery.etcd.is_empty() {
+        None
+    } else {
+        let endpoints = config.discovery.etcd.clone();
+        Some(
+            EtcdDiscovery::connect(&endpoints, &config.cluster, config.discovery.lease_ttl_s)
+                .await?,
+        )
+    };
+    let discovery: Arc<dyn Discovery> = match &etcd {
+        Some(etcd) => Arc::clone(etcd) as Arc<dyn Discovery>,
+        None => {
+            let (shards, members) = static_members(args, &config);
+            Arc::new(StaticDiscovery::new(shards, members))
+        }
+    };
     let listener = bind(&config.listen).await?;
     let (_address, task) = start_role(RoleLaunch {
         role,
@@ -28,7 +43,11 @@ pub async fn run_serve(
         shutdown,
     })
     .await?;
-    task.await?
+    let served = task.await?;
+    if let Some(etcd) = etcd {
+        etcd.close();
+    }
+    served
 }
 
 /// The members named on the command line, and the shard count they imply.

@@ -1,7 +1,8 @@
 //! How members of a cluster find each other: a `Discovery` trait with a watchable member
-//! set. `StaticDiscovery` serves `quarry up` and hand-wired clusters; etcd implements the
-//! same trait for real clusters.
+//! set. `StaticDiscovery` serves `quarry up` and hand-wired clusters; `EtcdDiscovery`
+//! implements the same trait for real clusters.
 
+mod etcd;
 mod static_members;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::error::KitError;
 
+pub use etcd::{create_cluster, ClusterSettings, EtcdDiscovery};
 pub use static_members::StaticDiscovery;
 
 /// The roles a Quarry process can serve.

@@ -1,0 +1,379 @@
+//! Discovery through etcd: each process registers `/quarry/<cluster>/members/<role>/<node-id>`
+//! under a lease kept alive in the background (and registered again if the lease is lost);
+//! a watcher lists the prefix and watches from that revision, listing again after a
+//! compaction or a broken watch, so that no change is missed; while etcd is unreachable
+//! the last member set stays in force. The cluster's shard count is written once at
+//! `/quarry/<cluster>/config` by `quarry cluster create`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{Discovery, Member, MemberSet};
+use crate::error::KitError;
+
+/// Pause between attempts while etcd is unreachable.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// What `/quarry/<cluster>/config` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    pub shards: u32,
+}
+
+fn config_key(cluster: &str) -> String {
+    format!("/quarry/{cluster}/config")
+}
+
+fn members_prefix(cluster: &str) -> String {
+    format!("/quarry/{cluster}/members/")
+}
+
+fn member_key(cluster: &str, member: &Member) -> String {
+    format!(
+        "{}{}/{}",
+        members_prefix(cluster),
+        member.role,
+        member.node_id
+    )
+}
+
+fn etcd_error(error: etcd_client::Error) -> KitError {
+    KitError::Discovery(format!("etcd: {error}"))
+}
+
+async fn connect(endpoints: &[String]) -> Result<Client, KitError> {
+    Client::connect(endpoints, None).await.map_err(etcd_error)
+}
+
+/// Writes the cluster's settings once. Creating it again with the same settings is fine;
+/// with different ones it is refused.
+pub async fn create_cluster(
+    endpoints: &[String],
+    cluster: &str,
+    settings: ClusterSettings,
+) -> Result<ClusterSettings, KitError> {
+    if settings.shards == 0 {
+        return Err(KitError::Config("shards must be at least 1".to_string()));
+    }
+    let mut client = connect(endpoints).await?;
+    let key = config_key(cluster);
+    let value =
+        serde_json::to_string(&settings).map_err(|error| KitError::Config(error.to_string()))?;
+    let created = client
+        .txn(
+            Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.as_str(), value, None)]),
+        )
+        .await
+        .map_err(etcd_error)?
+        .succeeded();
+    if created {
+        return Ok(settings);
+    }
+    let existing = read_settings(&mut client, cluster).await?;
+    if existing != settings {
+        return Err(KitError::Config(format!(
+            "cluster {cluster:?} already exists with {} shard(s); it cannot be created again with {}",
+            existing.shards, settings.shards
+        )));
+    }
+    Ok(existing)
+}
+
+async fn read_settings(client: &mut Client, cluster: &str) -> Result<ClusterSettings, KitError> {
+    let response = client
+        .get(config_key(cluster), None)
+        .await
+        .map_err(etcd_error)?;
+    let Some(entry) = response.kvs().first() else {
+        return Err(KitError::Config(format!(
+            "cluster {cluster:?} does not exist in etcd; create it with `quarry cluster create --cluster {cluster} --shards N`"
+        )));
+    };
+    serde_json::from_slice(entry.value()).map_err(|error| {
+        KitError::Config(format!("bad settings at {}: {error}", config_key(cluster)))
+    })
+}
+
+/// Members found through etcd.
+pub struct EtcdDiscovery {
+    client: Client,
+    cluster: String,
+    settings: ClusterSettings,
+    ttl_seconds: i64,
+    members: watch::Sender<MemberSet>,
+    /// This process's own registrations, put again if the lease is lost.
+    registrations: Mutex<HashMap<String, (Member, i64)>>,
+    stop: CancellationToken,
+    /// This discovery itself, for the keep-alive tasks `register` starts.
+    this: OnceLock<Weak<Self>>,
+}
+
+impl EtcdDiscovery {
+    /// Connects, reads the cluster's settings, and starts watching its members.
+    pub async fn connect(
+        endpoints: &[String],
+        cluster: &str,
+        ttl_seconds: i64,
+    ) -> Result<Arc<Self>, KitError> {
+        let mut client = connect(endpoints).await?;
+        let settings = read_settings(&mut client, cluster).await?;
+        let (members, _) = watch::channel(MemberSet::default());
+        let discovery = Arc::new(Self {
+            client,
+            cluster: cluster.to_string(),
+            settings,
+            ttl_seconds: ttl_seconds.max(2),
+            members,
+            registrations: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            this: OnceLock::new(),
+        });
+        let _ = discovery.this.set(Arc::downgrade(&discovery));
+        let (listed, _) = discovery.list().await?;
+        discovery.members.send_replace(listed);
+        tokio::spawn(Arc::clone(&discovery).watch_members());
+        Ok(discovery)
+    }
+
+    pub fn settings(&self) -> ClusterSettings {
+        self.settings
+    }
+
+    /// The members under the prefix now, and the revision to watch from.
+    async fn list(&self) -> Result<(MemberSet, i64), KitError> {
+        let mut client = self.client.clone();
+        let response = client
+            .get(
+                members_prefix(&self.cluster),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd_error)?;
+        let revision = response.header().map_or(0, |header| header.revision());
+        let members = response
+            .kvs()
+            .iter()
+            .filter_map(|entry| serde_json::from_slice::<Member>(entry.value()).ok())
+            .collect();
+        Ok((MemberSet::new(members), revision))
+    }
+
+    /// List, then watch from the list's revision; list again after any break.
+    async fn watch_members(self: Arc<Self>) {
+        while !self.stop.is_cancelled() {
+            match self.list_then_watch().await {
+                Ok(()) => {}
+                Err(error) => {
+                    warn!(error = %error, "member watch broken; keeping the last member set")
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+    }
+
+    async fn list_then_watch(&self) -> Result<(), KitError> {
+        let (listed, revision) = self.list().await?;
+        let mut by_key: HashMap<String, Member> = listed
+            .all()
+            .iter()
+            .map(|member| (member_key(&self.cluster, member), member.clone()))
+            .collect();
+        self.publish(&by_key);
+        let mut client = self.client.clone();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = client
+            .watch(members_prefix(&self.cluster), Some(options))
+            .await
+            .map_err(etcd_error)?;
+        loop {
+            let response = tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                message = stream.message() => message.map_err(etcd_error)?,
+            };
+            let Some(response) = response else {
+                return Err(KitError::Discovery("etcd closed the watch".to_string()));
+            };
+            if response.compact_revision() > 0 || response.canceled() {
+                info!(
+                    compacted = response.compact_revision(),
+                    "member watch restarted after compaction"
+                );
+                return Ok(());
+            }
+            for event in response.events() {
+                let Some(entry) = event.kv() else { continue };
+                let key = String::from_utf8_lossy(entry.key()).to_string();
+                match event.event_type() {
+                    EventType::Put => {
+                        if let Ok(member) = serde_json::from_slice::<Member>(entry.value()) {
+                            by_key.insert(key, member);
+                        }
+                    }
+                    EventType::Delete => {
+                        by_key.remove(&key);
+                    }
+                }
+            }
+            self.publish(&by_key);
+        }
+    }
+
+    fn publish(&self, by_key: &HashMap<String, Member>) {
+        let set = MemberSet::new(by_key.values().cloned().collect());
+        self.members.send_if_modified(|current| {
+            if *current == set {
+                return false;
+            }
+            *current = set;
+            true
+        });
+    }
+
+    async fn put_member(&self, member: &Member, lease: i64) -> Result<(), KitError> {
+        let value = serde_json::to_string(member)
+            .map_err(|error| KitError::Discovery(error.to_string()))?;
+        let mut client = self.client.clone();
+        client
+            .put(
+                member_key(&self.cluster, member),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(etcd_error)?;
+        Ok(())
+    }
+
+    /// Keeps a registration's lease alive; when it is lost (etcd down longer than the TTL),
+    /// grants a new one and registers again.
+    async fn keep_registered(self: Arc<Self>, node_id: String) {
+        loop {
+            let Some((member, lease)) = self.registrations.lock().await.get(&node_id).cloned()
+            else {
+                return;
+            };
+            let outcome = self.keep_alive(lease).await;
+            if self.stop.is_cancelled() || !self.registrations.lock().await.contains_key(&node_id) {
+                return;
+            }
+            if let Err(error) = outcome {
+                warn!(node_id, error = %error, "lease lost; registering again");
+            }
+            loop {
+                let attempt = async {
+                    let mut client = self.client.clone();
+                    let lease = client
+                        .lease_grant(self.ttl_seconds, None)
+                        .await
+                        .map_err(etcd_error)?
+                        .id();
+                    self.put_member(&member, lease).await?;
+                    Ok::<i64, KitError>(lease)
+                };
+                match attempt.await {
+                    Ok(new_lease) => {
+                        if let Some(entry) = self.registrations.lock().await.get_mut(&node_id) {
+                            entry.1 = new_lease;
+                        }
+                        info!(node_id, "registered again");
+                        break;
+                    }
+                    Err(error) => {
+                        warn!(node_id, error = %error, "etcd unreachable; will register when it is back");
+                        tokio::select! {
+                            _ = self.stop.cancelled() => return,
+                            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refreshes the lease every third of its TTL until it expires or the keeper fails.
+    async fn keep_alive(&self, lease: i64) -> Result<(), KitError> {
+        let mut client = self.client.clone();
+        let (mut keeper, mut responses) =
+            client.lease_keep_alive(lease).await.map_err(etcd_error)?;
+        let period = Duration::from_millis((self.ttl_seconds as u64 * 1000) / 3);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(period) => {}
+            }
+            keeper.keep_alive().await.map_err(etcd_error)?;
+            match responses.message().await.map_err(etcd_error)? {
+                Some(response) if response.ttl() > 0 => {}
+                _ => return Err(KitError::Discovery(format!("lease {lease} expired"))),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Discovery for EtcdDiscovery {
+    async fn register(&self, member: Member) -> Result<(), KitError> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(self.ttl_seconds, None)
+            .await
+            .map_err(etcd_error)?
+            .id();
+        self.put_member(&member, lease).await?;
+        let node_id = member.node_id.clone();
+        self.registrations
+            .lock()
+            .await
+            .insert(node_id.clone(), (member, lease));
+        if let Some(this) = self.this.get().and_then(Weak::upgrade) {
+            tokio::spawn(this.keep_registered(node_id.clone()));
+        }
+        info!(node_id, lease, ttl = self.ttl_seconds, "registered in etcd");
+        Ok(())
+    }
+
+    async fn deregister(&self, node_id: &str) -> Result<(), KitError> {
+        let Some((mut member, lease)) = self.registrations.lock().await.remove(node_id) else {
+            return Ok(());
+        };
+        member.ready = false;
+        if let Err(error) = self.put_member(&member, lease).await {
+            warn!(node_id, error = %error, "could not mark not ready");
+        }
+        let mut client = self.client.clone();
+        client.lease_revoke(lease).await.map_err(etcd_error)?;
+        info!(node_id, "deregistered from etcd");
+        Ok(())
+    }
+
+    fn watch(&self) -> watch::Receiver<MemberSet> {
+        self.members.subscribe()
+    }
+
+    fn shard_count(&self) -> u32 {
+        self.settings.shards
+    }
+}
+
+impl EtcdDiscovery {
+    /// Stops the watcher and the keepers.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}

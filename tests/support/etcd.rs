@@ -1,0 +1,95 @@
+//! A real etcd for tests: Debian's `etcd-server` (installed with apt-get if missing),
+//! started on free client and peer ports with its own data directory, stopped at the end.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    data_dir: tempfile::TempDir,
+}
+
+fn ensure_installed() {
+    if Command::new("etcd").arg("--version").output().is_ok() {
+        return;
+    }
+    let installed = Command::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server"])
+        .status()
+        .expect("run apt-get");
+    assert!(
+        installed.success(),
+        "could not install etcd-server with apt-get"
+    );
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        ensure_installed();
+        let mut etcd = Self {
+            child: None,
+            endpoint: String::new(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: tempfile::tempdir().expect("etcd data dir"),
+        };
+        etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
+        etcd.launch();
+        etcd
+    }
+
+    fn launch(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let data: PathBuf = self.data_dir.path().join("etcd");
+        let child = Command::new("etcd")
+            .arg("--name=quarry-test")
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=quarry-test={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-level=error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.client_port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "etcd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops etcd (SIGKILL) and starts it again on the same ports and data.
+    pub fn restart_after(&mut self, down_for: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(down_for);
+        self.launch();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
