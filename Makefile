@@ -26,9 +26,11 @@ toolchain:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 system-deps:
-	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null || ! command -v gcc >/dev/null; then \
-		echo "installing python3, venv and a C compiler"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-pip build-essential; \
+	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null \
+		|| ! command -v gcc >/dev/null || ! command -v protoc >/dev/null || ! command -v etcd >/dev/null; then \
+		echo "installing python3, venv, a C compiler, protoc (etcd-client's build) and etcd (the tests')"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			python3 python3-venv python3-pip build-essential protobuf-compiler etcd-server; \
 	fi
 
 $(PYTHON): tests/python/requirements.txt
@@ -45,7 +47,7 @@ build: toolchain system-deps
 fmt-check: toolchain
 	cargo fmt --all -- --check
 
-clippy: toolchain
+clippy: toolchain system-deps
 	cargo clippy --workspace --all-targets -- -D warnings
 
 lint: fmt-check clippy
