@@ -3,12 +3,14 @@
 //! plus the tonic `Analyzer` service that wraps both.
 
 mod analyzer;
+mod cache;
 mod encoder;
 mod error;
 pub mod rules;
 mod service;
 
 pub use analyzer::QuestionAnalyzer;
+pub use cache::{AnalyzerCaches, CacheCounts, CacheOptions};
 pub use encoder::{
     BatchOptions, BatchStats, EmbedBatcher, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
     MINILM_DIMENSIONS, MINILM_NAME,

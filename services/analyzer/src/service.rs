@@ -1,5 +1,6 @@
 //! The tonic `quarry.v1.Analyzer` service over `QuestionAnalyzer` and the configured encoder,
-//! whose concurrent `Embed` calls share batches through `EmbedBatcher`.
+//! whose concurrent `Embed` calls share batches through `EmbedBatcher`; analyses and
+//! embeddings are answered from `AnalyzerCaches` when they can be.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use quarry_proto::v1::{AnalyzeRequest, AnalyzeResponse, EmbedRequest, EmbedRespo
 use tonic::{Request, Response, Status};
 
 use crate::analyzer::QuestionAnalyzer;
+use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
 use crate::encoder::{BatchOptions, EmbedBatcher, Encoder};
 use crate::error::AnalyzerError;
 
@@ -18,6 +20,7 @@ const MAX_EMBED_BATCH: usize = 1024;
 pub struct AnalyzerService {
     analyzer: QuestionAnalyzer,
     embedder: Option<Arc<EmbedBatcher>>,
+    caches: AnalyzerCaches,
 }
 
 impl AnalyzerService {
@@ -33,7 +36,69 @@ impl AnalyzerService {
         Ok(Self {
             analyzer: QuestionAnalyzer,
             embedder,
+            caches: AnalyzerCaches::disabled(),
         })
+    }
+
+    /// Caches analyses and embeddings with `options` (off until this is called).
+    pub fn with_caches(mut self, options: CacheOptions) -> Self {
+        self.caches = AnalyzerCaches::new(options);
+        self
+    }
+
+    /// Cache hits and misses so far.
+    pub fn cache_counts(&self) -> CacheCounts {
+        self.caches.counts()
+    }
+
+    /// The analysis of `query`, from the cache when it is there.
+    pub fn analyze_cached(&self, query: &str) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
+        if let Some(analysis) = self.caches.analysis(query) {
+            return Ok(analysis);
+        }
+        let analysis = self.analyzer.analyze(query)?;
+        self.caches.store_analysis(query, &analysis);
+        Ok(analysis)
+    }
+
+    /// The vectors of `texts`, encoding only those not cached.
+    pub async fn embed_cached(
+        &self,
+        embedder: &EmbedBatcher,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, AnalyzerError> {
+        let cached = self.caches.embeddings(&texts);
+        let missing: Vec<String> = texts
+            .iter()
+            .zip(&cached)
+            .filter(|(_, found)| found.is_none())
+            .map(|(text, _)| text.clone())
+            .collect();
+        let mut fresh = if missing.is_empty() {
+            Vec::new()
+        } else {
+            embedder.embed(missing.clone()).await?
+        };
+        if fresh.len() != missing.len() {
+            return Err(AnalyzerError::Encoder(format!(
+                "{} vectors for {} texts",
+                fresh.len(),
+                missing.len()
+            )));
+        }
+        for (text, vector) in missing.iter().zip(&fresh) {
+            self.caches.store_embedding(text, vector);
+        }
+        fresh.reverse();
+        let vectors = cached
+            .into_iter()
+            .map(|found| match found {
+                Some(vector) => Some(vector.as_ref().clone()),
+                None => fresh.pop(),
+            })
+            .collect::<Option<Vec<Vec<f32>>>>()
+            .ok_or_else(|| AnalyzerError::Encoder("a vector is missing".to_string()))?;
+        Ok(vectors)
     }
 }
 
@@ -43,7 +108,7 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let analysis = self.analyzer.analyze(&request.into_inner().query)?;
+        let analysis = self.analyze_cached(&request.into_inner().query)?;
         Ok(Response::new(AnalyzeResponse {
             analysis: Some(analysis),
         }))
@@ -62,7 +127,7 @@ impl Analyzer for AnalyzerService {
             }
             .into());
         }
-        let vectors = embedder.embed(texts).await?;
+        let vectors = self.embed_cached(embedder, texts).await?;
         let encoder = embedder.encoder();
         Ok(Response::new(EmbedResponse {
             vectors: vectors
@@ -72,5 +137,51 @@ impl Analyzer for AnalyzerService {
             model: encoder.name(),
             dimensions: encoder.dimensions() as u32,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::encoder::HashEncoder;
+
+    #[tokio::test]
+    async fn repeated_questions_and_texts_are_answered_from_the_caches() {
+        let encoder: Arc<dyn Encoder> = Arc::new(HashEncoder::new(16));
+        let service = AnalyzerService::new(
+            Some(encoder),
+            BatchOptions {
+                max_batch: 8,
+                window: Duration::from_micros(100),
+            },
+        )
+        .unwrap()
+        .with_caches(CacheOptions {
+            entries: 100,
+            ttl: Duration::from_secs(60),
+        });
+        let first = service
+            .analyze_cached("Who discovered penicillin?")
+            .unwrap();
+        let again = service
+            .analyze_cached(" Who  discovered penicillin? ")
+            .unwrap();
+        assert_eq!(first, again);
+        let embedder = Arc::clone(service.embedder.as_ref().unwrap());
+        let texts = vec!["kiwi".to_string(), "moa".to_string()];
+        let cold = service
+            .embed_cached(&embedder, texts.clone())
+            .await
+            .unwrap();
+        let mixed = vec!["moa".to_string(), "emu".to_string(), "kiwi".to_string()];
+        let warm = service.embed_cached(&embedder, mixed).await.unwrap();
+        assert_eq!(warm[0], cold[1]);
+        assert_eq!(warm[2], cold[0]);
+        assert_eq!(warm[1].len(), 16);
+        let counts = service.cache_counts();
+        assert_eq!((counts.analysis_hits, counts.analysis_misses), (1, 1));
+        assert_eq!((counts.embedding_hits, counts.embedding_misses), (2, 3));
     }
 }

@@ -141,7 +141,12 @@ fn build_role(
                 max_batch: config.analyzer.max_batch,
                 window: std::time::Duration::from_micros(config.analyzer.batch_window_us),
             };
-            let service = AnalyzerServer::new(AnalyzerService::new(encoder, batching)?)
+            let caches = quarry_analyzer::CacheOptions {
+                entries: config.analyzer.cache_entries,
+                ttl: std::time::Duration::from_secs(config.analyzer.cache_ttl_s),
+            };
+            let analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
+            let service = AnalyzerServer::new(analyzer)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Analyzer"], 0, 0)
