@@ -114,6 +114,7 @@ bench: model bench-analyzer
 	cargo build --release -p quarry
 	$(RELEASE) bench beir --dataset $(DATASET) --shards 1,4 --modes keyword,semantic,hybrid \
 		--compare-fusion --out bench/results/scifact-beir.json
+	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
 
 bench-analyzer:
 	cargo build --release -p quarry

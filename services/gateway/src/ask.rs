@@ -167,7 +167,7 @@ impl Gateway {
             shards_answered: retrieved.shards_answered(),
             partial: retrieved.partial(),
             shards_failed: retrieved.shards_failed,
-            hedges: 0,
+            hedges: retrieved.hedges,
             timings: Some(Timings {
                 analyze_ms,
                 search_ms: elapsed_ms(search_started),

@@ -89,7 +89,8 @@ impl Gateway {
                     async move { client.fetch(request).await }
                 },
             )
-            .await?;
+            .await?
+            .value;
         fetched
             .documents
             .into_iter()
@@ -109,7 +110,7 @@ impl Gateway {
                 client.shard_info(ShardInfoRequest {}).await
             })
             .await
-            .map(|info| (info.num_docs, info.num_vectors))
+            .map(|answer| (answer.value.num_docs, answer.value.num_vectors))
             .map_err(|_| shard)
         });
         let mut num_docs = 0;

@@ -3,9 +3,10 @@
 //! a deadline and retried once on another replica; shards that do not answer are reported.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use quarry_kit::discovery::Member;
 use quarry_proto::v1::retriever_client::RetrieverClient;
 use quarry_proto::v1::{
     Candidate, CollectStatsRequest, CorpusStats, ShardSearchRequest, TermStats,
@@ -42,6 +43,8 @@ pub struct FanOutResult {
     pub keyword: Vec<ShardedCandidate>,
     /// Every shard's vector candidates, best first globally.
     pub vector: Vec<ShardedCandidate>,
+    /// Hedged shard calls.
+    pub hedges: u32,
 }
 
 impl FanOutResult {
@@ -56,10 +59,12 @@ impl Gateway {
     pub(crate) async fn fan_out(&self, request: &FanOutRequest, timeout: Duration) -> FanOutResult {
         let shards_total = self.clients.shard_count();
         let mut shards_failed = Vec::new();
+        let mut hedges = 0;
         let (answering, global) = if request.keyword_k > 0 {
-            let (answering, failed, global) =
+            let (answering, failed, global, statistics_hedges) =
                 self.collect_statistics(&request.query, timeout).await;
             shards_failed = failed;
+            hedges += statistics_hedges;
             (answering, Some(global))
         } else {
             ((0..shards_total).collect(), None)
@@ -86,7 +91,9 @@ impl Gateway {
         let mut vector = Vec::new();
         for (shard, outcome) in join_all(search_calls).await {
             match outcome {
-                Ok(response) => {
+                Ok(answer) => {
+                    hedges += answer.hedges;
+                    let response = answer.value;
                     let tag = |candidate| ShardedCandidate { shard, candidate };
                     keyword.extend(response.keyword.into_iter().map(tag));
                     vector.extend(response.vector.into_iter().map(tag));
@@ -105,16 +112,17 @@ impl Gateway {
             shards_failed,
             keyword,
             vector,
+            hedges,
         }
     }
 
     /// Every shard's statistics of the query, summed; returns the shards that answered,
-    /// those that did not, and the sums.
+    /// those that did not, the sums, and the hedged calls.
     async fn collect_statistics(
         &self,
         query: &str,
         timeout: Duration,
-    ) -> (Vec<u32>, Vec<u32>, CorpusStats) {
+    ) -> (Vec<u32>, Vec<u32>, CorpusStats, u32) {
         let stats_calls = (0..self.clients.shard_count()).map(|shard| {
             let request = CollectStatsRequest {
                 query: query.to_string(),
@@ -132,11 +140,13 @@ impl Gateway {
         let mut answering = Vec::new();
         let mut failed = Vec::new();
         let mut per_shard = Vec::new();
+        let mut hedges = 0;
         for (shard, outcome) in join_all(stats_calls).await {
             match outcome {
-                Ok(stats) => {
+                Ok(answer) => {
                     answering.push(shard);
-                    per_shard.push(stats);
+                    hedges += answer.hedges;
+                    per_shard.push(answer.value);
                 }
                 Err(error) => {
                     warn!(shard, error = %error, "shard did not answer statistics");
@@ -144,48 +154,122 @@ impl Gateway {
                 }
             }
         }
-        (answering, failed, sum_statistics(&per_shard))
+        (answering, failed, sum_statistics(&per_shard), hedges)
     }
 
-    /// Calls one shard: each ready replica in turn until one answers, each try under `timeout`.
+    /// Calls one shard: the best replica first, hedged on the next one when it outlives the
+    /// shard's recent p95, then, on a failure another replica might not have, once more on a
+    /// replica not yet tried; each try under `timeout`.
     pub(crate) async fn call_shard<T, F, Fut>(
         &self,
         shard: u32,
         timeout: Duration,
         call: F,
+    ) -> Result<ShardAnswer<T>, GatewayError>
+    where
+        F: Fn(RetrieverClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let replicas = self.selector.order(self.clients.shard_replicas(shard));
+        let Some(first_replica) = replicas.first() else {
+            return Err(GatewayError::NoMember { role: "retriever" });
+        };
+        let hedge_delay = match replicas.get(1) {
+            Some(_) if self.config.hedging => self.selector.hedge_delay(shard),
+            _ => None,
+        };
+        let mut hedges = 0;
+        let mut tried = 1;
+        let first = self.attempt(shard, first_replica, timeout, &call);
+        let outcome = match hedge_delay {
+            None => first.await,
+            Some(delay) => {
+                tokio::pin!(first);
+                tokio::select! {
+                    outcome = &mut first => outcome,
+                    _ = tokio::time::sleep(delay) => {
+                        hedges += 1;
+                        tried = 2;
+                        let second = self.attempt(shard, &replicas[1], timeout, &call);
+                        tokio::pin!(second);
+                        first_success(first, second).await
+                    }
+                }
+            }
+        };
+        let error = match outcome {
+            Ok(value) => return Ok(ShardAnswer { value, hedges }),
+            Err(error) if !is_retryable(error.code()) => return Err(error),
+            Err(error) => error,
+        };
+        let Some(retry_replica) = replicas.get(tried) else {
+            return Err(error);
+        };
+        warn!(shard, error = %error, replica = retry_replica.replica, "retrying on another replica");
+        let value = self.attempt(shard, retry_replica, timeout, &call).await?;
+        Ok(ShardAnswer { value, hedges })
+    }
+
+    /// One call to one replica, counted as outstanding while it runs.
+    async fn attempt<T, F, Fut>(
+        &self,
+        shard: u32,
+        replica: &Member,
+        timeout: Duration,
+        call: &F,
     ) -> Result<T, GatewayError>
     where
         F: Fn(RetrieverClient<Channel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        let replicas = self.clients.shard_replicas(shard);
-        let mut last_error = GatewayError::NoMember { role: "retriever" };
-        for replica in replicas {
-            let client = self.clients.retriever(&replica)?;
-            match tokio::time::timeout(timeout, call(client)).await {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => {
-                    if !is_retryable(&status) {
-                        return Err(GatewayError::downstream("retriever", status));
-                    }
-                    last_error = GatewayError::downstream("retriever", status);
-                }
-                Err(_) => {
-                    last_error = GatewayError::downstream(
-                        "retriever",
-                        Status::deadline_exceeded(format!("shard {shard} timed out")),
-                    );
-                }
+        let client = self.clients.retriever(replica)?;
+        let _in_flight = self.selector.begin(&replica.address);
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, call(client)).await {
+            Ok(Ok(response)) => {
+                self.selector
+                    .record(shard, &replica.address, started.elapsed());
+                Ok(response.into_inner())
             }
+            Ok(Err(status)) => Err(GatewayError::downstream("retriever", status)),
+            Err(_) => Err(GatewayError::downstream(
+                "retriever",
+                Status::deadline_exceeded(format!(
+                    "shard {shard} replica {} timed out",
+                    replica.replica
+                )),
+            )),
         }
-        Err(last_error)
+    }
+}
+
+/// A shard's answer and how many hedged calls it took.
+pub struct ShardAnswer<T> {
+    pub value: T,
+    pub hedges: u32,
+}
+
+/// The first of two calls to succeed; the other's failure only if both fail.
+async fn first_success<T>(
+    mut first: std::pin::Pin<&mut impl Future<Output = Result<T, GatewayError>>>,
+    mut second: std::pin::Pin<&mut impl Future<Output = Result<T, GatewayError>>>,
+) -> Result<T, GatewayError> {
+    tokio::select! {
+        outcome = &mut first => match outcome {
+            Ok(value) => Ok(value),
+            Err(_) => second.await,
+        },
+        outcome = &mut second => match outcome {
+            Ok(value) => Ok(value),
+            Err(_) => first.await,
+        },
     }
 }
 
 /// Failures another replica might not have.
-fn is_retryable(status: &Status) -> bool {
+fn is_retryable(code: tonic::Code) -> bool {
     !matches!(
-        status.code(),
+        code,
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::NotFound
     )
 }

@@ -6,19 +6,23 @@ use std::sync::Arc;
 use quarry_kit::config::GatewayConfig;
 
 use crate::cluster_clients::ClusterClients;
+use crate::replica_selector::ReplicaSelector;
 
 pub struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) cluster_name: String,
     pub(crate) clients: Arc<ClusterClients>,
+    pub(crate) selector: ReplicaSelector,
 }
 
 impl Gateway {
     pub fn new(config: GatewayConfig, cluster_name: String, clients: Arc<ClusterClients>) -> Self {
+        let selector = ReplicaSelector::new(config.replica_selection);
         Self {
             config,
             cluster_name,
             clients,
+            selector,
         }
     }
 }

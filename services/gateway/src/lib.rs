@@ -14,6 +14,7 @@ mod fusion;
 mod gateway;
 mod ingest;
 mod plan;
+mod replica_selector;
 mod retrieve;
 mod search;
 mod service;

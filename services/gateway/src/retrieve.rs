@@ -19,6 +19,8 @@ pub struct Retrieved {
     pub ranked: Vec<ShardedCandidate>,
     pub shards_total: u32,
     pub shards_failed: Vec<u32>,
+    /// Hedged shard calls.
+    pub hedges: u32,
 }
 
 impl Retrieved {
@@ -142,10 +144,12 @@ impl Gateway {
             }
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
+        let hedges = main.hedges + subs.iter().map(|sub| sub.hedges).sum::<u32>();
         Ok(Retrieved {
             ranked,
             shards_total: main.shards_total,
             shards_failed,
+            hedges,
         })
     }
 }

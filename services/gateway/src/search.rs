@@ -55,6 +55,7 @@ impl Gateway {
             partial: retrieved.partial(),
             strategy: plan.strategy,
             shards_failed: retrieved.shards_failed,
+            hedges: retrieved.hedges,
         })
     }
 

@@ -20,6 +20,8 @@ pub struct QuarryConfig {
     pub data_dir: PathBuf,
     /// Number of shards of the cluster, fixed when it is created.
     pub shards: u32,
+    /// Replicas per shard under `quarry up`.
+    pub replicas: u32,
     /// Address this process's gRPC server listens on (the gateway's, under `quarry up`).
     pub listen: String,
     pub log_format: LogFormat,
@@ -41,6 +43,7 @@ impl Default for QuarryConfig {
             cluster: "quarry".to_string(),
             data_dir: PathBuf::from("./quarry-data"),
             shards: 2,
+            replicas: 1,
             listen: "127.0.0.1:7700".to_string(),
             log_format: LogFormat::Human,
             advertise: None,
@@ -119,6 +122,11 @@ pub struct GatewayConfig {
     pub confidence_threshold: f32,
     /// Deadline of one shard call.
     pub shard_timeout_ms: u64,
+    /// Hedge a shard call on a second replica once it outlives the shard's recent p95.
+    pub hedging: bool,
+    /// How a shard's replica is chosen: `adaptive` (fewest outstanding, then lowest latency
+    /// EWMA) or `round_robin`.
+    pub replica_selection: ReplicaSelection,
     /// Documents buffered per shard while ingesting, before they are sent on.
     pub ingest_batch: usize,
     /// How hybrid retrieval fuses the keyword and vector lists (chosen by measurement, see the README).
@@ -129,6 +137,17 @@ pub struct GatewayConfig {
     pub embed_batch: usize,
     /// Limit of one `Embed` call while ingesting (calls queue behind each other in the analyzer).
     pub embed_timeout_ms: u64,
+}
+
+/// How a shard's replica is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaSelection {
+    /// Fewest outstanding requests, then lowest recent latency.
+    #[default]
+    Adaptive,
+    /// In turn, whatever their load.
+    RoundRobin,
 }
 
 /// How ranked lists are combined.
@@ -154,6 +173,8 @@ impl Default for GatewayConfig {
             max_context_chars: 6000,
             confidence_threshold: 0.6,
             shard_timeout_ms: 10_000,
+            hedging: true,
+            replica_selection: ReplicaSelection::default(),
             ingest_batch: 256,
             fusion: Fusion::default(),
             rrf_k: 60.0,
@@ -241,6 +262,9 @@ impl Default for OpenAiEmbeddingsConfig {
 pub struct RetrieverConfig {
     pub shard: u32,
     pub replica: u32,
+    /// Fault injection, for tests and benchmarks only: the replica `fault.shard`/`fault.replica`
+    /// delays `fault.rate` of its searches by `fault.delay_ms`.
+    pub fault: FaultConfig,
     /// Memory tantivy's writer may use, in bytes.
     pub writer_memory_bytes: usize,
 }
@@ -251,8 +275,20 @@ impl Default for RetrieverConfig {
             shard: 0,
             replica: 0,
             writer_memory_bytes: 50_000_000,
+            fault: FaultConfig::default(),
         }
     }
+}
+
+/// A replica made slow on purpose (off unless `delay_ms` and `rate` are set).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct FaultConfig {
+    pub shard: u32,
+    pub replica: u32,
+    pub delay_ms: u64,
+    /// Share of requests delayed, 0 to 1.
+    pub rate: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -74,6 +74,20 @@ pub enum BenchCommand {
     Beir(BeirArgs),
     /// Query-type accuracy and confusion matrix of the rule-based analyzer.
     Analyzer(AnalyzerBenchArgs),
+    /// Tail latency with one replica slowed on 5% of its requests, hedging off and on.
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// A BEIR folder whose corpus and queries to use.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Measured queries per run.
+    #[arg(long, default_value_t = 2000)]
+    pub queries: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +196,9 @@ pub struct UpArgs {
     /// Number of retriever shards.
     #[arg(long)]
     pub shards: Option<u32>,
+    /// Replicas per shard.
+    #[arg(long)]
+    pub replicas: Option<u32>,
     /// The gateway's address; the other roles take free loopback ports.
     #[arg(long)]
     pub listen: Option<String>,

@@ -87,6 +87,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_beir_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Tail(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_tail_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Analyzer(args)) => {
             init_client_logging(&cli);
             bench::run_analyzer_bench(&args.file, args.out.as_deref())
@@ -168,6 +173,9 @@ fn up_overrides(args: &UpArgs) -> Map<String, Value> {
     }
     if let Some(shards) = args.shards {
         flags.insert("shards".to_string(), json!(shards));
+    }
+    if let Some(replicas) = args.replicas {
+        flags.insert("replicas".to_string(), json!(replicas));
     }
     flags
 }

@@ -64,6 +64,7 @@ pub fn search_json(response: &SearchResponse) -> Value {
         "partial": response.partial,
         "shards_failed": response.shards_failed,
         "strategy": response.strategy,
+        "hedges": response.hedges,
     })
 }
 
@@ -265,6 +266,7 @@ mod tests {
             partial: true,
             strategy: "keyword".into(),
             shards_failed: vec![0],
+            hedges: 0,
         };
         let text = search_text(&response);
         assert!(text.contains("shards 1/2 (PARTIAL)"));

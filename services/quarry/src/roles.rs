@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use quarry_analyzer::{
@@ -21,7 +22,7 @@ use quarry_proto::v1::generator_server::GeneratorServer;
 use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
-use quarry_retriever::{RetrieverService, Shard};
+use quarry_retriever::{InjectedFault, RetrieverService, Shard};
 use quarry_scheduler::UnimplementedScheduler;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -168,7 +169,19 @@ fn build_role(
             )?;
             let shard = Arc::new(shard);
             stored_shard = Some(Arc::clone(&shard));
-            let service = RetrieverServer::new(RetrieverService::new(shard))
+            let mut retriever = RetrieverService::new(shard);
+            let fault = &config.retriever.fault;
+            if fault.delay_ms > 0
+                && fault.rate > 0.0
+                && fault.shard == shard_number
+                && fault.replica == replica_number
+            {
+                retriever = retriever.with_fault(InjectedFault::new(
+                    Duration::from_millis(fault.delay_ms),
+                    fault.rate,
+                ));
+            }
+            let service = RetrieverServer::new(retriever)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
             (

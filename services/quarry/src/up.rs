@@ -1,5 +1,5 @@
 //! `quarry up`: every role in this process on loopback — one analyzer, generator, evaluator
-//! and scheduler, one retriever per shard, and the gateway on the configured address — found
+//! and scheduler, `replicas` retrievers per shard, and the gateway on the configured address — found
 //! through static in-process discovery, every hop still over gRPC.
 
 use std::sync::Arc;
@@ -39,10 +39,12 @@ impl LocalCluster {
             launches.push((role, config.clone(), "127.0.0.1:0".to_string()));
         }
         for shard in 0..config.shards {
-            let mut retriever_config = config.clone();
-            retriever_config.retriever.shard = shard;
-            retriever_config.retriever.replica = 0;
-            launches.push((Role::Retriever, retriever_config, "127.0.0.1:0".to_string()));
+            for replica in 0..config.replicas.max(1) {
+                let mut retriever_config = config.clone();
+                retriever_config.retriever.shard = shard;
+                retriever_config.retriever.replica = replica;
+                launches.push((Role::Retriever, retriever_config, "127.0.0.1:0".to_string()));
+            }
         }
         launches.push((Role::Gateway, config.clone(), config.listen.clone()));
         let mut cluster = Self {

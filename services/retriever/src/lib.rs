@@ -11,6 +11,6 @@ mod statistics;
 mod vectors;
 
 pub use error::RetrieverError;
-pub use service::RetrieverService;
+pub use service::{InjectedFault, RetrieverService};
 pub use shard::{Shard, ShardCandidate, StoredDocument};
 pub use statistics::CorpusStatistics;

@@ -2,7 +2,9 @@
 //! index work on tokio's blocking pool, and maps errors to gRPC codes.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use quarry_proto::v1::retriever_server::Retriever;
 use quarry_proto::v1::{
@@ -12,7 +14,8 @@ use quarry_proto::v1::{
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::RetrieverError;
 use crate::shard::{Shard, ShardCandidate, StoredDocument};
@@ -27,11 +30,56 @@ const MAX_SHARD_K: u32 = 10_000;
 #[derive(Clone)]
 pub struct RetrieverService {
     shard: Arc<Shard>,
+    fault: Option<Arc<InjectedFault>>,
+}
+
+/// A delay added to a share of searches, for tests and benchmarks of tail latency.
+pub struct InjectedFault {
+    pub delay: Duration,
+    pub rate: f64,
+    calls: AtomicU64,
+}
+
+impl InjectedFault {
+    pub fn new(delay: Duration, rate: f64) -> Self {
+        Self {
+            delay,
+            rate: rate.clamp(0.0, 1.0),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this call is delayed: a hash of the call's number, so the share is exact
+    /// over many calls and the same in every run.
+    fn hits(&self) -> bool {
+        let call = self.calls.fetch_add(1, Ordering::Relaxed);
+        let draw = xxh3_64(&call.to_le_bytes()) as f64 / u64::MAX as f64;
+        draw < self.rate
+    }
 }
 
 impl RetrieverService {
     pub fn new(shard: Arc<Shard>) -> Self {
-        Self { shard }
+        Self { shard, fault: None }
+    }
+
+    /// Delays a share of searches (tests and benchmarks only).
+    pub fn with_fault(mut self, fault: InjectedFault) -> Self {
+        warn!(
+            delay_ms = fault.delay.as_millis() as u64,
+            rate = fault.rate,
+            "fault injection is on"
+        );
+        self.fault = Some(Arc::new(fault));
+        self
+    }
+
+    async fn maybe_delay(&self) {
+        if let Some(fault) = &self.fault {
+            if fault.hits() {
+                tokio::time::sleep(fault.delay).await;
+            }
+        }
     }
 
     async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
@@ -53,6 +101,7 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<CollectStatsRequest>,
     ) -> Result<Response<CorpusStats>, Status> {
+        self.maybe_delay().await;
         let query = request.into_inner().query;
         let statistics = self
             .blocking(move |shard| shard.collect_statistics(&query))
@@ -64,6 +113,7 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<ShardSearchRequest>,
     ) -> Result<Response<ShardSearchResponse>, Status> {
+        self.maybe_delay().await;
         let request = request.into_inner();
         if request.keyword_k > MAX_SHARD_K {
             return Err(RetrieverError::invalid(

@@ -1,10 +1,12 @@
 //! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
-//! ingest and query speed on a BEIR dataset) and `analyzer` (query-type accuracy).
+//! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
+//! hedging off and on) and `analyzer` (query-type accuracy).
 
 mod analyzer;
 mod beir;
 pub mod dataset;
 pub mod metrics;
+mod tail;
 
 use std::path::Path;
 
@@ -13,7 +15,7 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, ModeArg};
+use crate::cli::{BeirArgs, ModeArg, TailArgs};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -71,4 +73,10 @@ pub fn print_and_save(report: &Value, out: Option<&Path>) -> anyhow::Result<()> 
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+pub async fn run_tail_bench(args: &TailArgs, config: QuarryConfig) -> anyhow::Result<()> {
+    let dataset = Dataset::load(&args.dataset)?;
+    let report = tail::run_tail(&dataset, args.queries, config).await?;
+    print_and_save(&report, args.out.as_deref())
 }
