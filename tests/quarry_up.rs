@@ -3,12 +3,14 @@
 
 mod support;
 
+use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{
     ask_chunk, AskRequest, ClusterStatusRequest, DeleteRequest, Document, GetDocumentRequest,
     SearchMode, SearchRequest,
 };
 use support::{corpus, document, QuarryUp};
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn search(query: &str, k: u32) -> SearchRequest {
@@ -448,4 +450,62 @@ async fn kill_dash_nine_keeps_every_acknowledged_document_in_both_indexes() {
         .unwrap()
         .into_inner();
     assert!(tides.hits.iter().all(|hit| hit.doc_id != "tides"));
+}
+
+/// Searches `times` times after a warm-up; returns the hedge count and whether every
+/// answer's ids equal the first one's.
+async fn hedges_over(client: &mut QuarryClient<Channel>, times: usize) -> (u32, bool) {
+    let mut first: Option<Vec<String>> = None;
+    let mut hedges = 0;
+    let mut stable = true;
+    for _ in 0..times {
+        let response = client
+            .search(search("who discovered penicillin", 3))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!response.partial);
+        hedges += response.hedges;
+        let ids: Vec<String> = response.hits.into_iter().map(|hit| hit.doc_id).collect();
+        match &first {
+            None => first = Some(ids),
+            Some(expected) => stable &= *expected == ids,
+        }
+    }
+    (hedges, stable)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_replica_is_hedged_on_its_peer_and_not_without_hedging() {
+    let fault = [
+        ("QUARRY_ANALYZER__ENCODER", "none"),
+        ("QUARRY_REPLICAS", "2"),
+        ("QUARRY_GATEWAY__REPLICA_SELECTION", "round_robin"),
+        ("QUARRY_RETRIEVER__FAULT__SHARD", "0"),
+        ("QUARRY_RETRIEVER__FAULT__REPLICA", "0"),
+        ("QUARRY_RETRIEVER__FAULT__DELAY_MS", "250"),
+        ("QUARRY_RETRIEVER__FAULT__RATE", "0.2"),
+    ];
+    for hedging in ["true", "false"] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut env = fault.to_vec();
+        env.push(("QUARRY_GATEWAY__HEDGING", hedging));
+        let quarry = QuarryUp::start_with_env(data_dir.path(), 2, &env).await;
+        let mut client = quarry.client().await;
+        let summary = client
+            .ingest(tokio_stream::iter(corpus()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(summary.accepted, corpus().len() as u64);
+        // Enough calls for the shard's p95 to be known (50 samples), then measure.
+        hedges_over(&mut client, 60).await;
+        let (hedges, stable) = hedges_over(&mut client, 40).await;
+        assert!(stable, "hedged answers must equal unhedged ones");
+        if hedging == "true" {
+            assert!(hedges > 0, "no call was hedged");
+        } else {
+            assert_eq!(hedges, 0);
+        }
+    }
 }
