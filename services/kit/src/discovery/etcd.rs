@@ -260,6 +260,18 @@ impl EtcdDiscovery {
         Ok(())
     }
 
+    /// Grants a lease and puts the member's entry under it.
+    async fn lease_and_put(&self, member: &Member) -> Result<i64, KitError> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(self.ttl_seconds, None)
+            .await
+            .map_err(etcd_error)?
+            .id();
+        self.put_member(member, lease).await?;
+        Ok(lease)
+    }
+
     /// Keeps a registration's lease alive; when it is lost (etcd down longer than the TTL),
     /// grants a new one and registers again.
     async fn keep_registered(self: Arc<Self>, node_id: String) {
@@ -276,17 +288,7 @@ impl EtcdDiscovery {
                 warn!(node_id, error = %error, "lease lost; registering again");
             }
             loop {
-                let attempt = async {
-                    let mut client = self.client.clone();
-                    let lease = client
-                        .lease_grant(self.ttl_seconds, None)
-                        .await
-                        .map_err(etcd_error)?
-                        .id();
-                    self.put_member(&member, lease).await?;
-                    Ok::<i64, KitError>(lease)
-                };
-                match attempt.await {
+                match self.lease_and_put(&member).await {
                     Ok(new_lease) => {
                         if let Some(entry) = self.registrations.lock().await.get_mut(&node_id) {
                             entry.1 = new_lease;
@@ -329,13 +331,7 @@ impl EtcdDiscovery {
 #[async_trait::async_trait]
 impl Discovery for EtcdDiscovery {
     async fn register(&self, member: Member) -> Result<(), KitError> {
-        let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(self.ttl_seconds, None)
-            .await
-            .map_err(etcd_error)?
-            .id();
-        self.put_member(&member, lease).await?;
+        let lease = self.lease_and_put(&member).await?;
         let node_id = member.node_id.clone();
         self.registrations
             .lock()
