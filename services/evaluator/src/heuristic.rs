@@ -1,9 +1,13 @@
 //! Heuristic answer evaluator: scores an answer's groundedness, relevance and citation validity
-//! against the question and the retrieved passages using lexical overlap only (no model).
+//! against the question and the retrieved passages. Lexical overlap always; sentence
+//! embeddings too when the caller has them (`crate::similarity`).
 
 use quarry_kit::text::{content_terms, split_sentences, term_coverage, NO_ANSWER};
 
-/// An answer sentence is supported when some passage sentence reaches this support score.
+use crate::similarity::{cosine, SentenceVectors};
+
+/// An answer sentence is lexically supported when some passage sentence reaches this
+/// [`sentence_support`] score.
 pub const SUPPORT_THRESHOLD: f32 = 0.6;
 /// Confidence = 0.5·groundedness + 0.3·relevance + 0.2·citation_validity, clamped to 0..1.
 pub const GROUNDEDNESS_WEIGHT: f32 = 0.5;
@@ -42,6 +46,48 @@ pub struct HeuristicEvaluation {
 /// passage sentence reaches [`SUPPORT_THRESHOLD`]. Relevance is the square root of the share of
 /// the question's content terms found in the answer. Never panics.
 pub fn evaluate_heuristic(question: &str, answer: &str, passages: &[&str]) -> HeuristicEvaluation {
+    evaluate_sentences(question, answer, passages, None)
+}
+
+/// [`evaluate_heuristic`] with sentence embeddings (made by
+/// [`crate::similarity::EmbeddingInputs`] from the same question, answer and passages).
+///
+/// An answer sentence is supported when it passes the lexical test **or** the cosine
+/// similarity of its embedding to some passage sentence's reaches
+/// [`crate::similarity::EMBEDDING_SUPPORT_THRESHOLD`]. Relevance is the cosine similarity of the question's and
+/// the answer's embeddings, clamped to 0..1. Vectors that do not line up with the sentences
+/// are ignored (the lexical verdict stands).
+pub fn evaluate_with_embeddings(
+    question: &str,
+    answer: &str,
+    passages: &[&str],
+    vectors: &SentenceVectors,
+) -> HeuristicEvaluation {
+    evaluate_sentences(question, answer, passages, Some(vectors))
+}
+
+/// The answer with its citation markers stripped: what is split into sentences and embedded.
+pub(crate) fn answer_text(answer: &str) -> String {
+    let trimmed_answer = answer.trim();
+    strip_citations(trimmed_answer, &find_citations(trimmed_answer))
+}
+
+/// The sentences of `text` that carry content terms (the ones that can be checked), with
+/// those terms.
+pub(crate) fn checkable_sentences(text: &str) -> Vec<(&str, Vec<String>)> {
+    split_sentences(text)
+        .into_iter()
+        .map(|sentence| (sentence, content_terms(sentence)))
+        .filter(|(_, terms)| !terms.is_empty())
+        .collect()
+}
+
+fn evaluate_sentences(
+    question: &str,
+    answer: &str,
+    passages: &[&str],
+    vectors: Option<&SentenceVectors>,
+) -> HeuristicEvaluation {
     let trimmed_answer = answer.trim();
     if trimmed_answer.is_empty() {
         return empty_answer_evaluation();
@@ -61,23 +107,34 @@ pub fn evaluate_heuristic(question: &str, answer: &str, passages: &[&str]) -> He
     let answer_text = strip_citations(trimmed_answer, &citations);
     let passage_sentence_terms: Vec<Vec<String>> = passages
         .iter()
-        .flat_map(|passage| split_sentences(passage))
-        .map(content_terms)
-        .filter(|terms| !terms.is_empty())
+        .flat_map(|passage| checkable_sentences(passage))
+        .map(|(_, terms)| terms)
         .collect();
-    let answer_sentence_terms: Vec<Vec<String>> = split_sentences(&answer_text)
+    let answer_sentence_terms: Vec<Vec<String>> = checkable_sentences(&answer_text)
         .into_iter()
-        .map(content_terms)
-        .filter(|terms| !terms.is_empty())
+        .map(|(_, terms)| terms)
         .collect();
+    let vectors = vectors.filter(|vectors| {
+        vectors.answer_sentences.len() == answer_sentence_terms.len()
+            && vectors.passage_sentences.len() == passage_sentence_terms.len()
+    });
 
     let supported_count = answer_sentence_terms
         .iter()
-        .filter(|answer_terms| is_supported(answer_terms, &passage_sentence_terms))
+        .enumerate()
+        .filter(|(index, answer_terms)| {
+            is_supported(answer_terms, &passage_sentence_terms)
+                || vectors.is_some_and(|vectors| vectors.supports_answer_sentence(*index))
+        })
         .count();
     let total_count = answer_sentence_terms.len();
     let groundedness = ratio(supported_count, total_count);
-    let relevance = relevance(question, &answer_text);
+    let relevance = match vectors {
+        Some(vectors) if !answer_sentence_terms.is_empty() => {
+            cosine(&vectors.question, &vectors.answer).clamp(0.0, 1.0)
+        }
+        _ => relevance(question, &answer_text),
+    };
 
     let declines_to_answer = is_no_answer_reply(&answer_text);
     let combined = GROUNDEDNESS_WEIGHT * groundedness

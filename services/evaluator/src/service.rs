@@ -1,5 +1,7 @@
 //! The tonic `quarry.v1.Evaluator` service over the configured judge: `heuristic`, or `llm`
-//! with the heuristic as its fallback. Citation validity is always counted locally.
+//! with the heuristic as its fallback. Citation validity is always counted locally. The
+//! heuristic uses sentence embeddings from a ready analyzer when it can reach one
+//! (`crate::embedder`), and lexical overlap alone otherwise.
 
 use std::sync::Arc;
 
@@ -8,26 +10,37 @@ use quarry_kit::openai::ChatError;
 use quarry_proto::v1::evaluator_server::Evaluator;
 use quarry_proto::v1::{EvaluateRequest, Evaluation, Passage};
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::heuristic::evaluate_heuristic;
+use crate::embedder::AnalyzerEmbedder;
+use crate::heuristic::{evaluate_heuristic, evaluate_with_embeddings, HeuristicEvaluation};
 use crate::llm::LlmJudge;
+
+/// `Evaluation.evaluator` when sentence embeddings took part.
+pub const HEURISTIC_EMBEDDINGS: &str = "heuristic (embeddings)";
+/// `Evaluation.evaluator` when only lexical overlap did (no analyzer, or no encoder).
+pub const HEURISTIC_LEXICAL: &str = "heuristic (lexical)";
 
 #[derive(Clone, Default)]
 pub struct EvaluatorService {
     /// The `llm` judge; `None` is `heuristic`.
     llm: Option<Arc<LlmJudge>>,
+    /// Where sentence embeddings come from; `None` judges lexically.
+    embedder: Option<Arc<AnalyzerEmbedder>>,
 }
 
 impl EvaluatorService {
     /// The `heuristic` evaluator.
     pub fn heuristic() -> Self {
-        Self { llm: None }
+        Self::default()
     }
 
     /// The `llm` judge, falling back to the heuristic.
     pub fn with_llm(judge: Arc<LlmJudge>) -> Self {
-        Self { llm: Some(judge) }
+        Self {
+            llm: Some(judge),
+            embedder: None,
+        }
     }
 
     /// The backend `config.backend` names (validated by the config: `heuristic` or `llm`).
@@ -38,27 +51,53 @@ impl EvaluatorService {
         Ok(Self::heuristic())
     }
 
+    /// Lets the heuristic use sentence embeddings from `embedder`.
+    pub fn with_embedder(mut self, embedder: Arc<AnalyzerEmbedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+
     fn sorted_passages(request: &EvaluateRequest) -> Vec<&Passage> {
         let mut passages: Vec<&Passage> = request.passages.iter().collect();
         passages.sort_by_key(|passage| passage.number);
         passages
     }
 
-    /// Judges an answer with the heuristic.
-    pub fn judge(&self, request: &EvaluateRequest) -> Evaluation {
-        let passages = Self::sorted_passages(request);
-        let texts: Vec<&str> = passages
-            .iter()
+    fn passage_texts(request: &EvaluateRequest) -> Vec<&str> {
+        Self::sorted_passages(request)
+            .into_iter()
             .map(|passage| passage.text.as_str())
-            .collect();
+            .collect()
+    }
+
+    /// Judges an answer with the lexical heuristic alone.
+    pub fn judge_lexically(&self, request: &EvaluateRequest) -> Evaluation {
+        let texts = Self::passage_texts(request);
         let judged = evaluate_heuristic(&request.question, &request.answer, &texts);
-        Evaluation {
-            evaluation: judged.evaluation,
-            groundedness: judged.groundedness,
-            relevance: judged.relevance,
-            citation_validity: judged.citation_validity,
-            confidence: judged.confidence,
-            evaluator: "heuristic".to_string(),
+        to_evaluation(judged, HEURISTIC_LEXICAL)
+    }
+
+    /// Judges an answer with the heuristic: with sentence embeddings when the analyzer gives
+    /// them, lexically when it cannot (no analyzer, no encoder, an error or a timeout; each
+    /// counted by the embedder).
+    pub async fn judge(&self, request: &EvaluateRequest) -> Evaluation {
+        let Some(embedder) = &self.embedder else {
+            return self.judge_lexically(request);
+        };
+        let texts = Self::passage_texts(request);
+        match embedder
+            .sentence_vectors(&request.question, &request.answer, &texts)
+            .await
+        {
+            Ok(vectors) => {
+                let judged =
+                    evaluate_with_embeddings(&request.question, &request.answer, &texts, &vectors);
+                to_evaluation(judged, HEURISTIC_EMBEDDINGS)
+            }
+            Err(error) => {
+                debug!(error = %error, "no sentence embeddings, judging lexically");
+                self.judge_lexically(request)
+            }
         }
     }
 
@@ -66,7 +105,7 @@ impl EvaluatorService {
     /// heuristic's groundedness, relevance and confidence; when its reply is unusable or its
     /// backend fails, the heuristic's verdict stands, says so, and the fallback is counted.
     pub async fn evaluate_request(&self, request: &EvaluateRequest) -> Evaluation {
-        let heuristic = self.judge(request);
+        let heuristic = self.judge(request).await;
         let Some(judge) = &self.llm else {
             return heuristic;
         };
@@ -96,6 +135,17 @@ impl EvaluatorService {
                 }
             }
         }
+    }
+}
+
+fn to_evaluation(judged: HeuristicEvaluation, evaluator: &str) -> Evaluation {
+    Evaluation {
+        evaluation: judged.evaluation,
+        groundedness: judged.groundedness,
+        relevance: judged.relevance,
+        citation_validity: judged.citation_validity,
+        confidence: judged.confidence,
+        evaluator: evaluator.to_string(),
     }
 }
 
@@ -177,7 +227,10 @@ mod tests {
 
         let fallback = service.evaluate_request(&request()).await;
         assert_eq!(fallback.evaluator, "heuristic (llm fallback)");
-        assert_eq!(fallback.confidence, service.judge(&request()).confidence);
+        assert_eq!(
+            fallback.confidence,
+            service.judge(&request()).await.confidence
+        );
         assert!(fallback.evaluation.contains("judge reply unusable"));
         assert_eq!(judge.stats().malformed_replies(), 1);
     }
@@ -193,3 +246,7 @@ mod tests {
         assert_eq!(judge.stats().backend_failures(), 1);
     }
 }
+
+#[cfg(test)]
+#[path = "service_embedding_tests.rs"]
+mod embedding_tests;

@@ -10,11 +10,11 @@ use anyhow::Context;
 use quarry_analyzer::{
     AnalyzerService, BatchOptions, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
 };
-use quarry_evaluator::EvaluatorService;
+use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
 use quarry_kit::config::{EncoderKind, QuarryConfig};
-use quarry_kit::discovery::{Discovery, Member, Role};
+use quarry_kit::discovery::{Discovery, Member, Role, RoleChannels};
 use quarry_kit::server::{dial_address, serve, RoleServer};
 use quarry_proto::v1::analyzer_server::AnalyzerServer;
 use quarry_proto::v1::evaluator_server::EvaluatorServer;
@@ -200,8 +200,11 @@ fn build_role(
             (Routes::new(service), vec!["quarry.v1.Generator"], 0, 0)
         }
         Role::Evaluator => {
+            // The heuristic embeds sentences on a ready analyzer when there is one.
+            let embedder = AnalyzerEmbedder::new(Arc::new(RoleChannels::new(discovery)), limit);
             let evaluator = EvaluatorService::from_config(&config.evaluator)
-                .with_context(|| format!("evaluator.backend = {:?}", config.evaluator.backend))?;
+                .with_context(|| format!("evaluator.backend = {:?}", config.evaluator.backend))?
+                .with_embedder(Arc::new(embedder));
             let service = EvaluatorServer::new(evaluator)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);

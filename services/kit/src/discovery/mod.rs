@@ -3,6 +3,7 @@
 //! implements the same trait for real clusters.
 
 mod etcd;
+mod role_channels;
 mod static_members;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use crate::error::KitError;
 
 pub use etcd::{create_cluster, ClusterSettings, EtcdDiscovery};
+pub use role_channels::{ChannelError, RoleChannels};
 pub use static_members::StaticDiscovery;
 
 /// The roles a Quarry process can serve.

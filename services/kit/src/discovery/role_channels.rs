@@ -1,0 +1,130 @@
+//! `RoleChannels`: "a ready member of role R, and a channel to it". One lazily connected
+//! channel per member address, reused across calls; the ready members of a role are taken
+//! in turn. The gateway and the evaluator (for the analyzer's encoder) both use it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use super::{Discovery, MemberSet, Role};
+use crate::error::KitError;
+use crate::server::lazy_channel;
+
+/// Why no channel could be given.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("no ready {role} in the cluster")]
+    NoMember { role: Role },
+    #[error(transparent)]
+    Address(#[from] KitError),
+    #[error("channel cache lock poisoned")]
+    Poisoned,
+}
+
+/// Channels to the members of a cluster, picked from the live member set.
+pub struct RoleChannels {
+    discovery: Arc<dyn Discovery>,
+    members: watch::Receiver<MemberSet>,
+    channels: Mutex<HashMap<String, Channel>>,
+    next_instance: AtomicUsize,
+}
+
+impl RoleChannels {
+    pub fn new(discovery: Arc<dyn Discovery>) -> Self {
+        let members = discovery.watch();
+        Self {
+            discovery,
+            members,
+            channels: Mutex::new(HashMap::new()),
+            next_instance: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn discovery(&self) -> &Arc<dyn Discovery> {
+        &self.discovery
+    }
+
+    /// The member set as it is now.
+    pub fn members(&self) -> MemberSet {
+        self.members.borrow().clone()
+    }
+
+    /// A channel to the next ready member of `role`, in turn.
+    pub fn pick(&self, role: Role) -> Result<Channel, ChannelError> {
+        let address = {
+            let members = self.members.borrow();
+            let ready: Vec<&str> = members
+                .ready(role)
+                .map(|member| member.address.as_str())
+                .collect();
+            if ready.is_empty() {
+                return Err(ChannelError::NoMember { role });
+            }
+            let turn = self.next_instance.fetch_add(1, Ordering::Relaxed);
+            ready[turn % ready.len()].to_string()
+        };
+        self.channel(&address)
+    }
+
+    /// The (cached, lazily connected) channel to one address.
+    pub fn channel(&self, address: &str) -> Result<Channel, ChannelError> {
+        let mut channels = self.channels.lock().map_err(|_| ChannelError::Poisoned)?;
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = lazy_channel(address)?;
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::{Member, StaticDiscovery};
+
+    fn member(role: Role, port: u16, ready: bool) -> Member {
+        Member {
+            node_id: format!("{role}-{port}"),
+            role,
+            address: format!("http://127.0.0.1:{port}"),
+            shard: 0,
+            replica: 0,
+            version: "test".to_string(),
+            ready,
+        }
+    }
+
+    #[tokio::test]
+    async fn picks_only_ready_members_of_the_role() {
+        let discovery = Arc::new(StaticDiscovery::new(1, Vec::new()));
+        let channels = RoleChannels::new(discovery.clone());
+        assert!(matches!(
+            channels.pick(Role::Analyzer),
+            Err(ChannelError::NoMember {
+                role: Role::Analyzer
+            })
+        ));
+        discovery
+            .register(member(Role::Analyzer, 7712, false))
+            .await
+            .unwrap();
+        discovery
+            .register(member(Role::Generator, 7713, true))
+            .await
+            .unwrap();
+        assert!(channels.pick(Role::Analyzer).is_err());
+        discovery
+            .register(member(Role::Analyzer, 7714, true))
+            .await
+            .unwrap();
+        assert!(channels.pick(Role::Analyzer).is_ok());
+        assert!(matches!(
+            channels.channel("not a uri"),
+            Err(ChannelError::Address(_))
+        ));
+    }
+}
