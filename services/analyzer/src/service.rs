@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::analyzer::QuestionAnalyzer;
 use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
-use crate::encoder::{BatchOptions, EmbedBatcher, Encoder};
+use crate::encoder::{BatchOptions, BatchStats, EmbedBatcher, Encoder};
 use crate::error::AnalyzerError;
 
 /// Most texts embedded in one request.
@@ -44,6 +44,11 @@ impl AnalyzerService {
     pub fn with_caches(mut self, options: CacheOptions) -> Self {
         self.caches = AnalyzerCaches::new(options);
         self
+    }
+
+    /// What the embedding batcher has done so far; `None` without an encoder.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        self.embedder.as_ref().map(|embedder| embedder.stats())
     }
 
     /// Cache hits and misses so far.

@@ -76,6 +76,23 @@ pub enum BenchCommand {
     Analyzer(AnalyzerBenchArgs),
     /// Tail latency with one replica slowed on 5% of its requests, hedging off and on.
     Tail(TailArgs),
+    /// Embedding throughput of short queries, one at a time and from concurrent clients.
+    Embed(EmbedBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedBenchArgs {
+    /// A BEIR folder whose query texts to embed.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Texts embedded in each pass (the queries, repeated as needed).
+    #[arg(long, default_value_t = 1000)]
+    pub texts: usize,
+    /// Concurrent clients in the second pass.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

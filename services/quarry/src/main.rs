@@ -92,6 +92,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_tail_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Embed(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_embed_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Analyzer(args)) => {
             init_client_logging(&cli);
             bench::run_analyzer_bench(&args.file, args.out.as_deref())

@@ -118,30 +118,8 @@ fn build_role(
             (Routes::new(service), vec!["quarry.v1.Quarry"], 0, 0)
         }
         Role::Analyzer => {
-            let encoder: Option<Arc<dyn Encoder>> = match config.analyzer.encoder {
-                EncoderKind::None => None,
-                EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
-                EncoderKind::Minilm => {
-                    let model_dir = &config.analyzer.model_dir;
-                    let encoder = MiniLmEncoder::load(model_dir).with_context(|| {
-                        format!(
-                            "analyzer.encoder = \"minilm\" needs all-MiniLM-L6-v2 in {}: \
-                             run `make model`, or set analyzer.encoder \
-                             (QUARRY_ANALYZER__ENCODER) to \"openai\" or \"none\"",
-                            model_dir.display()
-                        )
-                    })?;
-                    Some(Arc::new(encoder))
-                }
-                EncoderKind::Openai => Some(Arc::new(
-                    OpenAiEncoder::new(&config.analyzer.openai)
-                        .context("analyzer.encoder = \"openai\"")?,
-                )),
-            };
-            let batching = BatchOptions {
-                max_batch: config.analyzer.max_batch,
-                window: std::time::Duration::from_micros(config.analyzer.batch_window_us),
-            };
+            let encoder = build_encoder(config)?;
+            let batching = batch_options(config);
             let caches = quarry_analyzer::CacheOptions {
                 entries: config.analyzer.cache_entries,
                 ttl: std::time::Duration::from_secs(config.analyzer.cache_ttl_s),
@@ -221,6 +199,37 @@ fn build_role(
         service_names,
     };
     Ok((role_server, shard, replica, stored_shard))
+}
+
+/// The encoder `analyzer.encoder` names, loaded (`None` for `none`).
+pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Encoder>>> {
+    Ok(match config.analyzer.encoder {
+        EncoderKind::None => None,
+        EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
+        EncoderKind::Minilm => {
+            let model_dir = &config.analyzer.model_dir;
+            let encoder = MiniLmEncoder::load(model_dir).with_context(|| {
+                format!(
+                    "analyzer.encoder = \"minilm\" needs all-MiniLM-L6-v2 in {}: \
+                     run `make model`, or set analyzer.encoder \
+                     (QUARRY_ANALYZER__ENCODER) to \"openai\" or \"none\"",
+                    model_dir.display()
+                )
+            })?;
+            Some(Arc::new(encoder))
+        }
+        EncoderKind::Openai => Some(Arc::new(
+            OpenAiEncoder::new(&config.analyzer.openai).context("analyzer.encoder = \"openai\"")?,
+        )),
+    })
+}
+
+/// The analyzer's batching limits from `[analyzer]`.
+pub fn batch_options(config: &QuarryConfig) -> BatchOptions {
+    BatchOptions {
+        max_batch: config.analyzer.max_batch,
+        window: Duration::from_micros(config.analyzer.batch_window_us),
+    }
 }
 
 /// A replica's data belongs to a cluster of a fixed shard count (its documents were routed

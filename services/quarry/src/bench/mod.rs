@@ -1,10 +1,12 @@
 //! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
 //! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
-//! hedging off and on) and `analyzer` (query-type accuracy).
+//! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
+//! one at a time against concurrent, batched).
 
 mod analyzer;
 mod beir;
 pub mod dataset;
+mod embed;
 pub mod metrics;
 mod tail;
 
@@ -15,7 +17,7 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, ModeArg, TailArgs};
+use crate::cli::{BeirArgs, EmbedBenchArgs, ModeArg, TailArgs};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -78,5 +80,20 @@ pub fn print_and_save(report: &Value, out: Option<&Path>) -> anyhow::Result<()> 
 pub async fn run_tail_bench(args: &TailArgs, config: QuarryConfig) -> anyhow::Result<()> {
     let dataset = Dataset::load(&args.dataset)?;
     let report = tail::run_tail(&dataset, args.queries, config).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_embed_bench(args: &EmbedBenchArgs, config: QuarryConfig) -> anyhow::Result<()> {
+    let dataset = Dataset::load(&args.dataset)?;
+    let options = embed::EmbedBenchOptions {
+        queries: dataset
+            .queries
+            .into_iter()
+            .map(|query| query.text)
+            .collect(),
+        texts: args.texts,
+        concurrency: args.concurrency,
+    };
+    let report = embed::run_embed(options, &config).await?;
     print_and_save(&report, args.out.as_deref())
 }
