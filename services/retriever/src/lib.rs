@@ -4,6 +4,7 @@
 //! `Retriever` service that wraps it.
 
 mod error;
+mod ranking;
 mod schema;
 mod service;
 mod shard;
