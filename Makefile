@@ -115,6 +115,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench beir --dataset $(DATASET) --shards 1,4 --modes keyword,semantic,hybrid \
 		--compare-fusion --out bench/results/scifact-beir.json
 	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
+	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
 
 bench-analyzer:

@@ -76,6 +76,8 @@ pub enum BenchCommand {
     Analyzer(AnalyzerBenchArgs),
     /// Tail latency with one replica slowed on 5% of its requests, hedging off and on.
     Tail(TailArgs),
+    /// Delay from a model server's first streamed token to a gRPC client's first token.
+    FirstToken(FirstTokenArgs),
     /// Embedding throughput of short queries, one at a time and from concurrent clients.
     Embed(EmbedBenchArgs),
 }
@@ -91,6 +93,15 @@ pub struct EmbedBenchArgs {
     /// Concurrent clients in the second pass.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FirstTokenArgs {
+    /// Measured asks.
+    #[arg(long, default_value_t = 50)]
+    pub asks: usize,
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

@@ -87,6 +87,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_beir_bench(args, config).await
         }
+        Command::Bench(BenchCommand::FirstToken(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_first_token_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Tail(args)) => {
             let config = load_config(&cli, Map::new())?;
             init_logging(config.log_format, "warn");

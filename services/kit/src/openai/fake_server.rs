@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -82,6 +82,7 @@ pub struct FakeChatServer {
     /// `http://127.0.0.1:PORT/v1`.
     pub base_url: String,
     requests: Arc<Mutex<Vec<SeenRequest>>>,
+    first_tokens: FirstTokenLog,
     hangups: Arc<AtomicUsize>,
     hangup_seen: Arc<Notify>,
 }
@@ -96,11 +97,13 @@ impl FakeChatServer {
         let server = Self {
             base_url,
             requests: Arc::new(Mutex::new(Vec::new())),
+            first_tokens: FirstTokenLog::default(),
             hangups: Arc::new(AtomicUsize::new(0)),
             hangup_seen: Arc::new(Notify::new()),
         };
         let script: Arc<Script> = Arc::new(script);
         let requests = Arc::clone(&server.requests);
+        let first_tokens = server.first_tokens.clone();
         let hangups = Arc::clone(&server.hangups);
         let hangup_seen = Arc::clone(&server.hangup_seen);
         tokio::spawn(async move {
@@ -108,6 +111,7 @@ impl FakeChatServer {
                 let connection = Connection {
                     script: Arc::clone(&script),
                     requests: Arc::clone(&requests),
+                    first_tokens: first_tokens.clone(),
                     hangups: Arc::clone(&hangups),
                     hangup_seen: Arc::clone(&hangup_seen),
                 };
@@ -115,6 +119,15 @@ impl FakeChatServer {
             }
         });
         Ok(server)
+    }
+
+    /// When each stream's first token chunk was written (flushed to the socket), in order.
+    pub fn first_token_instants(&self) -> Vec<Instant> {
+        self.first_tokens
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Every request so far, in arrival order.
@@ -158,9 +171,23 @@ pub fn unreachable_base_url() -> String {
     format!("http://127.0.0.1:{port}/v1")
 }
 
+/// When each stream's first token chunk was written, in order.
+#[derive(Clone, Default)]
+struct FirstTokenLog(Arc<Mutex<Vec<Instant>>>);
+
+impl FirstTokenLog {
+    fn record(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Instant::now());
+    }
+}
+
 struct Connection {
     script: Arc<Script>,
     requests: Arc<Mutex<Vec<SeenRequest>>>,
+    first_tokens: FirstTokenLog,
     hangups: Arc<AtomicUsize>,
     hangup_seen: Arc<Notify>,
 }
@@ -181,7 +208,7 @@ impl Connection {
         };
         let reply = (self.script)(index, &seen.body);
         let mut socket = reader.into_inner();
-        let completed = answer(&mut socket, reply).await;
+        let completed = answer(&mut socket, reply, &self.first_tokens).await;
         if !completed {
             self.hangups.fetch_add(1, Ordering::SeqCst);
             self.hangup_seen.notify_waiters();
@@ -222,7 +249,7 @@ async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<SeenRequest> 
 }
 
 /// Writes the reply; returns false when the client hung up before it was complete.
-async fn answer(socket: &mut TcpStream, reply: FakeReply) -> bool {
+async fn answer(socket: &mut TcpStream, reply: FakeReply, first_tokens: &FirstTokenLog) -> bool {
     match reply {
         FakeReply::Completion(text) => {
             let body = json!({
@@ -248,7 +275,17 @@ async fn answer(socket: &mut TcpStream, reply: FakeReply) -> bool {
             first_token_delay,
             token_delay,
             end,
-        } => write_stream(socket, &tokens, first_token_delay, token_delay, end).await,
+        } => {
+            write_stream(
+                socket,
+                &tokens,
+                first_token_delay,
+                token_delay,
+                end,
+                first_tokens,
+            )
+            .await
+        }
     }
 }
 
@@ -289,6 +326,7 @@ async fn write_stream(
     first_token_delay: Duration,
     token_delay: Duration,
     end: StreamEnd,
+    first_tokens: &FirstTokenLog,
 ) -> bool {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                 Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
@@ -310,6 +348,9 @@ async fn write_stream(
         }
         if !write_chunk(socket, &chunk_event(json!({"content": token}), Value::Null)).await {
             return false;
+        }
+        if position == 0 {
+            first_tokens.record();
         }
     }
     match end {

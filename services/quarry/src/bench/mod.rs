@@ -7,6 +7,7 @@ mod analyzer;
 mod beir;
 pub mod dataset;
 mod embed;
+mod first_token;
 pub mod metrics;
 mod tail;
 
@@ -17,7 +18,7 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, EmbedBenchArgs, ModeArg, TailArgs};
+use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, TailArgs};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -95,5 +96,13 @@ pub async fn run_embed_bench(args: &EmbedBenchArgs, config: QuarryConfig) -> any
         concurrency: args.concurrency,
     };
     let report = embed::run_embed(options, &config).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_first_token_bench(
+    args: &FirstTokenArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let report = first_token::run_first_token(args.asks, config).await?;
     print_and_save(&report, args.out.as_deref())
 }
