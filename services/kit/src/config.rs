@@ -155,9 +155,10 @@ pub enum ReplicaSelection {
 #[serde(rename_all = "lowercase")]
 pub enum Fusion {
     /// Reciprocal rank fusion: Σ weight / (k + rank).
-    #[default]
     Rrf,
-    /// Σ weight · (score − min) / (max − min) per list.
+    /// Σ weight · (score − min) / (max − min) per list. The default: on SciFact it scored
+    /// nDCG@10 0.728 against RRF's 0.714 (bench/results/scifact-beir.json).
+    #[default]
     Weighted,
 }
 
