@@ -73,7 +73,9 @@ async fn ingest_search_ask_delete_and_restart() {
         .unwrap()
         .into_inner();
     assert!(
-        hybrid.strategy.starts_with("hybrid: normalised weighted sum"),
+        hybrid
+            .strategy
+            .starts_with("hybrid: normalised weighted sum"),
         "{}",
         hybrid.strategy
     );

@@ -39,6 +39,7 @@ impl Setting {
         match (self.mode, self.fusion) {
             (SearchMode::Hybrid, Fusion::Rrf) => format!("{mode}-rrf"),
             (SearchMode::Hybrid, Fusion::Weighted) => format!("{mode}-weighted"),
+            (SearchMode::Hybrid, Fusion::Unspecified) => format!("{mode}-default-fusion"),
             _ => mode.to_string(),
         }
     }
@@ -64,6 +65,9 @@ pub async fn run_beir(options: BeirOptions) -> anyhow::Result<Value> {
         config.shards = shards;
         config.data_dir = data_dir.path().to_path_buf();
         config.listen = "127.0.0.1:0".to_string();
+        // Every pass repeats the same queries: with caches on, later passes would measure
+        // cache hits, not embeddings.
+        config.analyzer.cache_entries = 0;
         let cluster = LocalCluster::start(&config, CancellationToken::new()).await?;
         let mut client = connect(&cluster.gateway_address).await?;
 

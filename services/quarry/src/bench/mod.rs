@@ -40,18 +40,18 @@ pub async fn run_beir_bench(args: &BeirArgs, config: QuarryConfig) -> anyhow::Re
                 mode: SearchMode::Semantic,
                 fusion: Fusion::Unspecified,
             }),
-            ModeArg::Hybrid => {
-                settings.push(Setting {
-                    mode: SearchMode::Hybrid,
-                    fusion: Fusion::Rrf,
-                });
-                if args.compare_fusion {
+            ModeArg::Hybrid if args.compare_fusion => {
+                for fusion in [Fusion::Rrf, Fusion::Weighted] {
                     settings.push(Setting {
                         mode: SearchMode::Hybrid,
-                        fusion: Fusion::Weighted,
+                        fusion,
                     });
                 }
             }
+            ModeArg::Hybrid => settings.push(Setting {
+                mode: SearchMode::Hybrid,
+                fusion: Fusion::Unspecified,
+            }),
         }
     }
     let report = run_beir(BeirOptions {
