@@ -487,7 +487,7 @@ async fn a_slow_replica_is_hedged_on_its_peer_and_not_without_hedging() {
         ("QUARRY_RETRIEVER__FAULT__SHARD", "0"),
         ("QUARRY_RETRIEVER__FAULT__REPLICA", "0"),
         ("QUARRY_RETRIEVER__FAULT__DELAY_MS", "250"),
-        ("QUARRY_RETRIEVER__FAULT__RATE", "0.2"),
+        ("QUARRY_RETRIEVER__FAULT__RATE", "0.04"),
     ];
     for hedging in ["true", "false"] {
         let data_dir = tempfile::tempdir().unwrap();
@@ -501,9 +501,11 @@ async fn a_slow_replica_is_hedged_on_its_peer_and_not_without_hedging() {
             .unwrap()
             .into_inner();
         assert_eq!(summary.accepted, corpus().len() as u64);
-        // Enough calls for the shard's p95 to be known (50 samples), then measure.
+        // Enough calls for the shard's p95 to be known (50 samples), then measure. The slow
+        // share of shard 0's calls (4% of one replica's, about 2%) stays under 5%, so its
+        // p95 is a fast call's latency and the slow calls outlive it.
         hedges_over(&mut client, 60).await;
-        let (hedges, stable) = hedges_over(&mut client, 40).await;
+        let (hedges, stable) = hedges_over(&mut client, 150).await;
         assert!(stable, "hedged answers must equal unhedged ones");
         if hedging == "true" {
             assert!(hedges > 0, "no call was hedged");
