@@ -6,6 +6,7 @@ mod analyzer;
 mod cache;
 mod encoder;
 mod error;
+pub mod metrics;
 pub mod rules;
 mod service;
 

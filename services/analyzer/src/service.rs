@@ -7,6 +7,8 @@ use std::sync::Arc;
 use quarry_proto::v1::analyzer_server::Analyzer;
 use quarry_proto::v1::{AnalyzeRequest, AnalyzeResponse, EmbedRequest, EmbedResponse, Vector};
 use tonic::{Request, Response, Status};
+use tracing::field::Empty;
+use tracing::{info_span, Instrument};
 
 use crate::analyzer::QuestionAnalyzer;
 use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
@@ -58,12 +60,20 @@ impl AnalyzerService {
 
     /// The analysis of `query`, from the cache when it is there.
     pub fn analyze_cached(&self, query: &str) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
+        self.analyze_with_cache(query).map(|(analysis, _)| analysis)
+    }
+
+    /// The analysis of `query`, and whether it came from the cache.
+    fn analyze_with_cache(
+        &self,
+        query: &str,
+    ) -> Result<(quarry_proto::v1::Analysis, bool), AnalyzerError> {
         if let Some(analysis) = self.caches.analysis(query) {
-            return Ok(analysis);
+            return Ok((analysis, true));
         }
         let analysis = self.analyzer.analyze(query)?;
         self.caches.store_analysis(query, &analysis);
-        Ok(analysis)
+        Ok((analysis, false))
     }
 
     /// The vectors of `texts`, encoding only those not cached.
@@ -113,7 +123,11 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let analysis = self.analyze_cached(&request.into_inner().query)?;
+        let span = info_span!("analyze", cache_hit = Empty, query_type = Empty);
+        let (analysis, cache_hit) =
+            span.in_scope(|| self.analyze_with_cache(&request.into_inner().query))?;
+        span.record("cache_hit", cache_hit);
+        span.record("query_type", analysis.query_type);
         Ok(Response::new(AnalyzeResponse {
             analysis: Some(analysis),
         }))
@@ -132,7 +146,8 @@ impl Analyzer for AnalyzerService {
             }
             .into());
         }
-        let vectors = self.embed_cached(embedder, texts).await?;
+        let span = info_span!("embed", texts = texts.len());
+        let vectors = self.embed_cached(embedder, texts).instrument(span).await?;
         let encoder = embedder.encoder();
         Ok(Response::new(EmbedResponse {
             vectors: vectors

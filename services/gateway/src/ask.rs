@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
-use tracing::info;
+use tracing::field::Empty;
+use tracing::{info, info_span, Instrument, Span};
 
 use crate::context::build_context;
 use crate::deadline::Deadline;
@@ -32,6 +33,11 @@ struct Prepared {
 }
 
 impl Gateway {
+    #[tracing::instrument(
+        name = "ask",
+        skip_all,
+        fields(k = request.k, passages = Empty, confidence = Empty, partial = Empty)
+    )]
     pub async fn ask(
         &self,
         request: AskRequest,
@@ -46,6 +52,7 @@ impl Gateway {
                 deadline,
                 self,
             ))
+            .instrument(generate_span(&prepared))
             .await
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
@@ -60,11 +67,21 @@ impl Gateway {
         deadline: Deadline,
     ) -> ReceiverStream<Result<AskChunk, Status>> {
         let (sender, receiver) = mpsc::channel(32);
-        tokio::spawn(async move {
-            if let Err(error) = self.stream_answer(request, deadline, &sender).await {
-                let _ = sender.send(Err(error.into())).await;
+        let span = info_span!(
+            "ask_stream",
+            k = request.k,
+            passages = Empty,
+            confidence = Empty,
+            partial = Empty
+        );
+        tokio::spawn(
+            async move {
+                if let Err(error) = self.stream_answer(request, deadline, &sender).await {
+                    let _ = sender.send(Err(error.into())).await;
+                }
             }
-        });
+            .instrument(span),
+        );
         ReceiverStream::new(receiver)
     }
 
@@ -83,6 +100,7 @@ impl Gateway {
                 deadline,
                 self,
             ))
+            .instrument(generate_span(&prepared))
             .await
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
@@ -183,6 +201,7 @@ impl Gateway {
         })
     }
 
+    #[tracing::instrument(name = "analyze", skip_all, fields(otel.kind = "client"))]
     async fn analyze(&self, question: &str, deadline: Deadline) -> Result<Analysis, GatewayError> {
         let mut analyzer = self.clients.analyzer()?;
         let request = AnalyzeRequest {
@@ -222,6 +241,7 @@ impl Gateway {
         };
         let evaluation = evaluator
             .evaluate(with_timeout(evaluate_request, deadline, self))
+            .instrument(info_span!("evaluate", otel.kind = "client"))
             .await
             .map_err(|status| GatewayError::downstream("evaluator", status))?
             .into_inner();
@@ -249,6 +269,10 @@ impl Gateway {
             ));
         }
         let sources = cited_sources(&generated.cited, &prepared.retrieval.passages);
+        let span = Span::current();
+        span.record("passages", prepared.retrieval.passages.len());
+        span.record("confidence", confidence);
+        span.record("partial", prepared.retrieval.partial);
         info!(
             query_type = prepared.analysis.query_type,
             passages = prepared.retrieval.passages.len(),
@@ -290,6 +314,15 @@ fn cited_sources(cited: &[u32], passages: &[Passage]) -> Vec<String> {
         }
     }
     sources
+}
+
+/// The client span of the call to the generator.
+fn generate_span(prepared: &Prepared) -> Span {
+    info_span!(
+        "generate",
+        otel.kind = "client",
+        passages = prepared.retrieval.passages.len()
+    )
 }
 
 fn with_timeout<T>(message: T, deadline: Deadline, gateway: &Gateway) -> Request<T> {

@@ -4,12 +4,14 @@
 use futures::future::join_all;
 use quarry_proto::v1::EmbedRequest;
 use tonic::{Code, Request};
+use tracing::field::Empty;
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::fan_out::{FanOutRequest, ShardedCandidate};
 use crate::fusion::{fuse, WeightedList};
 use crate::gateway::Gateway;
+use crate::metrics::metrics;
 use crate::plan::RetrievalPlan;
 use crate::search::require_some_shard;
 
@@ -46,6 +48,7 @@ impl Gateway {
     }
 
     /// Embeddings of `texts`, in order, within `timeout`, or `None` when the analyzer has no encoder.
+    #[tracing::instrument(name = "embed", skip_all, fields(otel.kind = "client", texts = texts.len()))]
     pub(crate) async fn embed_texts(
         &self,
         texts: Vec<String>,
@@ -77,6 +80,17 @@ impl Gateway {
     }
 
     /// Runs the plan for `query`; `query_vector` is empty when the plan wants no vectors.
+    #[tracing::instrument(
+        name = "retrieve",
+        skip_all,
+        fields(
+            strategy = %plan.strategy,
+            keyword_k = plan.keyword_k,
+            vector_k = plan.vector_k,
+            sub_queries = plan.sub_queries.len(),
+            partial = Empty
+        )
+    )]
     pub(crate) async fn retrieve(
         &self,
         query: &str,
@@ -121,6 +135,11 @@ impl Gateway {
         }
         shards_failed.sort_unstable();
         shards_failed.dedup();
+        let partial = !shards_failed.is_empty();
+        tracing::Span::current().record("partial", partial);
+        if partial {
+            metrics().partial_results.inc();
+        }
         let ranked = if plan.vector_k == 0 && sub_keywords.is_empty() {
             keyword.to_vec()
         } else if plan.keyword_k == 0 && sub_keywords.is_empty() {

@@ -2,6 +2,7 @@
 //! shard, fuse, and return the top k hits with how many shards answered.
 
 use quarry_proto::v1::{Hit, SearchMode, SearchRequest, SearchResponse};
+use tracing::field::Empty;
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
@@ -11,6 +12,11 @@ use crate::plan::{plan_search, PlanContext};
 use crate::validate::{resolve_fusion, resolve_k, resolve_mode, validate_query};
 
 impl Gateway {
+    #[tracing::instrument(
+        name = "search",
+        skip_all,
+        fields(k = request.k, mode = request.mode, hits = Empty, partial = Empty)
+    )]
     pub async fn search(
         &self,
         request: SearchRequest,
@@ -47,7 +53,10 @@ impl Gateway {
                 text: sharded.candidate.text.clone(),
                 shard: sharded.shard,
             })
-            .collect();
+            .collect::<Vec<Hit>>();
+        let span = tracing::Span::current();
+        span.record("hits", hits.len());
+        span.record("partial", retrieved.partial());
         Ok(SearchResponse {
             hits,
             shards_total: retrieved.shards_total,

@@ -1,9 +1,12 @@
 //! What every Quarry role shares: layered configuration, member discovery, the gRPC server
-//! bootstrap (health, reflection, graceful shutdown), logging, and text utilities.
+//! bootstrap (health, reflection, graceful shutdown, tracing and metrics layers), logging and
+//! OpenTelemetry, Prometheus metrics, and text utilities.
 
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod grpc_body;
+pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod shutdown;

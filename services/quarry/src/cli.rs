@@ -214,6 +214,9 @@ pub struct ServeArgs {
     /// Gateway without etcd: the scheduler's address.
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -230,6 +233,9 @@ pub struct UpArgs {
     /// The gateway's address; the other roles take free loopback ports.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Serve Prometheus metrics of every role of this process on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]

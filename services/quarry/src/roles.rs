@@ -112,6 +112,7 @@ fn build_role(
         Role::Gateway => {
             let clients = Arc::new(ClusterClients::new(discovery, limit));
             let gateway = Gateway::new(config.gateway.clone(), config.cluster.clone(), clients);
+            quarry_gateway::metrics::register();
             let service = QuarryServer::new(QuarryService::new(Arc::new(gateway)))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
@@ -125,6 +126,7 @@ fn build_role(
                 ttl: std::time::Duration::from_secs(config.analyzer.cache_ttl_s),
             };
             let analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
+            quarry_analyzer::metrics::register();
             let service = AnalyzerServer::new(analyzer)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
@@ -147,6 +149,7 @@ fn build_role(
             )?;
             let shard = Arc::new(shard);
             stored_shard = Some(Arc::clone(&shard));
+            quarry_retriever::metrics::register(shard_number, replica_number);
             let mut retriever = RetrieverService::new(shard);
             let fault = &config.retriever.fault;
             if fault.delay_ms > 0
@@ -197,6 +200,7 @@ fn build_role(
         role: role.as_str(),
         routes,
         service_names,
+        shard_replica: (role == Role::Retriever).then_some((shard, replica)),
     };
     Ok((role_server, shard, replica, stored_shard))
 }

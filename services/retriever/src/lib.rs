@@ -4,6 +4,7 @@
 //! `Retriever` service that wraps it.
 
 mod error;
+pub mod metrics;
 mod ranking;
 mod schema;
 mod service;

@@ -14,10 +14,12 @@ use quarry_proto::v1::{
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{debug, info_span, warn, Instrument};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::RetrieverError;
+use crate::metrics::{metrics, replica_labels};
 use crate::shard::{Shard, ShardCandidate, StoredDocument};
 use crate::statistics::CorpusStatistics;
 
@@ -134,6 +136,13 @@ impl Retriever for RetrieverService {
                 RetrieverError::invalid("query_vector", "is required when vector_k > 0").into(),
             );
         }
+        let span = info_span!(
+            "shard.search",
+            keyword_k = request.keyword_k,
+            vector_k = request.vector_k,
+            keyword_hits = Empty,
+            vector_hits = Empty
+        );
         let global = request.global_stats.as_ref().map(statistics_from_proto);
         let query = request.query;
         let query_vector = request.query_vector;
@@ -149,7 +158,10 @@ impl Retriever for RetrieverService {
                 };
                 Ok((keyword, vector))
             })
+            .instrument(span.clone())
             .await?;
+        span.record("keyword_hits", keyword.len());
+        span.record("vector_hits", vector.len());
         debug!(
             shard = self.shard.shard(),
             keyword = keyword.len(),
@@ -170,11 +182,13 @@ impl Retriever for RetrieverService {
         let mut stream = request.into_inner();
         let mut batch = Vec::with_capacity(INDEX_COMMIT_BATCH);
         let mut indexed = 0;
+        let mut bytes = 0;
         while let Some(message) = stream.next().await {
             let message = message?;
             let document = message
                 .document
                 .ok_or_else(|| Status::invalid_argument("document: missing"))?;
+            bytes += (document.id.len() + document.title.len() + document.text.len()) as u64;
             batch.push(stored_from_proto(document, message.vector));
             if batch.len() == INDEX_COMMIT_BATCH {
                 let full = std::mem::take(&mut batch);
@@ -184,6 +198,17 @@ impl Retriever for RetrieverService {
         if !batch.is_empty() {
             indexed += self.blocking(move |shard| shard.upsert(&batch)).await?;
         }
+        let labels = replica_labels(self.shard.shard(), self.shard.replica());
+        let labels = [labels[0].as_str(), labels[1].as_str()];
+        let retriever_metrics = metrics();
+        retriever_metrics
+            .ingest_documents
+            .with_label_values(&labels)
+            .inc_by(indexed);
+        retriever_metrics
+            .ingest_bytes
+            .with_label_values(&labels)
+            .inc_by(bytes);
         Ok(Response::new(IndexResponse { indexed }))
     }
 

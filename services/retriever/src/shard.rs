@@ -17,6 +17,7 @@ use tantivy::{
 use tracing::{info, warn};
 
 use crate::error::RetrieverError;
+use crate::metrics::{metrics, replica_labels};
 use crate::ranking::{best_k_by_score_then_id, top_with_ties};
 use crate::schema::{build_schema, ShardFields};
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
@@ -157,7 +158,7 @@ impl Shard {
             writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
             writer.add_document(self.to_tantivy(document)?)?;
         }
-        let opstamp = writer.commit()?;
+        let opstamp = self.commit(&mut writer)?;
         drop(writer);
         self.reader.reload()?;
         {
@@ -172,6 +173,18 @@ impl Shard {
         }
         self.save_vectors_now_and_then(opstamp);
         Ok(documents.len() as u64)
+    }
+
+    /// Commits the writer (written and fsynced), timing it into the commit histogram.
+    fn commit(&self, writer: &mut IndexWriter) -> Result<u64, RetrieverError> {
+        let started = Instant::now();
+        let opstamp = writer.commit()?;
+        let labels = replica_labels(self.shard, self.replica);
+        metrics()
+            .commit_duration
+            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(opstamp)
     }
 
     /// All vectors of a batch agree with each other and with the index's dimensions.
@@ -275,7 +288,7 @@ impl Shard {
             }
             writer.delete_term(term);
         }
-        let opstamp = writer.commit()?;
+        let opstamp = self.commit(&mut writer)?;
         drop(writer);
         self.reader.reload()?;
         {
