@@ -6,6 +6,8 @@
 
 mod export;
 mod json_lines;
+#[cfg(feature = "otlp-receiver")]
+pub mod otlp_receiver;
 mod propagation;
 mod server_layer;
 
