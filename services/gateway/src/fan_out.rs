@@ -279,7 +279,7 @@ impl Gateway {
         if let Err(error) = &outcome {
             let span = Span::current();
             span.record("otel.status_code", "ERROR");
-            span.record("error.code", format!("{:?}", error.code()));
+            span.record("error.code", quarry_kit::metrics::code_name(error.code()));
         }
         outcome
     }

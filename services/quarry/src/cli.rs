@@ -80,6 +80,26 @@ pub enum BenchCommand {
     FirstToken(FirstTokenArgs),
     /// Embedding throughput of short queries, one at a time and from concurrent clients.
     Embed(EmbedBenchArgs),
+    /// Query throughput with tracing off and on (spans exported to a local OTLP receiver).
+    Tracing(TracingBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TracingBenchArgs {
+    /// A BEIR folder whose corpus to index and whose queries to ask.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Length of each measured window, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Windows per setting; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

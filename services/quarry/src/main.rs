@@ -107,6 +107,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_embed_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Tracing(args)) => {
+            init_client_logging(&cli);
+            bench::run_tracing_bench(args).await
+        }
         Command::Bench(BenchCommand::Analyzer(args)) => {
             init_client_logging(&cli);
             bench::run_analyzer_bench(&args.file, args.out.as_deref())

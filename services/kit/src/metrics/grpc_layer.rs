@@ -1,7 +1,8 @@
 //! `GrpcMetricsLayer`: the tower layer every role's server runs its calls through. It counts
 //! requests by service, method and status code, times them into a histogram (so p50/p95/p99
-//! are one `histogram_quantile` away) and keeps an in-flight gauge; a streaming call is
-//! timed until its response stream ends.
+//! are one `histogram_quantile` away) and keeps an in-flight gauge by service; a streaming
+//! call is timed until its response stream ends. Labels come only from Quarry's own service
+//! and method names, never from what a client makes up.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -41,7 +42,7 @@ pub(super) fn metrics() -> &'static GrpcServerMetrics {
                     "quarry_grpc_server_requests_in_flight",
                     "gRPC calls being served now.",
                 ),
-                &["service", "method"],
+                &["service"],
             )
             .expect("valid metric name"),
         ),
@@ -49,18 +50,34 @@ pub(super) fn metrics() -> &'static GrpcServerMetrics {
     &METRICS
 }
 
-/// The service and method of a gRPC path (`/quarry.v1.Retriever/Search`); paths outside
-/// Quarry's and gRPC's own services are labelled `unknown`, so that a client cannot grow
-/// the label set.
+/// The gRPC services Quarry serves; any other path is labelled `unknown`, so that a client
+/// cannot grow the label set.
+const KNOWN_SERVICES: [&str; 8] = [
+    "quarry.v1.Quarry",
+    "quarry.v1.Analyzer",
+    "quarry.v1.Retriever",
+    "quarry.v1.Generator",
+    "quarry.v1.Evaluator",
+    "quarry.v1.Scheduler",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+];
+
+/// Longest method name taken as a label.
+const MAX_METHOD_CHARS: usize = 64;
+
+/// The service and method of a gRPC path (`/quarry.v1.Retriever/Search`), or
+/// `("unknown", "unknown")` for a path outside `KNOWN_SERVICES`.
 pub fn service_and_method(path: &str) -> (&str, &str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let service = parts.next().unwrap_or_default();
     let method = parts.next().unwrap_or_default();
-    let known = service.starts_with("quarry.v1.") || service.starts_with("grpc.");
-    let plain = |text: &str| {
-        !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
-    if known && plain(method) {
+    let plain_method = !method.is_empty()
+        && method.len() <= MAX_METHOD_CHARS
+        && method
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_');
+    if KNOWN_SERVICES.contains(&service) && plain_method {
         (service, method)
     } else {
         ("unknown", "unknown")
@@ -128,7 +145,7 @@ where
         let (service, method) = service_and_method(request.uri().path());
         let (service, method) = (service.to_string(), method.to_string());
         let metrics = metrics();
-        let in_flight = metrics.in_flight.with_label_values(&[&service, &method]);
+        let in_flight = metrics.in_flight.with_label_values(&[&service]);
         in_flight.inc();
         let started = Instant::now();
         let response = self.inner.call(request);
@@ -157,6 +174,12 @@ where
 }
 
 fn record(service: &str, method: &str, code: tonic::Code, started: Instant) {
+    // A method the service does not have: its name is the client's choice, not a label.
+    let method = if code == tonic::Code::Unimplemented {
+        "unknown"
+    } else {
+        method
+    };
     let metrics = metrics();
     metrics
         .requests
@@ -183,6 +206,10 @@ mod tests {
             ("grpc.health.v1.Health", "Check")
         );
         assert_eq!(service_and_method("/evil/x"), ("unknown", "unknown"));
+        assert_eq!(
+            service_and_method("/quarry.v1.Made.Up/Search"),
+            ("unknown", "unknown")
+        );
         assert_eq!(
             service_and_method("/quarry.v1.Quarry/a b"),
             ("unknown", "unknown")

@@ -146,3 +146,52 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+
+    use super::*;
+
+    /// An exporter that takes 100 ms per batch and counts the spans it is given.
+    #[derive(Debug, Clone, Default)]
+    struct SlowExporter {
+        received: Arc<AtomicUsize>,
+    }
+
+    impl SpanExporter for SlowExporter {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            std::thread::sleep(Duration::from_millis(100));
+            self.received.fetch_add(batch.len(), Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_spans_without_making_anyone_wait() {
+        let exporter = SlowExporter::default();
+        let received = Arc::clone(&exporter.received);
+        let dropped_before = trace_export().spans_dropped.get();
+        let provider = provider_with(exporter, Resource::builder_empty().build(), 16);
+        let tracer = provider.tracer("test");
+        let started = Instant::now();
+        for _ in 0..1000 {
+            tracer.start("busy").end();
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < Duration::from_millis(90),
+            "ending spans took {elapsed:?}"
+        );
+        provider.shutdown().unwrap();
+        let dropped = (trace_export().spans_dropped.get() - dropped_before) as usize;
+        assert!(dropped >= 900, "{dropped} dropped");
+        assert_eq!(
+            received.load(Ordering::SeqCst) + dropped,
+            1000,
+            "every span is either exported or counted as dropped"
+        );
+    }
+}

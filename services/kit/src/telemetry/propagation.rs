@@ -12,7 +12,6 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Whether spans carry OpenTelemetry context in this process (set once at start-up).
 static TRACE_CONTEXT_ON: AtomicBool = AtomicBool::new(false);
@@ -58,7 +57,8 @@ pub fn inject_current_context(metadata: &mut MetadataMap) {
     if !is_enabled() {
         return;
     }
-    let context = tracing::Span::current().context();
+    // The tracing layer activates each entered span's OpenTelemetry context.
+    let context = opentelemetry::Context::current();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(metadata));
     });

@@ -2,7 +2,7 @@
 //! tracing is on. It continues the caller's trace from the `traceparent` header (or starts
 //! one), opens the call's server span — `rpc.service`, `rpc.method`, the role, shard and
 //! replica — runs the handler inside it, and closes it with the gRPC status code when the
-//! response (a stream included) ends.
+//! response (a stream included) ends. Health checks and reflection are not traced.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,7 +60,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        if !is_enabled() {
+        let (service, method) = service_and_method(request.uri().path());
+        // Health probes and reflection would be a trace every few seconds each.
+        if !is_enabled() || service.starts_with("grpc.") {
             let response = self.inner.call(request);
             return Box::pin(async move {
                 let response = response.await?;
@@ -68,7 +70,6 @@ where
                 Ok(response.map(|body| CompletionBody::new(body, header_code, Box::new(|_| {}))))
             });
         }
-        let (service, method) = service_and_method(request.uri().path());
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = format!("{service}/{method}"),

@@ -1,7 +1,8 @@
 //! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
 //! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
 //! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
-//! one at a time against concurrent, batched).
+//! one at a time against concurrent, batched) and `tracing` (query throughput with span
+//! export off and on).
 
 mod analyzer;
 mod beir;
@@ -10,6 +11,7 @@ mod embed;
 mod first_token;
 pub mod metrics;
 mod tail;
+mod tracing_overhead;
 
 use std::path::Path;
 
@@ -18,7 +20,7 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, TailArgs};
+use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, TailArgs, TracingBenchArgs};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -104,5 +106,16 @@ pub async fn run_first_token_bench(
     config: QuarryConfig,
 ) -> anyhow::Result<()> {
     let report = first_token::run_first_token(args.asks, config).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_tracing_bench(args: &TracingBenchArgs) -> anyhow::Result<()> {
+    let dataset = Dataset::load(&args.dataset)?;
+    let options = tracing_overhead::TracingBenchOptions {
+        window: std::time::Duration::from_secs_f64(args.seconds),
+        concurrency: args.concurrency.max(1),
+        rounds: args.rounds.max(1),
+    };
+    let report = tracing_overhead::run_tracing(&dataset, options).await?;
     print_and_save(&report, args.out.as_deref())
 }
