@@ -189,6 +189,15 @@ fn assert_one_connected_trace(receiver: &OtlpReceiver, root: &ReceivedSpan, sinc
     for search in trace.server_spans("quarry-retriever", "Search") {
         assert_eq!(trace.parent_service(search), Some("quarry-gateway"));
     }
+    // Spans say what was asked and found.
+    assert_eq!(root.attribute("k"), Some("5"), "the default ask k");
+    assert!(root.attribute("strategy").is_some() && root.attribute("confidence").is_some());
+    for analyze in trace.server_spans("quarry-analyzer", "Analyze") {
+        assert!(analyze.attribute("cache_hit").is_some(), "{analyze:?}");
+    }
+    for search in trace.server_spans("quarry-retriever", "Search") {
+        assert!(search.attribute("keyword_hits").is_some(), "{search:?}");
+    }
     // The gateway's fan-out names what it asked.
     let shard_calls: Vec<&ReceivedSpan> = trace
         .spans

@@ -7,8 +7,6 @@ use std::sync::Arc;
 use quarry_proto::v1::analyzer_server::Analyzer;
 use quarry_proto::v1::{AnalyzeRequest, AnalyzeResponse, EmbedRequest, EmbedResponse, Vector};
 use tonic::{Request, Response, Status};
-use tracing::field::Empty;
-use tracing::{info_span, Instrument};
 
 use crate::analyzer::QuestionAnalyzer;
 use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
@@ -123,9 +121,8 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let span = info_span!("analyze", cache_hit = Empty, query_type = Empty);
-        let (analysis, cache_hit) =
-            span.in_scope(|| self.analyze_with_cache(&request.into_inner().query))?;
+        let (analysis, cache_hit) = self.analyze_with_cache(&request.into_inner().query)?;
+        let span = tracing::Span::current();
         span.record("cache_hit", cache_hit);
         span.record("query_type", analysis.query_type);
         Ok(Response::new(AnalyzeResponse {
@@ -146,8 +143,8 @@ impl Analyzer for AnalyzerService {
             }
             .into());
         }
-        let span = info_span!("embed", texts = texts.len());
-        let vectors = self.embed_cached(embedder, texts).instrument(span).await?;
+        tracing::Span::current().record("texts", texts.len());
+        let vectors = self.embed_cached(embedder, texts).await?;
         let encoder = embedder.encoder();
         Ok(Response::new(EmbedResponse {
             vectors: vectors

@@ -14,8 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
-use tracing::field::Empty;
-use tracing::{info, info_span, Instrument, Span};
+use tracing::{info, Instrument, Span};
 
 use crate::context::build_context;
 use crate::deadline::Deadline;
@@ -33,11 +32,7 @@ struct Prepared {
 }
 
 impl Gateway {
-    #[tracing::instrument(
-        name = "ask",
-        skip_all,
-        fields(k = request.k, passages = Empty, confidence = Empty, partial = Empty)
-    )]
+    /// Records k, passages, confidence and partial on the current (server) span.
     pub async fn ask(
         &self,
         request: AskRequest,
@@ -52,7 +47,6 @@ impl Gateway {
                 deadline,
                 self,
             ))
-            .instrument(generate_span(&prepared))
             .await
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
@@ -67,20 +61,14 @@ impl Gateway {
         deadline: Deadline,
     ) -> ReceiverStream<Result<AskChunk, Status>> {
         let (sender, receiver) = mpsc::channel(32);
-        let span = info_span!(
-            "ask_stream",
-            k = request.k,
-            passages = Empty,
-            confidence = Empty,
-            partial = Empty
-        );
+        // The answer is written in the server span, which lives until the stream ends.
         tokio::spawn(
             async move {
                 if let Err(error) = self.stream_answer(request, deadline, &sender).await {
                     let _ = sender.send(Err(error.into())).await;
                 }
             }
-            .instrument(span),
+            .in_current_span(),
         );
         ReceiverStream::new(receiver)
     }
@@ -100,7 +88,6 @@ impl Gateway {
                 deadline,
                 self,
             ))
-            .instrument(generate_span(&prepared))
             .await
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
@@ -146,6 +133,7 @@ impl Gateway {
         validate_query("question", &request.question, &self.config)?;
         let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
         let mode = resolve_mode(request.mode)?;
+        Span::current().record("k", k);
 
         let wants_vectors = mode != SearchMode::Keyword;
         let (analysis, query_vector) =
@@ -201,7 +189,6 @@ impl Gateway {
         })
     }
 
-    #[tracing::instrument(name = "analyze", skip_all, fields(otel.kind = "client"))]
     async fn analyze(&self, question: &str, deadline: Deadline) -> Result<Analysis, GatewayError> {
         let mut analyzer = self.clients.analyzer()?;
         let request = AnalyzeRequest {
@@ -241,7 +228,6 @@ impl Gateway {
         };
         let evaluation = evaluator
             .evaluate(with_timeout(evaluate_request, deadline, self))
-            .instrument(info_span!("evaluate", otel.kind = "client"))
             .await
             .map_err(|status| GatewayError::downstream("evaluator", status))?
             .into_inner();
@@ -314,15 +300,6 @@ fn cited_sources(cited: &[u32], passages: &[Passage]) -> Vec<String> {
         }
     }
     sources
-}
-
-/// The client span of the call to the generator.
-fn generate_span(prepared: &Prepared) -> Span {
-    info_span!(
-        "generate",
-        otel.kind = "client",
-        passages = prepared.retrieval.passages.len()
-    )
 }
 
 fn with_timeout<T>(message: T, deadline: Deadline, gateway: &Gateway) -> Request<T> {

@@ -58,17 +58,6 @@ impl FanOutResult {
 impl Gateway {
     /// Searches every shard; keyword candidates are scored with cluster-wide statistics,
     /// collected first (skipped when no keyword candidates are wanted).
-    #[tracing::instrument(
-        name = "fan_out",
-        skip_all,
-        fields(
-            keyword_k = request.keyword_k,
-            vector_k = request.vector_k,
-            shards = Empty,
-            answered = Empty,
-            hedges = Empty
-        )
-    )]
     pub(crate) async fn fan_out(&self, request: &FanOutRequest, timeout: Duration) -> FanOutResult {
         let shards_total = self.clients.shard_count();
         let mut shards_failed = Vec::new();
@@ -121,10 +110,6 @@ impl Gateway {
         sort_best_first(&mut keyword);
         sort_best_first(&mut vector);
         let shards_answered = shards_total - shards_failed.len() as u32;
-        let span = Span::current();
-        span.record("shards", shards_total);
-        span.record("answered", shards_answered);
-        span.record("hedges", hedges);
         let gateway_metrics = metrics();
         gateway_metrics.shards_asked.inc_by(u64::from(shards_total));
         gateway_metrics

@@ -4,7 +4,6 @@
 use futures::future::join_all;
 use quarry_proto::v1::EmbedRequest;
 use tonic::{Code, Request};
-use tracing::field::Empty;
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
@@ -48,7 +47,6 @@ impl Gateway {
     }
 
     /// Embeddings of `texts`, in order, within `timeout`, or `None` when the analyzer has no encoder.
-    #[tracing::instrument(name = "embed", skip_all, fields(otel.kind = "client", texts = texts.len()))]
     pub(crate) async fn embed_texts(
         &self,
         texts: Vec<String>,
@@ -80,17 +78,7 @@ impl Gateway {
     }
 
     /// Runs the plan for `query`; `query_vector` is empty when the plan wants no vectors.
-    #[tracing::instrument(
-        name = "retrieve",
-        skip_all,
-        fields(
-            strategy = %plan.strategy,
-            keyword_k = plan.keyword_k,
-            vector_k = plan.vector_k,
-            sub_queries = plan.sub_queries.len(),
-            partial = Empty
-        )
-    )]
+    /// Records the strategy and whether the answer is partial on the current (server) span.
     pub(crate) async fn retrieve(
         &self,
         query: &str,
@@ -98,6 +86,7 @@ impl Gateway {
         query_vector: Vec<f32>,
         deadline: Deadline,
     ) -> Result<Retrieved, GatewayError> {
+        tracing::Span::current().record("strategy", plan.strategy.as_str());
         let timeout = deadline.hop(self.shard_timeout());
         let main_request = FanOutRequest {
             query: query.to_string(),
@@ -164,6 +153,22 @@ impl Gateway {
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
         let hedges = main.hedges + subs.iter().map(|sub| sub.hedges).sum::<u32>();
+        let span = tracing::Span::current();
+        let fan_outs = std::iter::once(&main).chain(&subs);
+        span.record(
+            "shards_asked",
+            fan_outs
+                .clone()
+                .map(|fan_out| fan_out.shards_total)
+                .sum::<u32>(),
+        );
+        span.record(
+            "shards_answered",
+            fan_outs
+                .map(|fan_out| fan_out.shards_answered())
+                .sum::<u32>(),
+        );
+        span.record("hedges", hedges);
         Ok(Retrieved {
             ranked,
             shards_total: main.shards_total,

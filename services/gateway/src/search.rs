@@ -2,7 +2,6 @@
 //! shard, fuse, and return the top k hits with how many shards answered.
 
 use quarry_proto::v1::{Hit, SearchMode, SearchRequest, SearchResponse};
-use tracing::field::Empty;
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
@@ -12,11 +11,7 @@ use crate::plan::{plan_search, PlanContext};
 use crate::validate::{resolve_fusion, resolve_k, resolve_mode, validate_query};
 
 impl Gateway {
-    #[tracing::instrument(
-        name = "search",
-        skip_all,
-        fields(k = request.k, mode = request.mode, hits = Empty, partial = Empty)
-    )]
+    /// Records k, hits and partial on the current (server) span.
     pub async fn search(
         &self,
         request: SearchRequest,
@@ -55,6 +50,7 @@ impl Gateway {
             })
             .collect::<Vec<Hit>>();
         let span = tracing::Span::current();
+        span.record("k", k);
         span.record("hits", hits.len());
         span.record("partial", retrieved.partial());
         Ok(SearchResponse {

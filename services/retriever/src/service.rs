@@ -14,8 +14,7 @@ use quarry_proto::v1::{
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::field::Empty;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::RetrieverError;
@@ -136,13 +135,9 @@ impl Retriever for RetrieverService {
                 RetrieverError::invalid("query_vector", "is required when vector_k > 0").into(),
             );
         }
-        let span = info_span!(
-            "shard.search",
-            keyword_k = request.keyword_k,
-            vector_k = request.vector_k,
-            keyword_hits = Empty,
-            vector_hits = Empty
-        );
+        let span = tracing::Span::current();
+        span.record("keyword_k", request.keyword_k);
+        span.record("vector_k", request.vector_k);
         let global = request.global_stats.as_ref().map(statistics_from_proto);
         let query = request.query;
         let query_vector = request.query_vector;
@@ -158,7 +153,6 @@ impl Retriever for RetrieverService {
                 };
                 Ok((keyword, vector))
             })
-            .instrument(span.clone())
             .await?;
         span.record("keyword_hits", keyword.len());
         span.record("vector_hits", vector.len());

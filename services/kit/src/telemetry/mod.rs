@@ -99,6 +99,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, ExportError> {
         let spans = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("quarry"))
             .with_tracked_inactivity(false)
+            .with_target(false)
             .with_threads(false)
             .with_location(false)
             .with_filter(filter_fn(exported))

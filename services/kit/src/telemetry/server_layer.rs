@@ -3,6 +3,11 @@
 //! one), opens the call's server span — `rpc.service`, `rpc.method`, the role, shard and
 //! replica — runs the handler inside it, and closes it with the gRPC status code when the
 //! response (a stream included) ends. Health checks and reflection are not traced.
+//!
+//! The server span also declares the request attributes the handlers record on it with
+//! `tracing::Span::current().record(..)` (k, hits, strategy, partial, cache hit, ...):
+//! one span per hop rather than a handler span inside each server span, since every span
+//! costs throughput (`quarry bench tracing`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -83,6 +88,23 @@ where
             role = self.server.role,
             shard = Empty,
             replica = Empty,
+            // What the handler records about the request (see `record_request`).
+            k = Empty,
+            hits = Empty,
+            keyword_k = Empty,
+            vector_k = Empty,
+            keyword_hits = Empty,
+            vector_hits = Empty,
+            strategy = Empty,
+            partial = Empty,
+            shards_asked = Empty,
+            shards_answered = Empty,
+            hedges = Empty,
+            passages = Empty,
+            confidence = Empty,
+            cache_hit = Empty,
+            query_type = Empty,
+            texts = Empty,
         );
         if let Some(shard) = self.server.shard {
             span.record("shard", shard);
