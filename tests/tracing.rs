@@ -198,16 +198,16 @@ fn assert_one_connected_trace(receiver: &OtlpReceiver, root: &ReceivedSpan, sinc
     for search in trace.server_spans("quarry-retriever", "Search") {
         assert!(search.attribute("keyword_hits").is_some(), "{search:?}");
     }
-    // The gateway's fan-out names what it asked.
-    let shard_calls: Vec<&ReceivedSpan> = trace
+    // Client spans of shard calls are only for hedges and retries (none here: hedging
+    // waits for 50 latencies of a shard); the gateway records what the fan-out asked.
+    assert!(trace
         .spans
         .iter()
         .filter(|span| span.name == "retriever.call")
-        .collect();
-    assert!(shard_calls.len() >= 2, "{shard_calls:?}");
-    assert!(shard_calls
-        .iter()
-        .all(|span| span.attribute("hedged").is_some() && span.attribute("retry").is_some()));
+        .all(|span| span.attribute("hedged") == Some("true")
+            || span.attribute("retry") == Some("true")));
+    assert_eq!(root.attribute("shards_asked"), Some("2"));
+    assert_eq!(root.attribute("shards_answered"), Some("2"));
     // No hop started a trace of its own during the question.
     let stray_roots: Vec<String> = receiver
         .spans()

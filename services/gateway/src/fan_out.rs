@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use quarry_kit::discovery::Member;
+use quarry_kit::metrics::code_name;
 use quarry_kit::telemetry::TracedChannel;
 use quarry_proto::v1::retriever_client::RetrieverClient;
 use quarry_proto::v1::{
@@ -188,9 +189,9 @@ impl Gateway {
         };
         let mut hedges = 0;
         let mut tried = 1;
-        let first = self
-            .attempt(shard, first_replica, timeout, &call)
-            .instrument(attempt_span(shard, first_replica, false, false));
+        // A first try has no span of its own: the replica's server span, a child of the
+        // request's, says all there is. Hedges and retries get one, to be told apart.
+        let first = self.attempt(shard, first_replica, timeout, &call);
         let outcome = match hedge_delay {
             None => first.await,
             Some(delay) => {
@@ -220,9 +221,11 @@ impl Gateway {
         };
         warn!(shard, error = %error, replica = retry_replica.replica, "retrying on another replica");
         metrics().retries.inc();
+        let retry_span = attempt_span(shard, retry_replica, false, true);
+        retry_span.record("after_error", code_name(error.code()));
         let value = self
             .attempt(shard, retry_replica, timeout, &call)
-            .instrument(attempt_span(shard, retry_replica, false, true))
+            .instrument(retry_span)
             .await?;
         Ok(ShardAnswer { value, hedges })
     }
@@ -264,13 +267,13 @@ impl Gateway {
         if let Err(error) = &outcome {
             let span = Span::current();
             span.record("otel.status_code", "ERROR");
-            span.record("error.code", quarry_kit::metrics::code_name(error.code()));
+            span.record("error.code", code_name(error.code()));
         }
         outcome
     }
 }
 
-/// The client span of one call to one replica: the first try, a hedge, or a retry.
+/// The client span of a hedged or retried call to one replica.
 fn attempt_span(shard: u32, replica: &Member, hedged: bool, retry: bool) -> Span {
     tracing::info_span!(
         "retriever.call",
@@ -280,6 +283,7 @@ fn attempt_span(shard: u32, replica: &Member, hedged: bool, retry: bool) -> Span
         replica = replica.replica,
         hedged,
         retry,
+        after_error = Empty,
         error.code = Empty,
     )
 }
