@@ -118,7 +118,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
 	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
-	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 10 --rounds 3 --concurrency 8 --out bench/results/tracing.json
+	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 
 bench-analyzer:
 	cargo build --release -p quarry
