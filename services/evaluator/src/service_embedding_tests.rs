@@ -67,6 +67,7 @@ async fn service_with_analyzer_at(
                 replica: 0,
                 version: "test".to_string(),
                 ready: true,
+                recovering: false,
             })
             .await
             .unwrap();

@@ -268,6 +268,9 @@ pub struct RetrieverConfig {
     pub fault: FaultConfig,
     /// Memory tantivy's writer may use, in bytes.
     pub writer_memory_bytes: usize,
+    /// A (re)joining replica's wait between its two catch-up passes with a peer: longer
+    /// than gateways take to see it join, so no write misses it.
+    pub recovery_settle_ms: u64,
 }
 
 impl Default for RetrieverConfig {
@@ -276,6 +279,7 @@ impl Default for RetrieverConfig {
             shard: 0,
             replica: 0,
             writer_memory_bytes: 50_000_000,
+            recovery_settle_ms: 1_000,
             fault: FaultConfig::default(),
         }
     }

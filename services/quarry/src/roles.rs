@@ -22,7 +22,7 @@ use quarry_proto::v1::generator_server::GeneratorServer;
 use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
-use quarry_retriever::{InjectedFault, RetrieverService, Shard};
+use quarry_retriever::{recover, InjectedFault, RecoveryOptions, RetrieverService, Shard};
 use quarry_scheduler::UnimplementedScheduler;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -68,6 +68,8 @@ pub async fn start_role(
     };
     let (role_server, shard, replica, stored_shard) =
         build_role(role, &config, Arc::clone(&discovery))?;
+    // A retriever replica joins recovering: written to, not searched, until it caught up.
+    let recovering = stored_shard.is_some();
     let member = Member {
         node_id: format!("{role}-{}", address.trim_start_matches("http://")),
         role,
@@ -75,10 +77,23 @@ pub async fn start_role(
         shard,
         replica,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        ready: true,
+        ready: !recovering,
+        recovering,
     };
     let node_id = member.node_id.clone();
-    discovery.register(member).await?;
+    discovery.register(member.clone()).await?;
+    if let Some(shard) = &stored_shard {
+        let (shard, discovery) = (Arc::clone(shard), Arc::clone(&discovery));
+        let options = RecoveryOptions {
+            settle: Duration::from_millis(config.retriever.recovery_settle_ms),
+            ..RecoveryOptions::default()
+        };
+        tokio::spawn(async move {
+            if let Err(error) = recover(shard, discovery, member, options).await {
+                tracing::error!(error = %error, "replica recovery failed; the replica is not served");
+            }
+        });
+    }
     let server_config = config.server.clone();
     let task = tokio::spawn(async move {
         let drained = CancellationToken::new();

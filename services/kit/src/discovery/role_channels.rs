@@ -95,6 +95,7 @@ mod tests {
             replica: 0,
             version: "test".to_string(),
             ready,
+            recovering: false,
         }
     }
 
