@@ -160,6 +160,7 @@ mod tests {
             BatchOptions {
                 max_batch: 8,
                 window: Duration::from_micros(100),
+                workers: 1,
             },
         )
         .unwrap()

@@ -40,6 +40,7 @@ async fn start_analyzer(encoder: Option<Arc<dyn Encoder>>) -> String {
         BatchOptions {
             max_batch: 32,
             window: Duration::from_micros(500),
+            workers: 1,
         },
     )
     .unwrap();

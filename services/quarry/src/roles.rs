@@ -222,6 +222,7 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
         EncoderKind::None => None,
         EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
         EncoderKind::Minilm => {
+            set_forward_threads(config.analyzer.encoder_threads);
             let model_dir = &config.analyzer.model_dir;
             let encoder = MiniLmEncoder::load(model_dir).with_context(|| {
                 format!(
@@ -239,9 +240,26 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
     })
 }
 
+/// Threads of one candle forward pass: candle and its matrix library read
+/// `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS`. Set before the model first runs; a value the
+/// user put in the environment is left alone.
+fn set_forward_threads(threads: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let threads = threads.max(1).to_string();
+    std::env::set_var("RAYON_NUM_THREADS", &threads);
+    std::env::set_var("CANDLE_NUM_THREADS", &threads);
+}
+
 /// The analyzer's batching limits from `[analyzer]`.
 pub fn batch_options(config: &QuarryConfig) -> BatchOptions {
+    let workers = match config.analyzer.batch_workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        workers => workers,
+    };
     BatchOptions {
+        workers,
         max_batch: config.analyzer.max_batch,
         window: Duration::from_micros(config.analyzer.batch_window_us),
     }
