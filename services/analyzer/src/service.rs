@@ -12,6 +12,7 @@ use crate::analyzer::QuestionAnalyzer;
 use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
 use crate::encoder::{BatchOptions, BatchStats, EmbedBatcher, Encoder};
 use crate::error::AnalyzerError;
+use crate::llm::LlmAnalyzer;
 
 /// Most texts embedded in one request.
 const MAX_EMBED_BATCH: usize = 1024;
@@ -19,6 +20,8 @@ const MAX_EMBED_BATCH: usize = 1024;
 #[derive(Clone)]
 pub struct AnalyzerService {
     analyzer: QuestionAnalyzer,
+    /// The `openai` backend; the rules answer when it is absent.
+    model: Option<Arc<LlmAnalyzer>>,
     embedder: Option<Arc<EmbedBatcher>>,
     caches: AnalyzerCaches,
 }
@@ -35,9 +38,16 @@ impl AnalyzerService {
         };
         Ok(Self {
             analyzer: QuestionAnalyzer,
+            model: None,
             embedder,
             caches: AnalyzerCaches::disabled(),
         })
+    }
+
+    /// Analyses questions with a chat model (the rules stay the fallback).
+    pub fn with_model(mut self, model: Arc<LlmAnalyzer>) -> Self {
+        self.model = Some(model);
+        self
     }
 
     /// Caches analyses and embeddings with `options` (off until this is called).
@@ -57,12 +67,22 @@ impl AnalyzerService {
     }
 
     /// The analysis of `query`, from the cache when it is there.
-    pub fn analyze_cached(&self, query: &str) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
+    /// A fallback analysis (the model's reply was unusable) is not cached, so the next ask
+    /// tries the model again.
+    pub async fn analyze_cached(
+        &self,
+        query: &str,
+    ) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
         if let Some(analysis) = self.caches.analysis(query) {
             return Ok(analysis);
         }
-        let analysis = self.analyzer.analyze(query)?;
-        self.caches.store_analysis(query, &analysis);
+        let analysis = match &self.model {
+            Some(model) => model.analyze(query).await?,
+            None => self.analyzer.analyze(query)?,
+        };
+        if !analysis.analyzer.contains("fallback") {
+            self.caches.store_analysis(query, &analysis);
+        }
         Ok(analysis)
     }
 
@@ -113,7 +133,7 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let analysis = self.analyze_cached(&request.into_inner().query)?;
+        let analysis = self.analyze_cached(&request.into_inner().query).await?;
         Ok(Response::new(AnalyzeResponse {
             analysis: Some(analysis),
         }))
@@ -170,9 +190,11 @@ mod tests {
         });
         let first = service
             .analyze_cached("Who discovered penicillin?")
+            .await
             .unwrap();
         let again = service
             .analyze_cached(" Who  discovered penicillin? ")
+            .await
             .unwrap();
         assert_eq!(first, again);
         let embedder = Arc::clone(service.embedder.as_ref().unwrap());

@@ -203,6 +203,11 @@ pub enum EncoderKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AnalyzerConfig {
+    /// How questions are analysed: `rules` (the default) or `openai` (a chat model asked
+    /// for the same fields as JSON, configured under `[analyzer.chat]`, the rules as the
+    /// fallback).
+    pub backend: String,
+    pub chat: OpenAiChatConfig,
     pub encoder: EncoderKind,
     /// Directory with config.json, tokenizer.json and model.safetensors (`make model`).
     pub model_dir: PathBuf,
@@ -227,6 +232,8 @@ pub struct AnalyzerConfig {
 impl Default for AnalyzerConfig {
     fn default() -> Self {
         Self {
+            backend: "rules".to_string(),
+            chat: OpenAiChatConfig::default(),
             encoder: EncoderKind::default(),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_batch: 32,
@@ -326,6 +333,8 @@ impl Default for GeneratorConfig {
     }
 }
 
+/// Analysis backends `analyzer.backend` accepts.
+pub const ANALYZER_BACKENDS: [&str; 2] = ["rules", "openai"];
 /// Generator backends `generator.backend` accepts.
 pub const GENERATOR_BACKENDS: [&str; 2] = ["extractive", "openai"];
 /// Evaluator backends `evaluator.backend` accepts.
@@ -499,6 +508,16 @@ impl QuarryConfig {
                 self.evaluator.backend,
                 EVALUATOR_BACKENDS.join(", ")
             )));
+        }
+        if !ANALYZER_BACKENDS.contains(&self.analyzer.backend.as_str()) {
+            return Err(KitError::Config(format!(
+                "analyzer.backend {:?} is unknown (known: {})",
+                self.analyzer.backend,
+                ANALYZER_BACKENDS.join(", ")
+            )));
+        }
+        if self.analyzer.backend == "openai" {
+            self.analyzer.chat.validate("analyzer.chat")?;
         }
         if self.generator.backend == "openai" {
             self.generator.openai.validate("generator.openai")?;

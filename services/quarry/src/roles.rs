@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quarry_analyzer::{
-    AnalyzerService, BatchOptions, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
+    AnalyzerService, BatchOptions, Encoder, HashEncoder, LlmAnalyzer, MiniLmEncoder, OpenAiEncoder,
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
@@ -139,7 +139,12 @@ fn build_role(
                 entries: config.analyzer.cache_entries,
                 ttl: std::time::Duration::from_secs(config.analyzer.cache_ttl_s),
             };
-            let analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
+            let mut analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
+            if config.analyzer.backend == "openai" {
+                let model = LlmAnalyzer::new(&config.analyzer.chat)
+                    .context("analyzer.backend = \"openai\"")?;
+                analyzer = analyzer.with_model(Arc::new(model));
+            }
             let service = AnalyzerServer::new(analyzer)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
