@@ -119,16 +119,29 @@ impl Gateway {
         Ok(tally.summary)
     }
 
-    /// Embeddings of a batch, `embed_batch` texts per call; `None` without an encoder.
+    /// Embeddings of a batch, `embed_batch` texts per call and `embed_concurrency` calls in
+    /// flight, in order; `None` without an encoder.
     async fn embed_batch(&self, batch: &[Pending]) -> Result<Option<Vec<Vec<f32>>>, GatewayError> {
+        let limit = std::time::Duration::from_millis(self.config.embed_timeout_ms);
+        let chunks: Vec<Vec<String>> = batch
+            .chunks(self.config.embed_batch)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|pending| embedding_text(&pending.document))
+                    .collect()
+            })
+            .collect();
+        let calls = chunks
+            .into_iter()
+            .map(|texts| self.embed_texts(texts, limit));
+        let mut calls = futures::StreamExt::buffered(
+            futures::stream::iter(calls),
+            self.config.embed_concurrency,
+        );
         let mut vectors = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(self.config.embed_batch) {
-            let texts = chunk
-                .iter()
-                .map(|pending| embedding_text(&pending.document))
-                .collect();
-            let limit = std::time::Duration::from_millis(self.config.embed_timeout_ms);
-            match self.embed_texts(texts, limit).await? {
+        while let Some(chunk_vectors) = futures::StreamExt::next(&mut calls).await {
+            match chunk_vectors? {
                 Some(chunk_vectors) => vectors.extend(chunk_vectors),
                 None => return Ok(None),
             }

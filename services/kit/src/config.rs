@@ -135,6 +135,9 @@ pub struct GatewayConfig {
     pub rrf_k: f64,
     /// Texts per `Embed` call while ingesting.
     pub embed_batch: usize,
+    /// `Embed` calls of one ingest batch in flight at once, so that every analyzer worker
+    /// (one per core) has work.
+    pub embed_concurrency: usize,
     /// Limit of one `Embed` call while ingesting (calls queue behind each other in the analyzer).
     pub embed_timeout_ms: u64,
 }
@@ -180,6 +183,7 @@ impl Default for GatewayConfig {
             fusion: Fusion::default(),
             rrf_k: 60.0,
             embed_batch: 64,
+            embed_concurrency: 4,
             embed_timeout_ms: 300_000,
         }
     }
@@ -483,10 +487,11 @@ impl QuarryConfig {
         if self.gateway.rrf_k.is_nan()
             || self.gateway.rrf_k <= 0.0
             || self.gateway.embed_batch == 0
+            || self.gateway.embed_concurrency == 0
             || self.gateway.ingest_batch == 0
         {
             return Err(KitError::Config(
-                "gateway.rrf_k, gateway.embed_batch and gateway.ingest_batch must be positive"
+                "gateway.rrf_k, gateway.embed_batch, gateway.embed_concurrency and gateway.ingest_batch must be positive"
                     .to_string(),
             ));
         }
