@@ -1,0 +1,531 @@
+//! The engine of one leadership term: a single task owns every unfinished workflow, applies
+//! commands (submit, cancel, get, list, watch) and the outcomes of attempts, starts ready
+//! steps under the caps, and writes every changed workflow to the store *before* it starts
+//! the steps those changes mark running and before anyone is told. Outcomes that arrive
+//! together are written together, which is what makes durable state cheap.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quarry_proto::v1::{AgentRole, StepState, SubmitWorkflowRequest, Workflow};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agents::{Agents, DependencyResult, StepContext};
+use crate::dag::{self, Outcome, RetryPolicy};
+use crate::dispatch::{pick_steps, Candidate, Caps};
+use crate::error::SchedulerError;
+use crate::model::{new_workflow, new_workflow_id, now_unix_ms, spec, workflow_is_terminal};
+use crate::store::WorkflowStore;
+use crate::validate::{validate_submission, Limits};
+
+/// How the engine schedules (from `[scheduler]`).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub caps: Caps,
+    pub retry: RetryPolicy,
+    pub default_timeout_ms: u32,
+    pub limits: Limits,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, SchedulerError>>;
+
+enum Command {
+    Submit(SubmitWorkflowRequest, Reply<Workflow>),
+    Cancel(String, Reply<Workflow>),
+    Get(String, Reply<Workflow>),
+    List(Reply<Vec<Workflow>>),
+    Watch(String, Reply<mpsc::UnboundedReceiver<Workflow>>),
+}
+
+/// An attempt's end, reported by its task.
+struct Finished {
+    workflow_id: String,
+    position: usize,
+    attempt: u32,
+    outcome: Outcome,
+}
+
+/// One unfinished workflow in memory.
+struct Run {
+    workflow: Workflow,
+    /// Submission order, for starting equal priorities in order.
+    sequence: u64,
+    /// Running attempts by step position, each with the token that stops it.
+    running: HashMap<usize, CancellationToken>,
+    watchers: Vec<mpsc::UnboundedSender<Workflow>>,
+}
+
+/// Talks to a running engine; fails with UNAVAILABLE once the engine stopped.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    stopped: CancellationToken,
+}
+
+fn engine_gone() -> SchedulerError {
+    SchedulerError::Unavailable("this scheduler stopped leading; retry".to_string())
+}
+
+impl EngineHandle {
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, SchedulerError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| engine_gone())?;
+        answer.await.map_err(|_| engine_gone())?
+    }
+
+    pub async fn submit(&self, request: SubmitWorkflowRequest) -> Result<Workflow, SchedulerError> {
+        self.call(|reply| Command::Submit(request, reply)).await
+    }
+
+    pub async fn cancel(&self, id: String) -> Result<Workflow, SchedulerError> {
+        self.call(|reply| Command::Cancel(id, reply)).await
+    }
+
+    pub async fn get(&self, id: String) -> Result<Workflow, SchedulerError> {
+        self.call(|reply| Command::Get(id, reply)).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<Workflow>, SchedulerError> {
+        self.call(Command::List).await
+    }
+
+    /// The workflow now, then every durable change, until it finishes (the channel closes).
+    pub async fn watch(
+        &self,
+        id: String,
+    ) -> Result<mpsc::UnboundedReceiver<Workflow>, SchedulerError> {
+        self.call(|reply| Command::Watch(id, reply)).await
+    }
+
+    /// Completes once the engine has stopped (its term ended or its store failed).
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
+    }
+}
+
+pub struct Engine {
+    runs: HashMap<String, Run>,
+    next_sequence: u64,
+    store: Arc<dyn WorkflowStore>,
+    agents: Arc<Agents>,
+    settings: EngineSettings,
+    finished_sender: mpsc::UnboundedSender<Finished>,
+    finished: mpsc::UnboundedReceiver<Finished>,
+    /// Workflows changed since the last write.
+    dirty: HashSet<String>,
+    /// Answers owed once the current changes are written.
+    owed: Vec<(String, Reply<Workflow>)>,
+    stop: CancellationToken,
+}
+
+impl Engine {
+    /// Loads every unfinished workflow from the store, resumes them (running steps are
+    /// retried, completed ones kept) and starts the engine's task; it runs until `stop`.
+    pub async fn start(
+        store: Arc<dyn WorkflowStore>,
+        agents: Arc<Agents>,
+        settings: EngineSettings,
+        stop: CancellationToken,
+    ) -> Result<EngineHandle, SchedulerError> {
+        let mut unfinished: Vec<Workflow> = store
+            .list()
+            .await?
+            .into_iter()
+            .filter(|workflow| !workflow_is_terminal(workflow))
+            .collect();
+        unfinished.sort_by(|left, right| {
+            (left.created_at_unix_ms, &left.id).cmp(&(right.created_at_unix_ms, &right.id))
+        });
+        let (finished_sender, finished) = mpsc::unbounded_channel();
+        let mut engine = Self {
+            runs: HashMap::new(),
+            next_sequence: 0,
+            store,
+            agents,
+            settings,
+            finished_sender,
+            finished,
+            dirty: HashSet::new(),
+            owed: Vec::new(),
+            stop: stop.clone(),
+        };
+        let now = now_unix_ms();
+        for mut workflow in unfinished {
+            dag::resume(&mut workflow, now);
+            info!(
+                workflow = workflow.id,
+                name = workflow.name,
+                "resuming workflow"
+            );
+            engine.insert(workflow);
+        }
+        let (commands, receiver) = mpsc::channel(1024);
+        let stopped = CancellationToken::new();
+        tokio::spawn(engine.run(receiver, stopped.clone()));
+        Ok(EngineHandle { commands, stopped })
+    }
+
+    fn insert(&mut self, workflow: Workflow) {
+        let id = workflow.id.clone();
+        self.dirty.insert(id.clone());
+        self.runs.insert(
+            id,
+            Run {
+                workflow,
+                sequence: self.next_sequence,
+                running: HashMap::new(),
+                watchers: Vec::new(),
+            },
+        );
+        self.next_sequence += 1;
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, stopped: CancellationToken) {
+        loop {
+            if let Err(error) = self.settle().await {
+                warn!(error = %error, "workflow state could not be written; stopping this term");
+                break;
+            }
+            let wake = self.next_retry_in();
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                Some(finished) = self.finished.recv() => self.apply(finished),
+                _ = tokio::time::sleep(wake.unwrap_or(Duration::ZERO)), if wake.is_some() => {}
+            }
+            // Take everything already waiting, so that it is written in one go.
+            for _ in 0..10_000 {
+                match self.finished.try_recv() {
+                    Ok(finished) => self.apply(finished),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..1_000 {
+                match commands.try_recv() {
+                    Ok(command) => self.handle(command).await,
+                    Err(_) => break,
+                }
+            }
+        }
+        self.stop.cancel();
+        for run in self.runs.values() {
+            for token in run.running.values() {
+                token.cancel();
+            }
+        }
+        info!(workflows = self.runs.len(), "engine stopped");
+        stopped.cancel();
+    }
+
+    /// How long until the earliest backoff ends, if a step waits for one.
+    fn next_retry_in(&self) -> Option<Duration> {
+        let now = now_unix_ms();
+        self.runs
+            .values()
+            .flat_map(|run| run.workflow.steps.iter())
+            .filter(|step| step.state() == StepState::Ready && step.retry_at_unix_ms > now)
+            .map(|step| step.retry_at_unix_ms)
+            .min()
+            .map(|at| Duration::from_millis((at - now).max(1) as u64))
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Submit(request, reply) => {
+                if let Err(error) = validate_submission(&request, &self.settings.limits) {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
+                let mut workflow = new_workflow(new_workflow_id(), request);
+                dag::advance(&mut workflow, now_unix_ms());
+                info!(
+                    workflow = workflow.id,
+                    name = workflow.name,
+                    steps = workflow.steps.len(),
+                    "workflow submitted"
+                );
+                self.owed.push((workflow.id.clone(), reply));
+                self.insert(workflow);
+            }
+            Command::Cancel(id, reply) => {
+                let Some(run) = self.runs.get_mut(&id) else {
+                    // Not in memory: finished already (or unknown).
+                    let _ = reply.send(self.stored(&id).await);
+                    return;
+                };
+                for position in dag::cancel_workflow(&mut run.workflow, now_unix_ms()) {
+                    if let Some(token) = run.running.remove(&position) {
+                        token.cancel();
+                    }
+                }
+                info!(workflow = id, "workflow cancelled");
+                self.dirty.insert(id.clone());
+                self.owed.push((id, reply));
+            }
+            Command::Get(id, reply) => {
+                let answer = match self.runs.get(&id) {
+                    Some(run) => Ok(run.workflow.clone()),
+                    None => self.stored(&id).await,
+                };
+                let _ = reply.send(answer);
+            }
+            Command::List(reply) => {
+                let answer = self.store.list().await.map(|stored| {
+                    stored
+                        .into_iter()
+                        .map(|workflow| match self.runs.get(&workflow.id) {
+                            Some(run) => run.workflow.clone(),
+                            None => workflow,
+                        })
+                        .collect()
+                });
+                let _ = reply.send(answer);
+            }
+            Command::Watch(id, reply) => {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                match self.runs.get_mut(&id) {
+                    Some(run) => {
+                        let _ = sender.send(run.workflow.clone());
+                        run.watchers.push(sender);
+                        let _ = reply.send(Ok(receiver));
+                    }
+                    None => match self.stored(&id).await {
+                        Ok(workflow) => {
+                            let _ = sender.send(workflow);
+                            let _ = reply.send(Ok(receiver));
+                        }
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn stored(&self, id: &str) -> Result<Workflow, SchedulerError> {
+        self.store
+            .load(id)
+            .await?
+            .ok_or_else(|| SchedulerError::NotFound(id.to_string()))
+    }
+
+    fn apply(&mut self, finished: Finished) {
+        let Some(run) = self.runs.get_mut(&finished.workflow_id) else {
+            return;
+        };
+        let failed = matches!(finished.outcome, Outcome::Failed(_));
+        let applied = dag::finish_step(
+            &mut run.workflow,
+            finished.position,
+            finished.attempt,
+            finished.outcome,
+            now_unix_ms(),
+            &self.settings.retry,
+        );
+        if !applied {
+            return;
+        }
+        run.running.remove(&finished.position);
+        let step = &run.workflow.steps[finished.position];
+        if failed {
+            warn!(
+                workflow = finished.workflow_id,
+                step = spec(step).id,
+                attempt = finished.attempt,
+                state = step.state().as_str_name(),
+                error = step.error,
+                "step attempt failed"
+            );
+        } else {
+            debug!(
+                workflow = finished.workflow_id,
+                step = spec(step).id,
+                attempt = finished.attempt,
+                "step completed"
+            );
+        }
+        self.dirty.insert(finished.workflow_id);
+    }
+
+    /// Starts what may start, writes every change, then answers, publishes and spawns.
+    async fn settle(&mut self) -> Result<(), SchedulerError> {
+        let now = now_unix_ms();
+        let to_start = self.choose_steps(now);
+        let mut to_spawn = Vec::with_capacity(to_start.len());
+        for (id, position) in to_start {
+            let Some(run) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            let attempt = dag::start_step(&mut run.workflow, position, now);
+            let token = self.stop.child_token();
+            run.running.insert(position, token.clone());
+            self.dirty.insert(id.clone());
+            to_spawn.push((id, position, attempt, token));
+        }
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut snapshots = Vec::with_capacity(self.dirty.len());
+        for id in self.dirty.drain() {
+            if let Some(run) = self.runs.get_mut(&id) {
+                run.workflow.version += 1;
+                snapshots.push(run.workflow.clone());
+            }
+        }
+        self.store.save(&snapshots).await?;
+        if self.stop.is_cancelled() {
+            return Err(SchedulerError::Deposed);
+        }
+        for (id, reply) in self.owed.drain(..) {
+            let answer = self
+                .runs
+                .get(&id)
+                .map(|run| run.workflow.clone())
+                .ok_or_else(|| SchedulerError::NotFound(id.clone()));
+            let _ = reply.send(answer);
+        }
+        for snapshot in &snapshots {
+            if let Some(run) = self.runs.get_mut(&snapshot.id) {
+                run.watchers
+                    .retain(|watcher| watcher.send(snapshot.clone()).is_ok());
+            }
+        }
+        for (id, position, attempt, token) in to_spawn {
+            self.spawn_attempt(&id, position, attempt, token);
+        }
+        self.runs.retain(|id, run| {
+            let finished = workflow_is_terminal(&run.workflow);
+            if finished {
+                info!(
+                    workflow = id,
+                    state = run.workflow.state().as_str_name(),
+                    "workflow finished"
+                );
+            }
+            !finished
+        });
+        Ok(())
+    }
+
+    /// Ready steps to start now, by priority then submission order, under the caps.
+    fn choose_steps(&self, now: i64) -> Vec<(String, usize)> {
+        let mut candidates = Vec::new();
+        let mut ids = HashMap::new();
+        let mut running_total = 0;
+        let mut running_per_role: HashMap<i32, usize> = HashMap::new();
+        for (id, run) in &self.runs {
+            running_total += run.running.len();
+            for position in run.running.keys() {
+                let role = spec(&run.workflow.steps[*position]).role;
+                *running_per_role.entry(role).or_insert(0) += 1;
+            }
+            for position in 0..run.workflow.steps.len() {
+                if dag::startable(&run.workflow, position, now) {
+                    let step_spec = spec(&run.workflow.steps[position]);
+                    candidates.push(Candidate {
+                        workflow_sequence: run.sequence,
+                        position,
+                        priority: step_spec.priority,
+                        role: step_spec.role,
+                    });
+                    ids.insert(run.sequence, id.clone());
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        pick_steps(
+            candidates,
+            running_total,
+            &running_per_role,
+            self.settings.caps,
+        )
+        .into_iter()
+        .filter_map(|chosen| {
+            ids.get(&chosen.workflow_sequence)
+                .map(|id| (id.clone(), chosen.position))
+        })
+        .collect()
+    }
+
+    /// Runs one attempt on its own task, bounded by the step's timeout and stopped by its token.
+    fn spawn_attempt(&self, id: &str, position: usize, attempt: u32, token: CancellationToken) {
+        let Some(run) = self.runs.get(id) else {
+            return;
+        };
+        let workflow = &run.workflow;
+        let step_spec = spec(&workflow.steps[position]).clone();
+        let dependencies = step_spec
+            .depends_on
+            .iter()
+            .filter_map(|dependency| {
+                workflow
+                    .steps
+                    .iter()
+                    .find(|step| &spec(step).id == dependency)
+            })
+            .map(|step| DependencyResult {
+                step_id: spec(step).id.clone(),
+                role: spec(step).role(),
+                result: step.result.clone(),
+            })
+            .collect();
+        let timeout_ms = if step_spec.timeout_ms == 0 {
+            self.settings.default_timeout_ms
+        } else {
+            step_spec.timeout_ms
+        };
+        let context = StepContext {
+            workflow_id: id.to_string(),
+            step_id: step_spec.id.clone(),
+            role: AgentRole::try_from(step_spec.role).unwrap_or(AgentRole::Unspecified),
+            input: step_spec.input.clone(),
+            attempt,
+            dependencies,
+        };
+        debug!(workflow = id, step = step_spec.id, attempt, "step started");
+        let agents = Arc::clone(&self.agents);
+        let report = self.finished_sender.clone();
+        let workflow_id = id.to_string();
+        tokio::spawn(async move {
+            let work = tokio::spawn(async move { agents.run(context).await });
+            let abort = work.abort_handle();
+            let limit = Duration::from_millis(u64::from(timeout_ms));
+            let outcome = tokio::select! {
+                _ = token.cancelled() => {
+                    abort.abort();
+                    return;
+                }
+                joined = tokio::time::timeout(limit, work) => match joined {
+                    Err(_) => {
+                        abort.abort();
+                        Outcome::Failed(format!("timed out after {timeout_ms} ms"))
+                    }
+                    Ok(Err(join_error)) => Outcome::Failed(format!("the agent stopped: {join_error}")),
+                    Ok(Ok(Err(agent_error))) => Outcome::Failed(agent_error.to_string()),
+                    Ok(Ok(Ok(result))) => Outcome::Completed(result),
+                },
+            };
+            let _ = report.send(Finished {
+                workflow_id,
+                position,
+                attempt,
+                outcome,
+            });
+        });
+    }
+}
