@@ -23,7 +23,7 @@ use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
 use quarry_retriever::{InjectedFault, RetrieverService, Shard};
-use quarry_scheduler::UnimplementedScheduler;
+use quarry_scheduler::SchedulerService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,7 @@ pub async fn start_role(
         None => dial_address(local_address),
     };
     let (role_server, shard, replica, stored_shard) =
-        build_role(role, &config, Arc::clone(&discovery))?;
+        build_role(role, &config, Arc::clone(&discovery), &address, &shutdown).await?;
     let member = Member {
         node_id: format!("{role}-{}", address.trim_start_matches("http://")),
         role,
@@ -101,10 +101,12 @@ pub async fn start_role(
     Ok((address, task))
 }
 
-fn build_role(
+async fn build_role(
     role: Role,
     config: &QuarryConfig,
     discovery: Arc<dyn Discovery>,
+    address: &str,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<(RoleServer, u32, u32, Option<Arc<Shard>>)> {
     let limit = config.server.max_message_bytes;
     let mut stored_shard = None;
@@ -189,7 +191,16 @@ fn build_role(
             (Routes::new(service), vec!["quarry.v1.Evaluator"], 0, 0)
         }
         Role::Scheduler => {
-            let service = SchedulerServer::new(UnimplementedScheduler);
+            // The agents reach the other roles the way the gateway does; the node leads
+            // (or follows) until shutdown.
+            let cluster = Arc::new(RoleChannels::new(discovery));
+            let node =
+                quarry_scheduler::start_node(config, address, Some(cluster), shutdown.clone())
+                    .await
+                    .context("starting the scheduler")?;
+            let service = SchedulerServer::new(SchedulerService::new(node))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Scheduler"], 0, 0)
         }
     };

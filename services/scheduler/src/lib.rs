@@ -48,3 +48,45 @@ pub fn engine_settings(config: &SchedulerConfig) -> EngineSettings {
         },
     }
 }
+
+/// Starts this process's scheduler replica: elected through etcd when `discovery.etcd` is
+/// set (workflows in etcd), otherwise alone over a file store under `data_dir/workflows`.
+/// `cluster` gives the agents their channels to the other roles.
+pub async fn start_node(
+    config: &quarry_kit::config::QuarryConfig,
+    address: &str,
+    cluster: Option<std::sync::Arc<quarry_kit::discovery::RoleChannels>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::sync::Arc<SchedulerNode>, SchedulerError> {
+    let limit = config.server.max_message_bytes;
+    let agents = std::sync::Arc::new(Agents::new(
+        cluster,
+        limit,
+        config.scheduler.test_roles,
+        config.data_dir.clone(),
+    ));
+    let settings = engine_settings(&config.scheduler);
+    if config.discovery.etcd.is_empty() {
+        let store = store::FileStore::open(&config.data_dir.join("workflows"))?;
+        return Ok(SchedulerNode::start_local(
+            std::sync::Arc::new(store),
+            agents,
+            settings,
+            limit,
+            shutdown,
+        ));
+    }
+    let client = etcd_client::Client::connect(&config.discovery.etcd, None)
+        .await
+        .map_err(|error| SchedulerError::Unavailable(format!("etcd: {error}")))?;
+    Ok(SchedulerNode::start_elected(
+        client,
+        &config.cluster,
+        address,
+        config.discovery.lease_ttl_s,
+        agents,
+        settings,
+        limit,
+        shutdown,
+    ))
+}
