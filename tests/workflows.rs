@@ -494,13 +494,26 @@ async fn the_standby_takes_over_after_kill_9_without_rerunning_completed_steps()
             .iter()
             .filter(|step| step.state() == StepState::Completed)
             .count();
-        if completed >= 3 && step(&now, "s3").state() == StepState::Running {
+        // s3 is running, and its agent has started (recorded its run).
+        let s3_started = schedulers
+            .runs()
+            .iter()
+            .any(|run| run.workflow == submitted.id && run.step == "s3");
+        if completed >= 3 && step(&now, "s3").state() == StepState::Running && s3_started {
             break now;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     schedulers.replicas[0].kill();
     let killed_at = Instant::now();
+    // What the dead leader wrote last.
+    let last_written = standby
+        .get(GetWorkflowRequest {
+            id: submitted.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let takeover = loop {
         let now = standby
             .get(GetWorkflowRequest {
@@ -509,7 +522,7 @@ async fn the_standby_takes_over_after_kill_9_without_rerunning_completed_steps()
             .await
             .unwrap()
             .into_inner();
-        if now.version > before_kill.version + 1 {
+        if now.version > last_written.version {
             break killed_at.elapsed();
         }
         assert!(killed_at.elapsed() < Duration::from_secs(20), "no takeover");

@@ -23,7 +23,11 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
         .evaluator()?
         .evaluate(EvaluateRequest {
             question: topic.clone(),
-            answer: draft.text.clone(),
+            answer: if draft.body.is_empty() {
+                draft.text.clone()
+            } else {
+                draft.body.clone()
+            },
             passages: sources.iter().map(Source::passage).collect(),
         })
         .await

@@ -41,6 +41,9 @@ pub struct ResearchResult {
 pub struct WriterResult {
     pub task: String,
     pub text: String,
+    /// The text without its title line and source list (what the reviewer judges).
+    #[serde(default)]
+    pub body: String,
     /// Document ids the text cites.
     pub cited: Vec<String>,
     pub sources: Vec<Source>,

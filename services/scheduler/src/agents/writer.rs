@@ -91,12 +91,13 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
     let text = match input.task.as_str() {
         "outline" => outline_text(&input.topic, &generated.answer),
         "edit" => edited_text(&input, &generated.answer, &sources),
-        _ => generated.answer,
+        _ => generated.answer.clone(),
     };
     let cited = cited_ids(&text, &sources);
     let result = WriterResult {
         task: input.task,
         text,
+        body: generated.answer,
         cited,
         sources,
     };
