@@ -65,15 +65,17 @@ pub async fn start_node(
         config.scheduler.test_roles,
         config.data_dir.clone(),
     ));
-    let settings = engine_settings(&config.scheduler);
+    let options = node::NodeOptions {
+        agents,
+        settings: engine_settings(&config.scheduler),
+        max_message_bytes: limit,
+        shutdown,
+    };
     if config.discovery.etcd.is_empty() {
         let store = store::FileStore::open(&config.data_dir.join("workflows"))?;
         return Ok(SchedulerNode::start_local(
             std::sync::Arc::new(store),
-            agents,
-            settings,
-            limit,
-            shutdown,
+            options,
         ));
     }
     let client = etcd_client::Client::connect(&config.discovery.etcd, None)
@@ -84,9 +86,6 @@ pub async fn start_node(
         &config.cluster,
         address,
         config.discovery.lease_ttl_s,
-        agents,
-        settings,
-        limit,
-        shutdown,
+        options,
     ))
 }

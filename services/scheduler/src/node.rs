@@ -31,6 +31,15 @@ const RETRY_PAUSE: Duration = Duration::from_millis(300);
 /// A stream of workflow states, the current one first.
 pub type WorkflowStream = Pin<Box<dyn Stream<Item = Result<Workflow, tonic::Status>> + Send>>;
 
+/// What every replica runs with.
+pub struct NodeOptions {
+    pub agents: Arc<Agents>,
+    pub settings: EngineSettings,
+    pub max_message_bytes: usize,
+    /// Stops the replica: a leader resigns, so that a standby takes over at once.
+    pub shutdown: CancellationToken,
+}
+
 pub struct SchedulerNode {
     leading: watch::Receiver<Option<EngineHandle>>,
     election: Option<Election>,
@@ -50,13 +59,13 @@ fn invalid_id(id: &str) -> Result<(), SchedulerError> {
 
 impl SchedulerNode {
     /// Leads alone over `store` until `shutdown` (restarting its engine if the store fails).
-    pub fn start_local(
-        store: Arc<dyn WorkflowStore>,
-        agents: Arc<Agents>,
-        settings: EngineSettings,
-        max_message_bytes: usize,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
+    pub fn start_local(store: Arc<dyn WorkflowStore>, options: NodeOptions) -> Arc<Self> {
+        let NodeOptions {
+            agents,
+            settings,
+            max_message_bytes,
+            shutdown,
+        } = options;
         let (leading_sender, leading) = watch::channel(None);
         let engine_store = Arc::clone(&store);
         tokio::spawn(async move {
@@ -98,11 +107,14 @@ impl SchedulerNode {
         cluster: &str,
         address: &str,
         ttl_seconds: i64,
-        agents: Arc<Agents>,
-        settings: EngineSettings,
-        max_message_bytes: usize,
-        shutdown: CancellationToken,
+        options: NodeOptions,
     ) -> Arc<Self> {
+        let NodeOptions {
+            agents,
+            settings,
+            max_message_bytes,
+            shutdown,
+        } = options;
         let election = Election::new(client.clone(), cluster, address, ttl_seconds);
         let store = EtcdStore::new(client, cluster);
         let (leading_sender, leading) = watch::channel(None);
