@@ -8,12 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quarry_proto::v1::{AgentRole, StepState, SubmitWorkflowRequest, Workflow};
+use quarry_proto::v1::{StepState, SubmitWorkflowRequest, Workflow};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::agents::{Agents, DependencyResult, StepContext};
+use crate::agents::Agents;
+use crate::attempt::{Attempt, Finished};
 use crate::dag::{self, Outcome, RetryPolicy};
 use crate::dispatch::{pick_steps, Candidate, Caps};
 use crate::error::SchedulerError;
@@ -38,14 +39,6 @@ enum Command {
     Get(String, Reply<Workflow>),
     List(Reply<Vec<Workflow>>),
     Watch(String, Reply<mpsc::UnboundedReceiver<Workflow>>),
-}
-
-/// An attempt's end, reported by its task.
-struct Finished {
-    workflow_id: String,
-    position: usize,
-    attempt: u32,
-    outcome: Outcome,
 }
 
 /// One unfinished workflow in memory.
@@ -404,7 +397,19 @@ impl Engine {
             }
         }
         for (id, position, attempt, token) in to_spawn {
-            self.spawn_attempt(&id, position, attempt, token);
+            if let Some(run) = self.runs.get(&id) {
+                let attempt = Attempt::new(
+                    &run.workflow,
+                    position,
+                    attempt,
+                    self.settings.default_timeout_ms,
+                );
+                attempt.spawn(
+                    Arc::clone(&self.agents),
+                    token,
+                    self.finished_sender.clone(),
+                );
+            }
         }
         self.runs.retain(|id, run| {
             let finished = workflow_is_terminal(&run.workflow);
@@ -461,71 +466,129 @@ impl Engine {
         })
         .collect()
     }
+}
 
-    /// Runs one attempt on its own task, bounded by the step's timeout and stopped by its token.
-    fn spawn_attempt(&self, id: &str, position: usize, attempt: u32, token: CancellationToken) {
-        let Some(run) = self.runs.get(id) else {
-            return;
-        };
-        let workflow = &run.workflow;
-        let step_spec = spec(&workflow.steps[position]).clone();
-        let dependencies = step_spec
-            .depends_on
-            .iter()
-            .filter_map(|dependency| {
-                workflow
-                    .steps
-                    .iter()
-                    .find(|step| &spec(step).id == dependency)
+#[cfg(test)]
+mod tests {
+    use quarry_proto::v1::{AgentRole, StepSpec, WorkflowState};
+
+    use super::*;
+    use crate::store::FileStore;
+
+    fn settings() -> EngineSettings {
+        EngineSettings {
+            caps: Caps {
+                max_running: 8,
+                max_running_per_role: 8,
+            },
+            retry: RetryPolicy {
+                backoff_ms: 10,
+                max_backoff_ms: 100,
+            },
+            default_timeout_ms: 10_000,
+            limits: Limits {
+                max_steps: 100,
+                max_step_timeout_ms: 60_000,
+                max_retries: 5,
+                test_roles: true,
+            },
+        }
+    }
+
+    fn test_step(id: &str, depends_on: &[&str], directive: &str) -> StepSpec {
+        StepSpec {
+            id: id.to_string(),
+            role: AgentRole::Test as i32,
+            input: directive.to_string(),
+            depends_on: depends_on.iter().map(|id| id.to_string()).collect(),
+            ..StepSpec::default()
+        }
+    }
+
+    async fn start(directory: &std::path::Path) -> (EngineHandle, CancellationToken) {
+        let store = Arc::new(FileStore::open(&directory.join("workflows")).unwrap());
+        let agents = Arc::new(Agents::new(None, 1 << 20, true, directory.to_path_buf()));
+        let stop = CancellationToken::new();
+        let handle = Engine::start(store, agents, settings(), stop.clone())
+            .await
+            .unwrap();
+        (handle, stop)
+    }
+
+    async fn last_state(handle: &EngineHandle, id: &str) -> Workflow {
+        let mut states = handle.watch(id.to_string()).await.unwrap();
+        let mut last = None;
+        while let Some(state) = states.recv().await {
+            last = Some(state);
+        }
+        last.unwrap()
+    }
+
+    #[tokio::test]
+    async fn runs_a_workflow_to_completion_and_stores_every_version() {
+        let directory = tempfile::tempdir().unwrap();
+        let (handle, _stop) = start(directory.path()).await;
+        let submitted = handle
+            .submit(SubmitWorkflowRequest {
+                name: "w".to_string(),
+                description: String::new(),
+                steps: vec![
+                    StepSpec {
+                        max_retries: 1,
+                        ..test_step("a", &[], r#"{"fail_times": 1}"#)
+                    },
+                    test_step("b", &["a"], ""),
+                ],
             })
-            .map(|step| DependencyResult {
-                step_id: spec(step).id.clone(),
-                role: spec(step).role(),
-                result: step.result.clone(),
+            .await
+            .unwrap();
+        let finished = last_state(&handle, &submitted.id).await;
+        assert_eq!(finished.state(), WorkflowState::Completed);
+        assert_eq!(finished.steps[0].attempts, 2);
+        assert_eq!(finished.steps[1].result, "b done on attempt 1");
+        let stored = handle.get(submitted.id.clone()).await.unwrap();
+        assert_eq!(
+            stored, finished,
+            "a finished workflow is read back from the store"
+        );
+        let error = handle.get("wf-unknown".to_string()).await.unwrap_err();
+        assert!(matches!(error, SchedulerError::NotFound(_)));
+    }
+
+    #[tokio::test]
+    async fn a_new_engine_resumes_without_rerunning_completed_steps() {
+        let directory = tempfile::tempdir().unwrap();
+        let (handle, stop) = start(directory.path()).await;
+        let submitted = handle
+            .submit(SubmitWorkflowRequest {
+                name: "w".to_string(),
+                description: String::new(),
+                steps: vec![
+                    test_step("quick", &[], r#"{"record": true}"#),
+                    test_step("slow", &["quick"], r#"{"record": true, "sleep_ms": 200}"#),
+                ],
             })
-            .collect();
-        let timeout_ms = if step_spec.timeout_ms == 0 {
-            self.settings.default_timeout_ms
-        } else {
-            step_spec.timeout_ms
-        };
-        let context = StepContext {
-            workflow_id: id.to_string(),
-            step_id: step_spec.id.clone(),
-            role: AgentRole::try_from(step_spec.role).unwrap_or(AgentRole::Unspecified),
-            input: step_spec.input.clone(),
-            attempt,
-            dependencies,
-        };
-        debug!(workflow = id, step = step_spec.id, attempt, "step started");
-        let agents = Arc::clone(&self.agents);
-        let report = self.finished_sender.clone();
-        let workflow_id = id.to_string();
-        tokio::spawn(async move {
-            let work = tokio::spawn(async move { agents.run(context).await });
-            let abort = work.abort_handle();
-            let limit = Duration::from_millis(u64::from(timeout_ms));
-            let outcome = tokio::select! {
-                _ = token.cancelled() => {
-                    abort.abort();
-                    return;
-                }
-                joined = tokio::time::timeout(limit, work) => match joined {
-                    Err(_) => {
-                        abort.abort();
-                        Outcome::Failed(format!("timed out after {timeout_ms} ms"))
-                    }
-                    Ok(Err(join_error)) => Outcome::Failed(format!("the agent stopped: {join_error}")),
-                    Ok(Ok(Err(agent_error))) => Outcome::Failed(agent_error.to_string()),
-                    Ok(Ok(Ok(result))) => Outcome::Completed(result),
-                },
-            };
-            let _ = report.send(Finished {
-                workflow_id,
-                position,
-                attempt,
-                outcome,
-            });
-        });
+            .await
+            .unwrap();
+        let mut states = handle.watch(submitted.id.clone()).await.unwrap();
+        while let Some(state) = states.recv().await {
+            if state.steps[1].state() == StepState::Running {
+                break;
+            }
+        }
+        stop.cancel();
+        handle.stopped().await;
+        let (resumed, _stop) = start(directory.path()).await;
+        let finished = last_state(&resumed, &submitted.id).await;
+        assert_eq!(finished.state(), WorkflowState::Completed);
+        assert_eq!(finished.steps[0].attempts, 1);
+        assert_eq!(
+            finished.steps[1].attempts, 2,
+            "the interrupted attempt counts"
+        );
+        let log =
+            std::fs::read_to_string(directory.path().join("scheduler-test-runs.log")).unwrap();
+        let quick_runs = log.lines().filter(|line| line.contains(" quick ")).count();
+        assert_eq!(quick_runs, 1, "{log}");
     }
 }

@@ -3,11 +3,13 @@
 //!
 //! Map: `model` (the stored state and the workflow file format), `validate` (submit checks),
 //! `dag` (one workflow's state machine), `dispatch` (which ready steps start, under caps),
+//! `attempt` (one attempt of a step: timeout, cancellation),
 //! `engine` (the leader's loop: persist, then start), `store` (etcd and file stores),
 //! `leader` (etcd election), `node` (a replica: lead or forward), `agents`, `templates`
 //! (`research_and_write`), `service` (gRPC), `error`.
 
 pub mod agents;
+mod attempt;
 pub mod dag;
 pub mod dispatch;
 pub mod engine;
