@@ -644,3 +644,41 @@ async fn research_and_write_produces_a_reviewed_draft_citing_the_corpus() {
     let again: serde_json::Value = serde_json::from_str(again.trim()).unwrap();
     assert_eq!(again["state"], "completed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gracefully_stopped_leader_hands_over_at_once() {
+    let mut schedulers = Schedulers::start(1, 8).await;
+    let mut first = schedulers.client(0).await;
+    let warm_up = workflow_request("warm-up", vec![test_step("a", &[], serde_json::json!({}))]);
+    submit(&mut first, warm_up.clone()).await;
+    schedulers.add_replica().await;
+    let mut standby = schedulers.client(1).await;
+    let request = workflow_request(
+        "handover",
+        vec![
+            test_step("long", &[], serde_json::json!({ "sleep_ms": 1500 })),
+            test_step("after", &["long"], serde_json::json!({})),
+        ],
+    );
+    let submitted = submit(&mut standby, request).await;
+    let stopping = Instant::now();
+    assert!(schedulers.replicas[0].stop().success());
+    // Only the standby is left: a submit it answers means it leads.
+    submit(&mut standby, warm_up).await;
+    let handover = stopping.elapsed();
+    eprintln!("handover after SIGTERM: {handover:?}");
+    assert!(
+        handover < LEASE_TTL / 2,
+        "the leader resigned, so no lease had to expire: {handover:?}"
+    );
+    let finished = watch_to_end(&mut standby, &submitted.id)
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(finished.state(), WorkflowState::Completed);
+    assert_eq!(
+        step(&finished, "long").attempts,
+        2,
+        "interrupted by the stop, run again"
+    );
+}

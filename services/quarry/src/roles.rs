@@ -23,11 +23,14 @@ use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
 use quarry_retriever::{InjectedFault, RetrieverService, Shard};
-use quarry_scheduler::SchedulerService;
+use quarry_scheduler::{SchedulerNode, SchedulerService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+
+/// How long a stopping scheduler may take to resign its leadership.
+const SCHEDULER_STOP_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Dimensions of the test-only hash encoder.
 const HASH_ENCODER_DIMENSIONS: usize = 384;
@@ -66,8 +69,13 @@ pub async fn start_role(
         }
         None => dial_address(local_address),
     };
-    let (role_server, shard, replica, stored_shard) =
-        build_role(role, &config, Arc::clone(&discovery), &address, &shutdown).await?;
+    let BuiltRole {
+        role_server,
+        shard,
+        replica,
+        stored_shard,
+        scheduler,
+    } = build_role(role, &config, Arc::clone(&discovery), &address, &shutdown).await?;
     let member = Member {
         node_id: format!("{role}-{}", address.trim_start_matches("http://")),
         role,
@@ -96,9 +104,24 @@ pub async fn start_role(
         if let Some(stored_shard) = stored_shard {
             tokio::task::spawn_blocking(move || stored_shard.persist_vectors()).await??;
         }
+        if let Some(scheduler) = scheduler {
+            // A leader resigns before the process exits, so a standby takes over at once.
+            let _ = tokio::time::timeout(SCHEDULER_STOP_PATIENCE, scheduler.stopped()).await;
+        }
         served.map_err(anyhow::Error::from)
     });
     Ok((address, task))
+}
+
+/// A role's server, where it sits, and what must be finished after it stops serving.
+struct BuiltRole {
+    role_server: RoleServer,
+    shard: u32,
+    replica: u32,
+    /// A retriever's shard, whose vectors are saved on the way out.
+    stored_shard: Option<Arc<Shard>>,
+    /// A scheduler replica, which resigns its leadership on the way out.
+    scheduler: Option<Arc<SchedulerNode>>,
 }
 
 async fn build_role(
@@ -107,9 +130,10 @@ async fn build_role(
     discovery: Arc<dyn Discovery>,
     address: &str,
     shutdown: &CancellationToken,
-) -> anyhow::Result<(RoleServer, u32, u32, Option<Arc<Shard>>)> {
+) -> anyhow::Result<BuiltRole> {
     let limit = config.server.max_message_bytes;
     let mut stored_shard = None;
+    let mut scheduler = None;
     let (routes, service_names, shard, replica) = match role {
         Role::Gateway => {
             let clients = Arc::new(ClusterClients::new(discovery, limit));
@@ -198,6 +222,7 @@ async fn build_role(
                 quarry_scheduler::start_node(config, address, Some(cluster), shutdown.clone())
                     .await
                     .context("starting the scheduler")?;
+            scheduler = Some(Arc::clone(&node));
             let service = SchedulerServer::new(SchedulerService::new(node))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
@@ -209,7 +234,13 @@ async fn build_role(
         routes,
         service_names,
     };
-    Ok((role_server, shard, replica, stored_shard))
+    Ok(BuiltRole {
+        role_server,
+        shard,
+        replica,
+        stored_shard,
+        scheduler,
+    })
 }
 
 /// The encoder `analyzer.encoder` names, loaded (`None` for `none`).

@@ -46,6 +46,8 @@ pub struct SchedulerNode {
     reader: Arc<dyn WorkflowStore>,
     leader_channels: Mutex<HashMap<String, Channel>>,
     max_message_bytes: usize,
+    /// Cancelled once the replica stopped after `shutdown` (a leader has resigned by then).
+    done: CancellationToken,
 }
 
 fn invalid_id(id: &str) -> Result<(), SchedulerError> {
@@ -68,7 +70,10 @@ impl SchedulerNode {
         } = options;
         let (leading_sender, leading) = watch::channel(None);
         let engine_store = Arc::clone(&store);
+        let done = CancellationToken::new();
+        let finished = done.clone();
         tokio::spawn(async move {
+            let _finished = finished.drop_guard();
             while !shutdown.is_cancelled() {
                 let stop = shutdown.child_token();
                 match Engine::start(
@@ -98,6 +103,7 @@ impl SchedulerNode {
             reader: store,
             leader_channels: Mutex::new(HashMap::new()),
             max_message_bytes,
+            done,
         })
     }
 
@@ -118,25 +124,38 @@ impl SchedulerNode {
         let election = Election::new(client.clone(), cluster, address, ttl_seconds);
         let store = EtcdStore::new(client, cluster);
         let (leading_sender, leading) = watch::channel(None);
-        tokio::spawn(lead_while_elected(
+        let done = CancellationToken::new();
+        let finished = done.clone();
+        let campaigning = lead_while_elected(
             election.clone(),
             store.clone(),
             agents,
             settings,
             leading_sender,
             shutdown,
-        ));
+        );
+        tokio::spawn(async move {
+            let _finished = finished.drop_guard();
+            campaigning.await;
+        });
         Arc::new(Self {
             leading,
             election: Some(election),
             reader: Arc::new(store),
             leader_channels: Mutex::new(HashMap::new()),
             max_message_bytes,
+            done,
         })
     }
 
     fn engine(&self) -> Option<EngineHandle> {
         self.leading.borrow().clone()
+    }
+
+    /// Completes once the replica has stopped after its shutdown: a leader has stopped its
+    /// engine and resigned, so that a standby can take over at once.
+    pub async fn stopped(&self) {
+        self.done.cancelled().await
     }
 
     /// Whether this replica leads now.
