@@ -638,6 +638,38 @@ async fn research_and_write_produces_a_reviewed_draft_citing_the_corpus() {
         .unwrap()
         .iter()
         .any(|id| id == "tides"));
+    // A YAML workflow file through the CLI: two branches gathered by a coordinator.
+    let file = data_dir.path().join("brief.yaml");
+    std::fs::write(
+        &file,
+        "name: brief\nsteps:\n  - {id: tides, role: researcher, input: ocean tides and the Moon}\n  - {id: ask, role: specialist, input: Who discovered penicillin?, priority: 5}\n  - id: gather\n    role: coordinator\n    depends_on: [tides, ask]\n    input: {purpose: brief}\n",
+    )
+    .unwrap();
+    let output = quarry_command(&[
+        "workflow",
+        "submit",
+        file.to_str().unwrap(),
+        "--watch",
+        "--addr",
+        &quarry.address,
+        "--json",
+    ]);
+    let brief: serde_json::Value = serde_json::from_str(output.lines().last().unwrap()).unwrap();
+    assert_eq!(brief["state"], "completed", "{output}");
+    let gather = brief["steps"][2]["result"].clone();
+    assert_eq!(gather["input"], "{\"purpose\":\"brief\"}");
+    assert_eq!(
+        gather["results"]["tides"]["sources"][0]["doc_id"], "tides",
+        "{gather}"
+    );
+    assert!(
+        gather["results"]["ask"]["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|id| id == "penicillin"),
+        "{gather}"
+    );
     // Get through the gateway returns the same finished workflow.
     let id = finished["id"].as_str().unwrap();
     let again = quarry_command(&["workflow", "get", id, "--addr", &quarry.address, "--json"]);

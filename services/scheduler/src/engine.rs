@@ -22,6 +22,10 @@ use crate::model::{new_workflow, new_workflow_id, now_unix_ms, spec, workflow_is
 use crate::store::WorkflowStore;
 use crate::validate::{validate_submission, Limits};
 
+/// Largest stored state of one workflow: it must fit one etcd value (1.5 MiB by default);
+/// a result that would outgrow it fails its attempt instead of every later write.
+const MAX_STORED_WORKFLOW_BYTES: usize = 1024 * 1024;
+
 /// How the engine schedules (from `[scheduler]`).
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -319,12 +323,24 @@ impl Engine {
         let Some(run) = self.runs.get_mut(&finished.workflow_id) else {
             return;
         };
-        let failed = matches!(finished.outcome, Outcome::Failed(_));
+        let outcome = match finished.outcome {
+            Outcome::Completed(result)
+                if prost::Message::encoded_len(&run.workflow) + result.len()
+                    > MAX_STORED_WORKFLOW_BYTES =>
+            {
+                Outcome::Failed(format!(
+                    "a result of {} bytes would make the workflow's state larger than {MAX_STORED_WORKFLOW_BYTES} bytes",
+                    result.len()
+                ))
+            }
+            outcome => outcome,
+        };
+        let failed = matches!(outcome, Outcome::Failed(_));
         let applied = dag::finish_step(
             &mut run.workflow,
             finished.position,
             finished.attempt,
-            finished.outcome,
+            outcome,
             now_unix_ms(),
             &self.settings.retry,
         );

@@ -20,6 +20,9 @@ pub struct Limits {
 const MAX_ID_BYTES: usize = 128;
 const MAX_NAME_BYTES: usize = 256;
 const MAX_INPUT_BYTES: usize = 64 * 1024;
+/// A submitted workflow's encoded size: its state, results included, must stay within one
+/// etcd value (1.5 MiB), so the request itself gets a fraction of that.
+pub const MAX_SUBMISSION_BYTES: usize = 256 * 1024;
 
 fn invalid(message: String) -> SchedulerError {
     SchedulerError::InvalidArgument(message)
@@ -46,6 +49,12 @@ pub fn validate_submission(
             "steps: {} steps, at most {} allowed",
             request.steps.len(),
             limits.max_steps
+        )));
+    }
+    let encoded = prost::Message::encoded_len(request);
+    if encoded > MAX_SUBMISSION_BYTES {
+        return Err(invalid(format!(
+            "steps: the workflow takes {encoded} bytes, at most {MAX_SUBMISSION_BYTES} allowed"
         )));
     }
     let mut ids = HashSet::new();
@@ -252,5 +261,12 @@ mod tests {
         assert!(error_of(vec![retries]).contains("step \"retry\": max_retries"));
         assert!(error_of(vec![]).contains("steps must not be empty"));
         assert!(error_of(vec![step(" ", &[])]).contains("empty id"));
+        let big: Vec<StepSpec> = (0..5)
+            .map(|number| StepSpec {
+                input: "x".repeat(60 * 1024),
+                ..step(&format!("big{number}"), &[])
+            })
+            .collect();
+        assert!(error_of(big).contains("at most 262144 allowed"));
     }
 }
