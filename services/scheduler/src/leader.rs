@@ -124,7 +124,8 @@ impl Term {
     }
 }
 
-/// Refreshes the lease every third of its TTL; cancels `lost` on the first failure.
+/// Refreshes the lease every third of its TTL; cancels `lost` on the first failure or
+/// unanswered refresh.
 async fn keep_alive(mut client: Client, lease: i64, ttl_seconds: i64, lost: CancellationToken) {
     let period = Duration::from_millis((ttl_seconds as u64 * 1000) / 3);
     let outcome: Result<(), String> = async {
@@ -141,11 +142,11 @@ async fn keep_alive(mut client: Client, lease: i64, ttl_seconds: i64, lost: Canc
                 .keep_alive()
                 .await
                 .map_err(|error| error.to_string())?;
-            match responses
-                .message()
+            // An unanswered refresh counts as lost: the lease may lapse meanwhile.
+            let answer = tokio::time::timeout(period, responses.message())
                 .await
-                .map_err(|error| error.to_string())?
-            {
+                .map_err(|_| format!("lease {lease}: no answer to a refresh within {period:?}"))?;
+            match answer.map_err(|error| error.to_string())? {
                 Some(response) if response.ttl() > 0 => {}
                 _ => return Err(format!("lease {lease} expired")),
             }

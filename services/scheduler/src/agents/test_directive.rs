@@ -57,13 +57,14 @@ fn record_run(context: &StepContext, data_dir: &Path) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(data_dir.join(RUN_LOG))?;
-    writeln!(
-        log,
-        "{} {} {} {}",
+    // One write of the whole line: appends from concurrent steps and processes never interleave.
+    let line = format!(
+        "{} {} {} {}\n",
         context.workflow_id,
         context.step_id,
         context.attempt,
         std::process::id()
-    )?;
+    );
+    log.write_all(line.as_bytes())?;
     log.sync_data()
 }
