@@ -572,6 +572,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_per_role_cap_keeps_steps_of_one_role_apart() {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStore::open(&directory.path().join("workflows")).unwrap());
+        let agents = Arc::new(Agents::new(
+            None,
+            1 << 20,
+            true,
+            directory.path().to_path_buf(),
+        ));
+        let mut capped = settings();
+        capped.caps.max_running_per_role = 1;
+        let handle = Engine::start(store, agents, capped, CancellationToken::new())
+            .await
+            .unwrap();
+        let sleepy = r#"{"sleep_ms": 50}"#;
+        let mut noop = test_step("noop", &[], "");
+        noop.role = AgentRole::Noop as i32;
+        let submitted = handle
+            .submit(SubmitWorkflowRequest {
+                name: "caps".to_string(),
+                description: String::new(),
+                steps: vec![
+                    test_step("a", &[], sleepy),
+                    test_step("b", &[], sleepy),
+                    test_step("c", &[], sleepy),
+                    noop,
+                ],
+            })
+            .await
+            .unwrap();
+        let finished = last_state(&handle, &submitted.id).await;
+        assert_eq!(finished.state(), WorkflowState::Completed);
+        let mut spans: Vec<(i64, i64)> = finished.steps[..3]
+            .iter()
+            .map(|step| (step.started_at_unix_ms, step.finished_at_unix_ms))
+            .collect();
+        spans.sort();
+        for pair in spans.windows(2) {
+            assert!(pair[1].0 >= pair[0].1, "test steps overlapped: {spans:?}");
+        }
+        assert!(
+            finished.steps[3].finished_at_unix_ms <= spans[1].0,
+            "another role is not held back by the test role's cap"
+        );
+    }
+
+    #[tokio::test]
     async fn a_new_engine_resumes_without_rerunning_completed_steps() {
         let directory = tempfile::tempdir().unwrap();
         let (handle, stop) = start(directory.path()).await;
