@@ -18,7 +18,7 @@ help:
 	@echo "make test    format check, clippy -D warnings, every test (installs what it needs)"
 	@echo "make lint    format check and clippy only"
 	@echo "make model   install all-MiniLM-L6-v2 into $(MODEL_DIR) (once)"
-	@echo "make bench   SciFact in three modes on 1 and 4 shards, plus the analyzer; JSON in bench/results/"
+	@echo "make bench   SciFact in three modes on 1 and 4 shards, the analyzer, the scheduler; JSON in bench/results/"
 
 ## Installs what a fresh Debian machine with only the Rust toolchain lacks.
 toolchain:
@@ -146,6 +146,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
 	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
+	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
 
 bench-analyzer:
 	cargo build --release -p quarry

@@ -35,6 +35,7 @@ pub struct QuarryConfig {
     pub retriever: RetrieverConfig,
     pub generator: GeneratorConfig,
     pub evaluator: EvaluatorConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for QuarryConfig {
@@ -54,6 +55,7 @@ impl Default for QuarryConfig {
             retriever: RetrieverConfig::default(),
             generator: GeneratorConfig::default(),
             evaluator: EvaluatorConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -362,6 +364,46 @@ impl Default for EvaluatorConfig {
     }
 }
 
+/// The workflow scheduler: concurrency caps, timeouts and retry backoff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// Steps running at once, over every workflow.
+    pub max_running_steps: usize,
+    /// Steps of one agent role running at once.
+    pub max_running_per_role: usize,
+    /// Limit of one attempt when a step sets no timeout.
+    pub default_step_timeout_ms: u32,
+    /// Longest timeout a step may ask for.
+    pub max_step_timeout_ms: u32,
+    /// Most retries a step may ask for.
+    pub max_retries: u32,
+    /// Wait before the first retry; it doubles per retry, capped at `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Most steps in one workflow.
+    pub max_steps: usize,
+    /// Enables the `test` agent role (sleeps, fails on purpose, records its runs): for the
+    /// scheduler's own tests only, never in production.
+    pub test_roles: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_running_steps: 64,
+            max_running_per_role: 16,
+            default_step_timeout_ms: 600_000,
+            max_step_timeout_ms: 3_600_000,
+            max_retries: 10,
+            backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            max_steps: 10_000,
+            test_roles: false,
+        }
+    }
+}
+
 /// An OpenAI-compatible chat-completions backend (vLLM, llama.cpp's server, Ollama, OpenAI).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -523,6 +565,23 @@ impl QuarryConfig {
         }
         if self.analyzer.backend == "openai" {
             self.analyzer.chat.validate("analyzer.chat")?;
+        }
+        let scheduler = &self.scheduler;
+        if scheduler.max_running_steps == 0
+            || scheduler.max_running_per_role == 0
+            || scheduler.default_step_timeout_ms == 0
+            || scheduler.max_steps == 0
+        {
+            return Err(KitError::Config(
+                "scheduler.max_running_steps, scheduler.max_running_per_role, scheduler.default_step_timeout_ms and scheduler.max_steps must be positive"
+                    .to_string(),
+            ));
+        }
+        if scheduler.default_step_timeout_ms > scheduler.max_step_timeout_ms {
+            return Err(KitError::Config(
+                "scheduler.default_step_timeout_ms must not exceed scheduler.max_step_timeout_ms"
+                    .to_string(),
+            ));
         }
         if self.generator.backend == "openai" {
             self.generator.openai.validate("generator.openai")?;

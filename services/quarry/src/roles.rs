@@ -23,11 +23,14 @@ use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
 use quarry_retriever::{recover, InjectedFault, RecoveryOptions, RetrieverService, Shard};
-use quarry_scheduler::UnimplementedScheduler;
+use quarry_scheduler::{SchedulerNode, SchedulerService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+
+/// How long a stopping scheduler may take to resign its leadership.
+const SCHEDULER_STOP_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Dimensions of the test-only hash encoder.
 const HASH_ENCODER_DIMENSIONS: usize = 384;
@@ -66,8 +69,13 @@ pub async fn start_role(
         }
         None => dial_address(local_address),
     };
-    let (role_server, shard, replica, stored_shard) =
-        build_role(role, &config, Arc::clone(&discovery))?;
+    let BuiltRole {
+        role_server,
+        shard,
+        replica,
+        stored_shard,
+        scheduler,
+    } = build_role(role, &config, Arc::clone(&discovery), &address, &shutdown).await?;
     // A retriever replica joins recovering: written to, not searched, until it caught up.
     let recovering = stored_shard.is_some();
     let member = Member {
@@ -111,18 +119,36 @@ pub async fn start_role(
         if let Some(stored_shard) = stored_shard {
             tokio::task::spawn_blocking(move || stored_shard.persist_vectors()).await??;
         }
+        if let Some(scheduler) = scheduler {
+            // A leader resigns before the process exits, so a standby takes over at once.
+            let _ = tokio::time::timeout(SCHEDULER_STOP_PATIENCE, scheduler.stopped()).await;
+        }
         served.map_err(anyhow::Error::from)
     });
     Ok((address, task))
 }
 
-fn build_role(
+/// A role's server, where it sits, and what must be finished after it stops serving.
+struct BuiltRole {
+    role_server: RoleServer,
+    shard: u32,
+    replica: u32,
+    /// A retriever's shard, whose vectors are saved on the way out.
+    stored_shard: Option<Arc<Shard>>,
+    /// A scheduler replica, which resigns its leadership on the way out.
+    scheduler: Option<Arc<SchedulerNode>>,
+}
+
+async fn build_role(
     role: Role,
     config: &QuarryConfig,
     discovery: Arc<dyn Discovery>,
-) -> anyhow::Result<(RoleServer, u32, u32, Option<Arc<Shard>>)> {
+    address: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<BuiltRole> {
     let limit = config.server.max_message_bytes;
     let mut stored_shard = None;
+    let mut scheduler = None;
     let (routes, service_names, shard, replica) = match role {
         Role::Gateway => {
             let clients = Arc::new(ClusterClients::new(discovery, limit));
@@ -209,7 +235,17 @@ fn build_role(
             (Routes::new(service), vec!["quarry.v1.Evaluator"], 0, 0)
         }
         Role::Scheduler => {
-            let service = SchedulerServer::new(UnimplementedScheduler);
+            // The agents reach the other roles the way the gateway does; the node leads
+            // (or follows) until shutdown.
+            let cluster = Arc::new(RoleChannels::new(discovery));
+            let node =
+                quarry_scheduler::start_node(config, address, Some(cluster), shutdown.clone())
+                    .await
+                    .context("starting the scheduler")?;
+            scheduler = Some(Arc::clone(&node));
+            let service = SchedulerServer::new(SchedulerService::new(node))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Scheduler"], 0, 0)
         }
     };
@@ -218,7 +254,13 @@ fn build_role(
         routes,
         service_names,
     };
-    Ok((role_server, shard, replica, stored_shard))
+    Ok(BuiltRole {
+        role_server,
+        shard,
+        replica,
+        stored_shard,
+        scheduler,
+    })
 }
 
 /// The encoder `analyzer.encoder` names, loaded (`None` for `none`).

@@ -1,14 +1,17 @@
 //! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
 //! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
 //! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
-//! one at a time against concurrent, batched).
+//! one at a time against concurrent, batched) and `scheduler` (no-op steps per second with
+//! durable state in etcd).
 
 mod analyzer;
 mod beir;
 pub mod dataset;
 mod embed;
 mod first_token;
+mod local_etcd;
 pub mod metrics;
+mod scheduler;
 mod tail;
 
 use std::path::Path;
@@ -18,7 +21,7 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, TailArgs};
+use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, SchedulerBenchArgs, TailArgs};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -104,5 +107,13 @@ pub async fn run_first_token_bench(
     config: QuarryConfig,
 ) -> anyhow::Result<()> {
     let report = first_token::run_first_token(args.asks, config).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_scheduler_bench(
+    args: &SchedulerBenchArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let report = scheduler::run_scheduler(args, config).await?;
     print_and_save(&report, args.out.as_deref())
 }
