@@ -288,13 +288,13 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
 }
 
 /// Threads of one candle forward pass: candle and its matrix library read
-/// `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS`. Set before the model first runs; a value the
-/// user put in the environment is left alone.
+/// `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS`. Set before the model first runs; 0, or a
+/// value the user put in the environment, leaves them alone.
 fn set_forward_threads(threads: usize) {
-    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+    if threads == 0 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;
     }
-    let threads = threads.max(1).to_string();
+    let threads = threads.to_string();
     std::env::set_var("RAYON_NUM_THREADS", &threads);
     std::env::set_var("CANDLE_NUM_THREADS", &threads);
 }
