@@ -239,26 +239,19 @@ impl Shard {
     pub fn versions(&self) -> Result<Vec<IdVersion>, RetrieverError> {
         let searcher = self.reader.searcher();
         let mut newest: HashMap<String, IdVersion> = HashMap::new();
-        for (segment_ordinal, segment) in searcher.segment_readers().iter().enumerate() {
-            let alive = segment.alive_bitset();
-            for doc_id in 0..segment.max_doc() {
-                if alive.is_some_and(|bitset| !bitset.is_alive(doc_id)) {
-                    continue;
-                }
-                let document: TantivyDocument =
-                    searcher.doc(DocAddress::new(segment_ordinal as u32, doc_id))?;
-                let id = stored_text(&document, self.fields.id);
-                let version = stored_u64(&document, self.fields.version);
-                newest.insert(
-                    id.clone(),
-                    IdVersion {
-                        id,
-                        version,
-                        deleted: false,
-                    },
-                );
-            }
-        }
+        for_each_live_document(&searcher, |document| {
+            let id = stored_text(document, self.fields.id);
+            let version = stored_u64(document, self.fields.version);
+            newest.insert(
+                id.clone(),
+                IdVersion {
+                    id,
+                    version,
+                    deleted: false,
+                },
+            );
+            Ok(())
+        })?;
         for (id, version) in self.lock_tombstones()?.iter() {
             if newest.get(id).is_some_and(|live| live.version >= version) {
                 continue;
@@ -634,13 +627,11 @@ fn stored_vector(document: &TantivyDocument, field: tantivy::schema::Field) -> V
         .collect()
 }
 
-/// Rebuilds the vector index from the vectors tantivy stores, for every live document.
-fn rebuild_vectors(
+/// Calls `visit` with every stored document that is not deleted.
+fn for_each_live_document(
     searcher: &Searcher,
-    fields: &ShardFields,
-    directory: &Path,
-) -> Result<VectorIndex, RetrieverError> {
-    let mut vectors = VectorIndex::empty(directory);
+    mut visit: impl FnMut(&TantivyDocument) -> Result<(), RetrieverError>,
+) -> Result<(), RetrieverError> {
     for (segment_ordinal, segment) in searcher.segment_readers().iter().enumerate() {
         let alive = segment.alive_bitset();
         for doc_id in 0..segment.max_doc() {
@@ -649,13 +640,26 @@ fn rebuild_vectors(
             }
             let document: TantivyDocument =
                 searcher.doc(DocAddress::new(segment_ordinal as u32, doc_id))?;
-            let vector = stored_vector(&document, fields.vector);
-            if vector.is_empty() {
-                continue;
-            }
-            vectors.upsert(&stored_text(&document, fields.id), &vector)?;
+            visit(&document)?;
         }
     }
+    Ok(())
+}
+
+/// Rebuilds the vector index from the vectors tantivy stores, for every live document.
+fn rebuild_vectors(
+    searcher: &Searcher,
+    fields: &ShardFields,
+    directory: &Path,
+) -> Result<VectorIndex, RetrieverError> {
+    let mut vectors = VectorIndex::empty(directory);
+    for_each_live_document(searcher, |document| {
+        let vector = stored_vector(document, fields.vector);
+        if !vector.is_empty() {
+            vectors.upsert(&stored_text(document, fields.id), &vector)?;
+        }
+        Ok(())
+    })?;
     info!(
         vectors = vectors.len(),
         "vector index rebuilt from the stored vectors"
