@@ -408,6 +408,17 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         last.unwrap().state(),
         quarry_proto::v1::WorkflowState::Completed
     );
+    let listed = client
+        .list_workflows(quarry_proto::v1::ListWorkflowsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows;
+    assert!(
+        listed.iter().any(|workflow| workflow.id == submitted.id
+            && workflow.state() == quarry_proto::v1::WorkflowState::Completed),
+        "{listed:?}"
+    );
     let error = client
         .submit_workflow(quarry_proto::v1::SubmitWorkflowRequest {
             name: "bad".into(),

@@ -67,6 +67,8 @@ pub enum WorkflowCommand {
     Get(WorkflowIdArgs),
     /// Cancel a workflow: its running steps are stopped, the rest cancelled.
     Cancel(WorkflowIdArgs),
+    /// Every workflow the scheduler keeps, one line each.
+    List(ClientArgs),
 }
 
 #[derive(Debug, Subcommand)]

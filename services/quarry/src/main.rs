@@ -119,6 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 WorkflowCommand::Watch(args) => workflow::watch(args).await,
                 WorkflowCommand::Get(args) => workflow::get(args).await,
                 WorkflowCommand::Cancel(args) => workflow::cancel(args).await,
+                WorkflowCommand::List(args) => workflow::list(args).await,
             }
         }
         Command::Bench(BenchCommand::Analyzer(args)) => {

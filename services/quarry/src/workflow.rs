@@ -1,13 +1,13 @@
-//! `quarry workflow`: submit a workflow file or a template, watch, get and cancel workflows
-//! through the gateway. A watch that the scheduler cuts (a change of leader) is
+//! `quarry workflow`: submit a workflow file or a template, watch, get, cancel and list
+//! workflows through the gateway. A watch that the scheduler cuts (a change of leader) is
 //! taken up again from the current state; states already printed are not printed twice.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use quarry_proto::v1::{
-    CancelWorkflowRequest, GetWorkflowRequest, Step, StepState, SubmitWorkflowRequest,
-    WatchWorkflowRequest, Workflow, WorkflowState,
+    CancelWorkflowRequest, GetWorkflowRequest, ListWorkflowsRequest, Step, StepState,
+    SubmitWorkflowRequest, WatchWorkflowRequest, Workflow, WorkflowState,
 };
 use quarry_scheduler::model::{
     role_name, spec, step_state_name, workflow_is_terminal, workflow_state_name, WorkflowFile,
@@ -164,6 +164,36 @@ pub async fn cancel(args: &WorkflowIdArgs) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     print_workflow(&workflow, args.client.json);
+    Ok(())
+}
+
+pub async fn list(args: &ClientArgs) -> anyhow::Result<()> {
+    let mut client = connect(args).await?;
+    let workflows = client
+        .list_workflows(ListWorkflowsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .workflows;
+    if args.json {
+        let listed: Vec<Value> = workflows.iter().map(workflow_json).collect();
+        println!("{}", Value::Array(listed));
+        return Ok(());
+    }
+    for workflow in &workflows {
+        let completed = workflow
+            .steps
+            .iter()
+            .filter(|step| step.state() == StepState::Completed)
+            .count();
+        println!(
+            "{}  {}  {}  {completed}/{} steps completed",
+            workflow.id,
+            workflow_state_name(workflow.state()),
+            workflow.name,
+            workflow.steps.len()
+        );
+    }
     Ok(())
 }
 
