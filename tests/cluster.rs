@@ -1,16 +1,21 @@
 //! A cluster of separate `quarry serve` processes found through a real etcd: 2 shards × 2
 //! replicas, one analyzer, generator and evaluator, and 2 gateways. Replicas are killed
-//! while queries run, whole shards go down and come back, members stop gracefully, and
-//! etcd itself restarts.
+//! while queries run, whole shards go down and come back, a replica that missed writes
+//! catches up from its peer before it is searched, members stop gracefully, and etcd
+//! itself restarts.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use quarry_proto::v1::quarry_client::QuarryClient;
-use quarry_proto::v1::{ClusterStatusRequest, SearchMode, SearchRequest};
+use quarry_proto::v1::retriever_client::RetrieverClient;
+use quarry_proto::v1::{
+    ClusterStatusRequest, DeleteRequest, DocumentVersion, ListVersionsRequest, SearchMode,
+    SearchRequest, ShardInfoRequest,
+};
 use support::etcd::Etcd;
-use support::{corpus, quarry_command, Served};
+use support::{corpus, document, quarry_command, Served};
 use tonic::transport::Channel;
 
 const CLUSTER: &str = "test";
@@ -250,4 +255,139 @@ async fn the_cluster_keeps_answering_while_etcd_restarts_and_registers_again() {
     cluster.wait_for_members(9, Duration::from_secs(15)).await;
     let (ids, _) = top_ids(&mut client, "who discovered penicillin").await;
     assert_eq!(ids, expected);
+}
+
+/// Every id a replica holds or deleted, with its version, straight from the replica.
+async fn replica_versions(address: &str) -> Vec<(String, u64, bool)> {
+    let mut replica = RetrieverClient::connect(address.to_string()).await.unwrap();
+    let mut stream = replica
+        .list_versions(ListVersionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut versions = Vec::new();
+    while let Some(entry) = stream.message().await.unwrap() {
+        let DocumentVersion {
+            id,
+            version,
+            deleted,
+        } = entry;
+        versions.push((id, version, deleted));
+    }
+    versions
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_missed_writes_catches_up_from_its_peer_before_it_is_searched() {
+    let mut cluster = Cluster::start().await;
+    let mut client = cluster.client(0).await;
+    client.ingest(tokio_stream::iter(corpus())).await.unwrap();
+    let (live, behind) = (
+        cluster.retrievers[0][0].address.clone(),
+        cluster.retrievers[0][1].address.clone(),
+    );
+    let at_kill = replica_versions(&behind).await;
+    assert_eq!(replica_versions(&live).await, at_kill);
+
+    // One replica of shard 0 dies; while it is away documents are added, replaced and
+    // deleted, acknowledged by its peer alone.
+    // A dead member leaves the routing table within the lease TTL (3 s here) + 1 s.
+    cluster.retrievers[0][1].kill();
+    let gone_after = cluster.wait_for_members(8, Duration::from_secs(6)).await;
+    eprintln!("a kill -9'd replica left the member set after {gone_after:?}");
+    assert!(gone_after <= Duration::from_secs(4), "{gone_after:?}");
+    let mut written: Vec<_> = (0..24)
+        .map(|n| {
+            document(
+                &format!("added-{n}"),
+                &format!("Added {n}"),
+                &format!("Document number {n} was written while a replica was down."),
+            )
+        })
+        .collect();
+    written.extend(corpus().into_iter().map(|mut replaced| {
+        replaced.text = format!("{} (revised)", replaced.text);
+        replaced
+    }));
+    let summary = client
+        .ingest(tokio_stream::iter(written.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.accepted, written.len() as u64);
+    let deleted_ids: Vec<String> = written.iter().take(6).map(|doc| doc.id.clone()).collect();
+    client
+        .delete(DeleteRequest {
+            ids: deleted_ids.clone(),
+        })
+        .await
+        .unwrap();
+    let expected = replica_versions(&live).await;
+    assert_ne!(expected, at_kill);
+    assert!(
+        expected
+            .iter()
+            .any(|(id, _, deleted)| *deleted && deleted_ids.contains(id)),
+        "shard 0 saw at least one of the deletes"
+    );
+
+    // It comes back: first recovering (written to, never searched), then ready with
+    // exactly its peer's documents, versions and deletes.
+    cluster.retrievers[0][1].restart().await;
+    let mut saw_recovering = false;
+    let started = Instant::now();
+    loop {
+        let status = client
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let member = status
+            .members
+            .iter()
+            .find(|member| member.address == behind)
+            .cloned();
+        if let Some(member) = member {
+            assert!(!(member.ready && member.recovering));
+            saw_recovering |= member.recovering;
+            if member.ready {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        saw_recovering,
+        "the returning replica was listed as recovering first"
+    );
+    assert_eq!(replica_versions(&behind).await, expected);
+    let mut replica = RetrieverClient::connect(behind.clone()).await.unwrap();
+    let info = replica
+        .shard_info(ShardInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let live_docs = expected.iter().filter(|(_, _, deleted)| !deleted).count() as u64;
+    assert_eq!((info.num_docs, info.num_vectors), (live_docs, live_docs));
+
+    // Both replicas of shard 0 now answer alike: with its peer gone, the caught-up replica
+    // alone serves the revised texts and none of the deleted documents.
+    cluster.retrievers[0][0].kill();
+    cluster.wait_for_members(8, Duration::from_secs(6)).await;
+    for doc in &written {
+        let found = client
+            .get_document(quarry_proto::v1::GetDocumentRequest { id: doc.id.clone() })
+            .await;
+        if deleted_ids.contains(&doc.id) {
+            assert_eq!(
+                found.unwrap_err().code(),
+                tonic::Code::NotFound,
+                "{}",
+                doc.id
+            );
+        } else {
+            assert_eq!(found.unwrap().into_inner().text, doc.text, "{}", doc.id);
+        }
+    }
 }

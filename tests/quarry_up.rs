@@ -366,12 +366,74 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         .into_inner();
     assert_eq!(response.hits[0].doc_id, "penicillin");
 
-    // The scheduler's contract is served, and says it is not implemented yet.
+    // Workflows go through the gateway to the in-process scheduler (file store).
     let error = client
         .get_workflow(quarry_proto::v1::GetWorkflowRequest { id: "w".into() })
         .await
         .unwrap_err();
-    assert_eq!(error.code(), Code::Unimplemented);
+    assert_eq!(error.code(), Code::NotFound);
+    let submitted = client
+        .submit_workflow(quarry_proto::v1::SubmitWorkflowRequest {
+            name: "noops".into(),
+            description: String::new(),
+            steps: vec![
+                quarry_proto::v1::StepSpec {
+                    id: "a".into(),
+                    role: quarry_proto::v1::AgentRole::Noop as i32,
+                    ..Default::default()
+                },
+                quarry_proto::v1::StepSpec {
+                    id: "b".into(),
+                    role: quarry_proto::v1::AgentRole::Noop as i32,
+                    depends_on: vec!["a".into()],
+                    ..Default::default()
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = client
+        .watch_workflow(quarry_proto::v1::WatchWorkflowRequest {
+            id: submitted.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = events.message().await.unwrap() {
+        last = event.workflow;
+    }
+    assert_eq!(
+        last.unwrap().state(),
+        quarry_proto::v1::WorkflowState::Completed
+    );
+    let listed = client
+        .list_workflows(quarry_proto::v1::ListWorkflowsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workflows;
+    assert!(
+        listed.iter().any(|workflow| workflow.id == submitted.id
+            && workflow.state() == quarry_proto::v1::WorkflowState::Completed),
+        "{listed:?}"
+    );
+    let error = client
+        .submit_workflow(quarry_proto::v1::SubmitWorkflowRequest {
+            name: "bad".into(),
+            description: String::new(),
+            steps: vec![quarry_proto::v1::StepSpec {
+                id: "a".into(),
+                role: quarry_proto::v1::AgentRole::Noop as i32,
+                depends_on: vec!["nope".into()],
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("step \"a\""), "{error:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,11 +1,12 @@
 //! The analyzer role: what kind of question this is (type, intent, entities, complexity,
-//! confidence) from documented rules, and text embeddings from the configured encoder;
+//! confidence) from documented rules or a chat model, and text embeddings from the configured encoder;
 //! plus the tonic `Analyzer` service that wraps both.
 
 mod analyzer;
 mod cache;
 mod encoder;
 mod error;
+mod llm;
 pub mod metrics;
 pub mod rules;
 mod service;
@@ -17,4 +18,5 @@ pub use encoder::{
     MINILM_DIMENSIONS, MINILM_NAME,
 };
 pub use error::AnalyzerError;
+pub use llm::{LlmAnalyzer, LlmAnalyzerStats};
 pub use service::AnalyzerService;

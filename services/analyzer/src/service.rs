@@ -12,6 +12,7 @@ use crate::analyzer::QuestionAnalyzer;
 use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
 use crate::encoder::{BatchOptions, BatchStats, EmbedBatcher, Encoder};
 use crate::error::AnalyzerError;
+use crate::llm::LlmAnalyzer;
 
 /// Most texts embedded in one request.
 const MAX_EMBED_BATCH: usize = 1024;
@@ -19,6 +20,8 @@ const MAX_EMBED_BATCH: usize = 1024;
 #[derive(Clone)]
 pub struct AnalyzerService {
     analyzer: QuestionAnalyzer,
+    /// The `openai` backend; the rules answer when it is absent.
+    model: Option<Arc<LlmAnalyzer>>,
     embedder: Option<Arc<EmbedBatcher>>,
     caches: AnalyzerCaches,
 }
@@ -35,9 +38,16 @@ impl AnalyzerService {
         };
         Ok(Self {
             analyzer: QuestionAnalyzer,
+            model: None,
             embedder,
             caches: AnalyzerCaches::disabled(),
         })
+    }
+
+    /// Analyses questions with a chat model (the rules stay the fallback).
+    pub fn with_model(mut self, model: Arc<LlmAnalyzer>) -> Self {
+        self.model = Some(model);
+        self
     }
 
     /// Caches analyses and embeddings with `options` (off until this is called).
@@ -57,20 +67,32 @@ impl AnalyzerService {
     }
 
     /// The analysis of `query`, from the cache when it is there.
-    pub fn analyze_cached(&self, query: &str) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
-        self.analyze_with_cache(query).map(|(analysis, _)| analysis)
+    /// A fallback analysis (the model's reply was unusable) is not cached, so the next ask
+    /// tries the model again.
+    pub async fn analyze_cached(
+        &self,
+        query: &str,
+    ) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
+        self.analyze_with_cache(query)
+            .await
+            .map(|(analysis, _)| analysis)
     }
 
     /// The analysis of `query`, and whether it came from the cache.
-    fn analyze_with_cache(
+    async fn analyze_with_cache(
         &self,
         query: &str,
     ) -> Result<(quarry_proto::v1::Analysis, bool), AnalyzerError> {
         if let Some(analysis) = self.caches.analysis(query) {
             return Ok((analysis, true));
         }
-        let analysis = self.analyzer.analyze(query)?;
-        self.caches.store_analysis(query, &analysis);
+        let analysis = match &self.model {
+            Some(model) => model.analyze(query).await?,
+            None => self.analyzer.analyze(query)?,
+        };
+        if !analysis.analyzer.contains("fallback") {
+            self.caches.store_analysis(query, &analysis);
+        }
         Ok((analysis, false))
     }
 
@@ -121,7 +143,9 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let (analysis, cache_hit) = self.analyze_with_cache(&request.into_inner().query)?;
+        let (analysis, cache_hit) = self
+            .analyze_with_cache(&request.into_inner().query)
+            .await?;
         let span = tracing::Span::current();
         span.record("cache_hit", cache_hit);
         span.record("query_type", analysis.query_type);
@@ -172,6 +196,7 @@ mod tests {
             BatchOptions {
                 max_batch: 8,
                 window: Duration::from_micros(100),
+                workers: 1,
             },
         )
         .unwrap()
@@ -181,9 +206,11 @@ mod tests {
         });
         let first = service
             .analyze_cached("Who discovered penicillin?")
+            .await
             .unwrap();
         let again = service
             .analyze_cached(" Who  discovered penicillin? ")
+            .await
             .unwrap();
         assert_eq!(first, again);
         let embedder = Arc::clone(service.embedder.as_ref().unwrap());

@@ -40,6 +40,7 @@ async fn start_analyzer(encoder: Option<Arc<dyn Encoder>>) -> String {
         BatchOptions {
             max_batch: 32,
             window: Duration::from_micros(500),
+            workers: 1,
         },
     )
     .unwrap();
@@ -67,6 +68,7 @@ async fn service_with_analyzer_at(
                 replica: 0,
                 version: "test".to_string(),
                 ready: true,
+                recovering: false,
             })
             .await
             .unwrap();

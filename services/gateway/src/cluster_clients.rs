@@ -46,6 +46,16 @@ impl ClusterClients {
             .cloned()
             .collect()
     }
+
+    /// Replicas of a shard that take writes: ready ones and those catching up from a peer.
+    pub fn shard_write_replicas(&self, shard: u32) -> Vec<Member> {
+        self.channels
+            .members()
+            .shard_write_replicas(shard)
+            .cloned()
+            .collect()
+    }
+
     pub fn analyzer(&self) -> Result<AnalyzerClient<TracedChannel>, GatewayError> {
         let channel = self.instance_channel(Role::Analyzer)?;
         Ok(AnalyzerClient::new(channel)

@@ -40,13 +40,14 @@ impl Gateway {
             per_shard[shard_for_document(&id, shards) as usize].push(id);
         }
         let timeout = deadline.hop(self.shard_timeout());
+        let version = self.versions.next();
         let deletes = per_shard
             .into_iter()
             .enumerate()
             .filter(|(_, ids)| !ids.is_empty())
             .map(|(shard, ids)| async move {
-                let replicas = self.clients.shard_replicas(shard as u32);
-                if replicas.is_empty() {
+                let replicas = self.clients.shard_write_replicas(shard as u32);
+                if !replicas.iter().any(|replica| replica.ready) {
                     return Err(GatewayError::Unavailable(format!(
                         "shard {shard} has no ready replica"
                     )));
@@ -54,7 +55,10 @@ impl Gateway {
                 let mut deleted = 0;
                 for replica in replicas {
                     let mut client = self.clients.retriever(&replica)?;
-                    let request = ShardDeleteRequest { ids: ids.clone() };
+                    let request = ShardDeleteRequest {
+                        ids: ids.clone(),
+                        version,
+                    };
                     let response = tokio::time::timeout(timeout, client.delete(request))
                         .await
                         .map_err(|_| GatewayError::Unavailable(format!("shard {shard} timed out")))?
@@ -138,6 +142,7 @@ impl Gateway {
                     shard: member.shard,
                     replica: member.replica,
                     ready: member.ready,
+                    recovering: member.recovering,
                     version: member.version.clone(),
                 })
                 .collect(),

@@ -13,6 +13,8 @@ pub struct Gateway {
     pub(crate) cluster_name: String,
     pub(crate) clients: Arc<ClusterClients>,
     pub(crate) selector: ReplicaSelector,
+    /// Stamps every write (document or delete) with its version.
+    pub(crate) versions: quarry_kit::VersionClock,
 }
 
 impl Gateway {
@@ -23,6 +25,7 @@ impl Gateway {
             cluster_name,
             clients,
             selector,
+            versions: quarry_kit::VersionClock::default(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `Ingest`, bulk style: each document is validated on its own, routed to its shard by jump
 //! consistent hash of its id, buffered per shard, embedded by the analyzer (when it has an
-//! encoder), and written to every ready replica of the shard; a document counts as accepted
-//! only once its shard acknowledged it as durable.
+//! encoder), and written to every replica of the shard that takes writes (the ready ones and
+//! any catching up); a document counts as accepted only once each of them acknowledged it
+//! as durable. Each document is stamped with a version as it arrives, so a later write of
+//! the same id wins on every replica whatever order the copies land in.
 
 use futures::future::join_all;
 use futures::Stream;
@@ -24,6 +26,7 @@ const MAX_REPORTED_ERRORS: usize = 1000;
 struct Pending {
     index: u64,
     document: Document,
+    version: u64,
 }
 
 /// The text a document is embedded from, as BM25 indexes it: title, a space, text.
@@ -79,7 +82,12 @@ impl Gateway {
                 Err(other) => return Err(other),
                 Ok(()) => {
                     let shard = shard_for_document(&document.id, shards) as usize;
-                    buffers[shard].push(Pending { index, document });
+                    let version = self.versions.next();
+                    buffers[shard].push(Pending {
+                        index,
+                        document,
+                        version,
+                    });
                     if buffers[shard].len() >= self.config.ingest_batch {
                         let batch = std::mem::take(&mut buffers[shard]);
                         self.write_batch(shard as u32, batch, &mut tally).await;
@@ -126,16 +134,29 @@ impl Gateway {
         Ok(tally.summary)
     }
 
-    /// Embeddings of a batch, `embed_batch` texts per call; `None` without an encoder.
+    /// Embeddings of a batch, `embed_batch` texts per call and `embed_concurrency` calls in
+    /// flight, in order; `None` without an encoder.
     async fn embed_batch(&self, batch: &[Pending]) -> Result<Option<Vec<Vec<f32>>>, GatewayError> {
+        let limit = std::time::Duration::from_millis(self.config.embed_timeout_ms);
+        let chunks: Vec<Vec<String>> = batch
+            .chunks(self.config.embed_batch)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|pending| embedding_text(&pending.document))
+                    .collect()
+            })
+            .collect();
+        let calls = chunks
+            .into_iter()
+            .map(|texts| self.embed_texts(texts, limit));
+        let mut calls = futures::StreamExt::buffered(
+            futures::stream::iter(calls),
+            self.config.embed_concurrency,
+        );
         let mut vectors = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(self.config.embed_batch) {
-            let texts = chunk
-                .iter()
-                .map(|pending| embedding_text(&pending.document))
-                .collect();
-            let limit = std::time::Duration::from_millis(self.config.embed_timeout_ms);
-            match self.embed_texts(texts, limit).await? {
+        while let Some(chunk_vectors) = futures::StreamExt::next(&mut calls).await {
+            match chunk_vectors? {
                 Some(chunk_vectors) => vectors.extend(chunk_vectors),
                 None => return Ok(None),
             }
@@ -143,8 +164,8 @@ impl Gateway {
         Ok(Some(vectors))
     }
 
-    /// Embeds one batch and writes it to every ready replica of its shard; accepted only if
-    /// all of them acknowledged.
+    /// Embeds one batch and writes it to every replica of its shard that takes writes;
+    /// accepted only if all of them acknowledged.
     #[tracing::instrument(name = "write_batch", skip_all, fields(shard, documents = batch.len()))]
     async fn write_batch(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
         let vectors = match self.embed_batch(&batch).await {
@@ -163,8 +184,8 @@ impl Gateway {
                 return;
             }
         };
-        let replicas = self.clients.shard_replicas(shard);
-        if replicas.is_empty() {
+        let replicas = self.clients.shard_write_replicas(shard);
+        if !replicas.iter().any(|replica| replica.ready) {
             for pending in &batch {
                 tally.reject(
                     pending.index,
@@ -186,6 +207,7 @@ impl Gateway {
                         .as_ref()
                         .and_then(|vectors| vectors.get(position).cloned())
                         .unwrap_or_default(),
+                    version: pending.version,
                 })
                 .collect();
             async move {

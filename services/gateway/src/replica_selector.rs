@@ -148,6 +148,7 @@ mod tests {
             replica: 0,
             version: "test".to_string(),
             ready: true,
+            recovering: false,
         }
     }
 

@@ -9,8 +9,8 @@ use quarry_proto::v1::quarry_server::Quarry;
 use quarry_proto::v1::{
     AskChunk, AskRequest, AskResponse, CancelWorkflowRequest, ClusterStatusRequest,
     ClusterStatusResponse, DeleteRequest, DeleteResponse, Document, GetDocumentRequest,
-    GetWorkflowRequest, IngestSummary, SearchRequest, SearchResponse, SubmitWorkflowRequest,
-    WatchWorkflowRequest, Workflow, WorkflowEvent,
+    GetWorkflowRequest, IngestSummary, ListWorkflowsRequest, ListWorkflowsResponse, SearchRequest,
+    SearchResponse, SubmitWorkflowRequest, WatchWorkflowRequest, Workflow, WorkflowEvent,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -145,6 +145,17 @@ impl Quarry for QuarryService {
         let mut scheduler = self.gateway.clients.scheduler()?;
         scheduler
             .cancel(request.into_inner())
+            .await
+            .map_err(scheduler_failed)
+    }
+
+    async fn list_workflows(
+        &self,
+        request: Request<ListWorkflowsRequest>,
+    ) -> Result<Response<ListWorkflowsResponse>, Status> {
+        let mut scheduler = self.gateway.clients.scheduler()?;
+        scheduler
+            .list(request.into_inner())
             .await
             .map_err(scheduler_failed)
     }

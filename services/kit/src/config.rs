@@ -36,6 +36,7 @@ pub struct QuarryConfig {
     pub retriever: RetrieverConfig,
     pub generator: GeneratorConfig,
     pub evaluator: EvaluatorConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for QuarryConfig {
@@ -56,6 +57,7 @@ impl Default for QuarryConfig {
             retriever: RetrieverConfig::default(),
             generator: GeneratorConfig::default(),
             evaluator: EvaluatorConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -146,6 +148,9 @@ pub struct GatewayConfig {
     pub rrf_k: f64,
     /// Texts per `Embed` call while ingesting.
     pub embed_batch: usize,
+    /// `Embed` calls of one ingest batch in flight at once, so that every analyzer worker
+    /// (one per core) has work.
+    pub embed_concurrency: usize,
     /// Limit of one `Embed` call while ingesting (calls queue behind each other in the analyzer).
     pub embed_timeout_ms: u64,
 }
@@ -191,6 +196,7 @@ impl Default for GatewayConfig {
             fusion: Fusion::default(),
             rrf_k: 60.0,
             embed_batch: 64,
+            embed_concurrency: 4,
             embed_timeout_ms: 300_000,
         }
     }
@@ -214,6 +220,11 @@ pub enum EncoderKind {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct AnalyzerConfig {
+    /// How questions are analysed: `rules` (the default) or `openai` (a chat model asked
+    /// for the same fields as JSON, configured under `[analyzer.chat]`, the rules as the
+    /// fallback).
+    pub backend: String,
+    pub chat: OpenAiChatConfig,
     pub encoder: EncoderKind,
     /// Directory with config.json, tokenizer.json and model.safetensors (`make model`).
     pub model_dir: PathBuf,
@@ -221,6 +232,13 @@ pub struct AnalyzerConfig {
     pub max_batch: usize,
     /// How long a request waits for others to share its batch, in microseconds.
     pub batch_window_us: u64,
+    /// Batches encoded at the same time, one per worker thread; 0 for one per CPU core.
+    /// 1 by default: on the 2-core machine we measure on, one batch with both cores beat two
+    /// single-threaded batches side by side (see the README's Benchmarks).
+    pub batch_workers: usize,
+    /// Threads one forward pass of the in-process model uses; 0 (the default) leaves it to
+    /// candle (every core). `RAYON_NUM_THREADS` in the environment takes precedence.
+    pub encoder_threads: usize,
     /// Most analyses and, separately, most embeddings kept in memory; 0 turns caching off.
     pub cache_entries: u64,
     /// How long a cached analysis or embedding stays, in seconds.
@@ -231,10 +249,14 @@ pub struct AnalyzerConfig {
 impl Default for AnalyzerConfig {
     fn default() -> Self {
         Self {
+            backend: "rules".to_string(),
+            chat: OpenAiChatConfig::default(),
             encoder: EncoderKind::default(),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
             max_batch: 32,
             batch_window_us: 500,
+            batch_workers: 1,
+            encoder_threads: 0,
             cache_entries: 10_000,
             cache_ttl_s: 600,
             openai: OpenAiEmbeddingsConfig::default(),
@@ -279,6 +301,9 @@ pub struct RetrieverConfig {
     pub fault: FaultConfig,
     /// Memory tantivy's writer may use, in bytes.
     pub writer_memory_bytes: usize,
+    /// A (re)joining replica's wait between its two catch-up passes with a peer: longer
+    /// than gateways take to see it join, so no write misses it.
+    pub recovery_settle_ms: u64,
 }
 
 impl Default for RetrieverConfig {
@@ -287,6 +312,7 @@ impl Default for RetrieverConfig {
             shard: 0,
             replica: 0,
             writer_memory_bytes: 50_000_000,
+            recovery_settle_ms: 1_000,
             fault: FaultConfig::default(),
         }
     }
@@ -324,6 +350,8 @@ impl Default for GeneratorConfig {
     }
 }
 
+/// Analysis backends `analyzer.backend` accepts.
+pub const ANALYZER_BACKENDS: [&str; 2] = ["rules", "openai"];
 /// Generator backends `generator.backend` accepts.
 pub const GENERATOR_BACKENDS: [&str; 2] = ["extractive", "openai"];
 /// Evaluator backends `evaluator.backend` accepts.
@@ -343,6 +371,46 @@ impl Default for EvaluatorConfig {
         Self {
             backend: "heuristic".to_string(),
             openai: OpenAiChatConfig::default(),
+        }
+    }
+}
+
+/// The workflow scheduler: concurrency caps, timeouts and retry backoff.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    /// Steps running at once, over every workflow.
+    pub max_running_steps: usize,
+    /// Steps of one agent role running at once.
+    pub max_running_per_role: usize,
+    /// Limit of one attempt when a step sets no timeout.
+    pub default_step_timeout_ms: u32,
+    /// Longest timeout a step may ask for.
+    pub max_step_timeout_ms: u32,
+    /// Most retries a step may ask for.
+    pub max_retries: u32,
+    /// Wait before the first retry; it doubles per retry, capped at `max_backoff_ms`.
+    pub backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Most steps in one workflow.
+    pub max_steps: usize,
+    /// Enables the `test` agent role (sleeps, fails on purpose, records its runs): for the
+    /// scheduler's own tests only, never in production.
+    pub test_roles: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_running_steps: 64,
+            max_running_per_role: 16,
+            default_step_timeout_ms: 600_000,
+            max_step_timeout_ms: 3_600_000,
+            max_retries: 10,
+            backoff_ms: 500,
+            max_backoff_ms: 30_000,
+            max_steps: 10_000,
+            test_roles: false,
         }
     }
 }
@@ -472,10 +540,11 @@ impl QuarryConfig {
         if self.gateway.rrf_k.is_nan()
             || self.gateway.rrf_k <= 0.0
             || self.gateway.embed_batch == 0
+            || self.gateway.embed_concurrency == 0
             || self.gateway.ingest_batch == 0
         {
             return Err(KitError::Config(
-                "gateway.rrf_k, gateway.embed_batch and gateway.ingest_batch must be positive"
+                "gateway.rrf_k, gateway.embed_batch, gateway.embed_concurrency and gateway.ingest_batch must be positive"
                     .to_string(),
             ));
         }
@@ -497,6 +566,33 @@ impl QuarryConfig {
                 self.evaluator.backend,
                 EVALUATOR_BACKENDS.join(", ")
             )));
+        }
+        if !ANALYZER_BACKENDS.contains(&self.analyzer.backend.as_str()) {
+            return Err(KitError::Config(format!(
+                "analyzer.backend {:?} is unknown (known: {})",
+                self.analyzer.backend,
+                ANALYZER_BACKENDS.join(", ")
+            )));
+        }
+        if self.analyzer.backend == "openai" {
+            self.analyzer.chat.validate("analyzer.chat")?;
+        }
+        let scheduler = &self.scheduler;
+        if scheduler.max_running_steps == 0
+            || scheduler.max_running_per_role == 0
+            || scheduler.default_step_timeout_ms == 0
+            || scheduler.max_steps == 0
+        {
+            return Err(KitError::Config(
+                "scheduler.max_running_steps, scheduler.max_running_per_role, scheduler.default_step_timeout_ms and scheduler.max_steps must be positive"
+                    .to_string(),
+            ));
+        }
+        if scheduler.default_step_timeout_ms > scheduler.max_step_timeout_ms {
+            return Err(KitError::Config(
+                "scheduler.default_step_timeout_ms must not exceed scheduler.max_step_timeout_ms"
+                    .to_string(),
+            ));
         }
         if self.generator.backend == "openai" {
             self.generator.openai.validate("generator.openai")?;

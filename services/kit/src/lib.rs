@@ -1,6 +1,6 @@
 //! What every Quarry role shares: layered configuration, member discovery, the gRPC server
 //! bootstrap (health, reflection, graceful shutdown, tracing and metrics layers), logging and
-//! OpenTelemetry, Prometheus metrics, and text utilities.
+//! OpenTelemetry, Prometheus metrics, text utilities and the write-version clock.
 
 pub mod config;
 pub mod discovery;
@@ -12,6 +12,8 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
+pub mod version_clock;
 
 pub use config::QuarryConfig;
 pub use error::KitError;
+pub use version_clock::VersionClock;

@@ -49,6 +49,64 @@ pub enum Command {
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Multi-step agent workflows: submit, run a template, watch, get, cancel.
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Submit a workflow file (JSON or YAML: name, description, steps).
+    Submit(WorkflowSubmitArgs),
+    /// Run a built-in template.
+    #[command(subcommand)]
+    Run(WorkflowTemplate),
+    /// Print every state change of a workflow until it finishes.
+    Watch(WorkflowIdArgs),
+    /// Print a workflow's state.
+    Get(WorkflowIdArgs),
+    /// Cancel a workflow: its running steps are stopped, the rest cancelled.
+    Cancel(WorkflowIdArgs),
+    /// Every workflow the scheduler keeps, one line each.
+    List(ClientArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowTemplate {
+    /// research (search + summary) → analyze → outline → draft → edit → review.
+    ResearchAndWrite(ResearchAndWriteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowSubmitArgs {
+    pub file: PathBuf,
+    /// Watch it until it finishes.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResearchAndWriteArgs {
+    #[arg(long)]
+    pub topic: String,
+    #[arg(long, default_value = "plain")]
+    pub style: String,
+    #[arg(long, default_value = "general readers")]
+    pub audience: String,
+    /// Return once submitted instead of watching it to the end.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkflowIdArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +140,23 @@ pub enum BenchCommand {
     Embed(EmbedBenchArgs),
     /// Query throughput with tracing off and on (spans exported to a local OTLP receiver).
     Tracing(TracingBenchArgs),
+    /// Scheduling overhead: no-op steps through the scheduler with durable state in etcd.
+    Scheduler(SchedulerBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerBenchArgs {
+    /// etcd endpoints; without, the benchmark starts a local etcd on free ports.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Workflows submitted at once.
+    #[arg(long, default_value_t = 10)]
+    pub workflows: usize,
+    /// No-op steps per workflow, in layers of 10 (each step depends on two of the layer before).
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

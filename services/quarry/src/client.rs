@@ -10,7 +10,7 @@ use crate::cli::{AskArgs, ClientArgs, IngestArgs, ModeArg, SearchArgs, StatusArg
 use crate::jsonl::parse_documents;
 use crate::output;
 
-async fn connect(client: &ClientArgs) -> anyhow::Result<QuarryClient<Channel>> {
+pub(crate) async fn connect(client: &ClientArgs) -> anyhow::Result<QuarryClient<Channel>> {
     let channel = Channel::from_shared(client.addr.clone())
         .with_context(|| format!("bad address {:?}", client.addr))?
         .connect()
@@ -21,7 +21,7 @@ async fn connect(client: &ClientArgs) -> anyhow::Result<QuarryClient<Channel>> {
         .max_encoding_message_size(64 * 1024 * 1024))
 }
 
-fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 

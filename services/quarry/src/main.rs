@@ -9,6 +9,7 @@ mod roles;
 mod search_batch;
 mod serve;
 mod up;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,10 @@ use quarry_kit::discovery::Role;
 use quarry_kit::telemetry::{init_logging, LogFormat, Telemetry, TelemetrySettings};
 use serde_json::{json, Map, Value};
 
-use cli::{BenchCommand, Cli, ClusterCommand, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs};
+use cli::{
+    BenchCommand, Cli, ClusterCommand, Command, LogFormatArg, RoleArg, ServeArgs, UpArgs,
+    WorkflowCommand,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -110,6 +114,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Tracing(args)) => {
             init_client_logging(&cli);
             bench::run_tracing_bench(args).await
+        }
+        Command::Bench(BenchCommand::Scheduler(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_scheduler_bench(args, config).await
+        }
+        Command::Workflow(command) => {
+            init_client_logging(&cli);
+            match command {
+                WorkflowCommand::Submit(args) => workflow::submit(args).await,
+                WorkflowCommand::Run(template) => workflow::run_template(template).await,
+                WorkflowCommand::Watch(args) => workflow::watch(args).await,
+                WorkflowCommand::Get(args) => workflow::get(args).await,
+                WorkflowCommand::Cancel(args) => workflow::cancel(args).await,
+                WorkflowCommand::List(args) => workflow::list(args).await,
+            }
         }
         Command::Bench(BenchCommand::Analyzer(args)) => {
             init_client_logging(&cli);

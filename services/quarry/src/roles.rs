@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quarry_analyzer::{
-    AnalyzerService, BatchOptions, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
+    AnalyzerService, BatchOptions, Encoder, HashEncoder, LlmAnalyzer, MiniLmEncoder, OpenAiEncoder,
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
@@ -22,12 +22,15 @@ use quarry_proto::v1::generator_server::GeneratorServer;
 use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
-use quarry_retriever::{InjectedFault, RetrieverService, Shard};
-use quarry_scheduler::UnimplementedScheduler;
+use quarry_retriever::{recover, InjectedFault, RecoveryOptions, RetrieverService, Shard};
+use quarry_scheduler::{SchedulerNode, SchedulerService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+
+/// How long a stopping scheduler may take to resign its leadership.
+const SCHEDULER_STOP_PATIENCE: Duration = Duration::from_secs(3);
 
 /// Dimensions of the test-only hash encoder.
 const HASH_ENCODER_DIMENSIONS: usize = 384;
@@ -66,8 +69,15 @@ pub async fn start_role(
         }
         None => dial_address(local_address),
     };
-    let (role_server, shard, replica, stored_shard) =
-        build_role(role, &config, Arc::clone(&discovery))?;
+    let BuiltRole {
+        role_server,
+        shard,
+        replica,
+        stored_shard,
+        scheduler,
+    } = build_role(role, &config, Arc::clone(&discovery), &address, &shutdown).await?;
+    // A retriever replica joins recovering: written to, not searched, until it caught up.
+    let recovering = stored_shard.is_some();
     let member = Member {
         node_id: format!("{role}-{}", address.trim_start_matches("http://")),
         role,
@@ -75,10 +85,23 @@ pub async fn start_role(
         shard,
         replica,
         version: env!("CARGO_PKG_VERSION").to_string(),
-        ready: true,
+        ready: !recovering,
+        recovering,
     };
     let node_id = member.node_id.clone();
-    discovery.register(member).await?;
+    discovery.register(member.clone()).await?;
+    if let Some(shard) = &stored_shard {
+        let (shard, discovery) = (Arc::clone(shard), Arc::clone(&discovery));
+        let options = RecoveryOptions {
+            settle: Duration::from_millis(config.retriever.recovery_settle_ms),
+            ..RecoveryOptions::default()
+        };
+        tokio::spawn(async move {
+            if let Err(error) = recover(shard, discovery, member, options).await {
+                tracing::error!(error = %error, "replica recovery failed; the replica is not served");
+            }
+        });
+    }
     let server_config = config.server.clone();
     let task = tokio::spawn(async move {
         let drained = CancellationToken::new();
@@ -96,18 +119,36 @@ pub async fn start_role(
         if let Some(stored_shard) = stored_shard {
             tokio::task::spawn_blocking(move || stored_shard.persist_vectors()).await??;
         }
+        if let Some(scheduler) = scheduler {
+            // A leader resigns before the process exits, so a standby takes over at once.
+            let _ = tokio::time::timeout(SCHEDULER_STOP_PATIENCE, scheduler.stopped()).await;
+        }
         served.map_err(anyhow::Error::from)
     });
     Ok((address, task))
 }
 
-fn build_role(
+/// A role's server, where it sits, and what must be finished after it stops serving.
+struct BuiltRole {
+    role_server: RoleServer,
+    shard: u32,
+    replica: u32,
+    /// A retriever's shard, whose vectors are saved on the way out.
+    stored_shard: Option<Arc<Shard>>,
+    /// A scheduler replica, which resigns its leadership on the way out.
+    scheduler: Option<Arc<SchedulerNode>>,
+}
+
+async fn build_role(
     role: Role,
     config: &QuarryConfig,
     discovery: Arc<dyn Discovery>,
-) -> anyhow::Result<(RoleServer, u32, u32, Option<Arc<Shard>>)> {
+    address: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<BuiltRole> {
     let limit = config.server.max_message_bytes;
     let mut stored_shard = None;
+    let mut scheduler = None;
     let (routes, service_names, shard, replica) = match role {
         Role::Gateway => {
             let clients = Arc::new(ClusterClients::new(discovery, limit));
@@ -125,7 +166,12 @@ fn build_role(
                 entries: config.analyzer.cache_entries,
                 ttl: std::time::Duration::from_secs(config.analyzer.cache_ttl_s),
             };
-            let analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
+            let mut analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
+            if config.analyzer.backend == "openai" {
+                let model = LlmAnalyzer::new(&config.analyzer.chat)
+                    .context("analyzer.backend = \"openai\"")?;
+                analyzer = analyzer.with_model(Arc::new(model));
+            }
             quarry_analyzer::metrics::register();
             let service = AnalyzerServer::new(analyzer)
                 .max_decoding_message_size(limit)
@@ -192,7 +238,17 @@ fn build_role(
             (Routes::new(service), vec!["quarry.v1.Evaluator"], 0, 0)
         }
         Role::Scheduler => {
-            let service = SchedulerServer::new(UnimplementedScheduler);
+            // The agents reach the other roles the way the gateway does; the node leads
+            // (or follows) until shutdown.
+            let cluster = Arc::new(RoleChannels::new(discovery));
+            let node =
+                quarry_scheduler::start_node(config, address, Some(cluster), shutdown.clone())
+                    .await
+                    .context("starting the scheduler")?;
+            scheduler = Some(Arc::clone(&node));
+            let service = SchedulerServer::new(SchedulerService::new(node))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
             (Routes::new(service), vec!["quarry.v1.Scheduler"], 0, 0)
         }
     };
@@ -202,7 +258,13 @@ fn build_role(
         service_names,
         shard_replica: (role == Role::Retriever).then_some((shard, replica)),
     };
-    Ok((role_server, shard, replica, stored_shard))
+    Ok(BuiltRole {
+        role_server,
+        shard,
+        replica,
+        stored_shard,
+        scheduler,
+    })
 }
 
 /// The encoder `analyzer.encoder` names, loaded (`None` for `none`).
@@ -211,6 +273,7 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
         EncoderKind::None => None,
         EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
         EncoderKind::Minilm => {
+            set_forward_threads(config.analyzer.encoder_threads);
             let model_dir = &config.analyzer.model_dir;
             let encoder = MiniLmEncoder::load(model_dir).with_context(|| {
                 format!(
@@ -228,9 +291,26 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
     })
 }
 
+/// Threads of one candle forward pass: candle and its matrix library read
+/// `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS`. Set before the model first runs; 0, or a
+/// value the user put in the environment, leaves them alone.
+fn set_forward_threads(threads: usize) {
+    if threads == 0 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let threads = threads.to_string();
+    std::env::set_var("RAYON_NUM_THREADS", &threads);
+    std::env::set_var("CANDLE_NUM_THREADS", &threads);
+}
+
 /// The analyzer's batching limits from `[analyzer]`.
 pub fn batch_options(config: &QuarryConfig) -> BatchOptions {
+    let workers = match config.analyzer.batch_workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        workers => workers,
+    };
     BatchOptions {
+        workers,
         max_batch: config.analyzer.max_batch,
         window: Duration::from_micros(config.analyzer.batch_window_us),
     }

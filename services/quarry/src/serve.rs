@@ -64,6 +64,7 @@ fn static_members(args: &ServeArgs, config: &QuarryConfig) -> (u32, Vec<Member>)
         replica: 0,
         version: "static".to_string(),
         ready: true,
+        recovering: false,
     };
     let mut members = Vec::new();
     let singles = [

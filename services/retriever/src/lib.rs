@@ -1,18 +1,21 @@
 //! One retriever shard replica: a persistent tantivy BM25 index over title and text and a
 //! usearch vector index kept consistent with it, with upsert and delete by id, fetch, corpus
 //! statistics, BM25 scoring with cluster-wide statistics and vector search; plus the tonic
-//! `Retriever` service that wraps it.
+//! `Retriever` service that wraps it, and peer recovery of a replica that (re)joins.
 
 mod error;
 pub mod metrics;
 mod ranking;
+mod recovery;
 mod schema;
 mod service;
 mod shard;
 mod statistics;
 mod vectors;
+mod versions;
 
 pub use error::RetrieverError;
+pub use recovery::{catch_up, recover, CatchUpReport, RecoveryOptions};
 pub use service::{InjectedFault, RetrieverService};
-pub use shard::{Shard, ShardCandidate, StoredDocument};
+pub use shard::{IdVersion, Shard, ShardCandidate, StoredDocument};
 pub use statistics::CorpusStatistics;

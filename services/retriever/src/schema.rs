@@ -1,6 +1,6 @@
 //! The tantivy schema of a shard: the id (exact, for upsert and delete), stored title and
 //! text, and one `body` field (title + " " + text, English-stemmed) that BM25 scores, as in
-//! the standard BEIR setup; plus the stored vector and its key.
+//! the standard BEIR setup; plus the stored vector and its key, and the write's version (last writer wins).
 
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, INDEXED, STORED, STRING,
@@ -21,6 +21,8 @@ pub struct ShardFields {
     pub vector: Field,
     /// `vector_key(id)`, to find a document from a vector hit.
     pub vector_key: Field,
+    /// The version of the write that stored this document.
+    pub version: Field,
 }
 
 pub fn build_schema() -> (Schema, ShardFields) {
@@ -38,6 +40,7 @@ pub fn build_schema() -> (Schema, ShardFields) {
     );
     let vector = builder.add_bytes_field("vector", STORED);
     let vector_key = builder.add_u64_field("vector_key", INDEXED);
+    let version = builder.add_u64_field("version", STORED);
     let fields = ShardFields {
         id,
         title,
@@ -46,6 +49,7 @@ pub fn build_schema() -> (Schema, ShardFields) {
         body,
         vector,
         vector_key,
+        version,
     };
     (builder.build(), fields)
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use quarry_proto::v1::retriever_server::Retriever;
 use quarry_proto::v1::{
-    Candidate, CollectStatsRequest, CorpusStats, Document, FetchRequest, FetchResponse,
-    IndexRequest, IndexResponse, ShardDeleteRequest, ShardDeleteResponse, ShardInfoRequest,
-    ShardInfoResponse, ShardSearchRequest, ShardSearchResponse, TermStats,
+    Candidate, CollectStatsRequest, CorpusStats, Document, DocumentVersion, ExportRequest,
+    FetchRequest, FetchResponse, IndexRequest, IndexResponse, ListVersionsRequest,
+    ShardDeleteRequest, ShardDeleteResponse, ShardInfoRequest, ShardInfoResponse,
+    ShardSearchRequest, ShardSearchResponse, TermStats,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -26,6 +27,12 @@ use crate::statistics::CorpusStatistics;
 const INDEX_COMMIT_BATCH: usize = 1000;
 /// Most candidates of either kind one shard returns.
 const MAX_SHARD_K: u32 = 10_000;
+/// Most ids of one `Export` request.
+const MAX_EXPORT_IDS: usize = 10_000;
+/// Versions or documents per streamed message batch.
+const STREAM_CHUNK: usize = 256;
+
+type Streamed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 /// Serves one shard replica.
 #[derive(Clone)]
@@ -183,7 +190,7 @@ impl Retriever for RetrieverService {
                 .document
                 .ok_or_else(|| Status::invalid_argument("document: missing"))?;
             bytes += (document.id.len() + document.title.len() + document.text.len()) as u64;
-            batch.push(stored_from_proto(document, message.vector));
+            batch.push(stored_from_proto(document, message.vector, message.version));
             if batch.len() == INDEX_COMMIT_BATCH {
                 let full = std::mem::take(&mut batch);
                 indexed += self.blocking(move |shard| shard.upsert(&full)).await?;
@@ -210,8 +217,11 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<ShardDeleteRequest>,
     ) -> Result<Response<ShardDeleteResponse>, Status> {
-        let ids = request.into_inner().ids;
-        let deleted = self.blocking(move |shard| shard.delete(&ids)).await?;
+        let request = request.into_inner();
+        let (ids, version) = (request.ids, request.version);
+        let deleted = self
+            .blocking(move |shard| shard.delete(&ids, version))
+            .await?;
         Ok(Response::new(ShardDeleteResponse { deleted }))
     }
 
@@ -242,6 +252,73 @@ impl Retriever for RetrieverService {
             })
             .await?;
         Ok(Response::new(info))
+    }
+
+    type ListVersionsStream = Streamed<DocumentVersion>;
+
+    async fn list_versions(
+        &self,
+        _request: Request<ListVersionsRequest>,
+    ) -> Result<Response<Self::ListVersionsStream>, Status> {
+        let versions = self.blocking(|shard| shard.versions()).await?;
+        let messages: Vec<Result<DocumentVersion, Status>> = versions
+            .into_iter()
+            .map(|version| {
+                Ok(DocumentVersion {
+                    id: version.id,
+                    version: version.version,
+                    deleted: version.deleted,
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    }
+
+    type ExportStream = Streamed<IndexRequest>;
+
+    async fn export(
+        &self,
+        request: Request<ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let ids = request.into_inner().ids;
+        if ids.len() > MAX_EXPORT_IDS {
+            return Err(RetrieverError::invalid(
+                "ids",
+                format!("at most {MAX_EXPORT_IDS} per request"),
+            )
+            .into());
+        }
+        let shard = Arc::clone(&self.shard);
+        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_CHUNK);
+        tokio::spawn(async move {
+            for chunk in ids.chunks(STREAM_CHUNK) {
+                let (shard, chunk) = (Arc::clone(&shard), chunk.to_vec());
+                let fetched = tokio::task::spawn_blocking(move || shard.fetch(&chunk))
+                    .await
+                    .map_err(|error| Status::internal(format!("shard task failed: {error}")))
+                    .and_then(|fetched| fetched.map_err(Status::from));
+                let documents = match fetched {
+                    Ok(documents) => documents,
+                    Err(status) => {
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                for document in documents {
+                    let (vector, version) = (document.vector.clone(), document.version);
+                    let message = IndexRequest {
+                        document: Some(stored_to_proto(document)),
+                        vector,
+                        version,
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -283,8 +360,9 @@ fn candidate_to_proto(candidate: ShardCandidate) -> Candidate {
     }
 }
 
-fn stored_from_proto(document: Document, vector: Vec<f32>) -> StoredDocument {
+fn stored_from_proto(document: Document, vector: Vec<f32>, version: u64) -> StoredDocument {
     StoredDocument {
+        version,
         id: document.id,
         title: document.title,
         text: document.text,

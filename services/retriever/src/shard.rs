@@ -1,8 +1,10 @@
 //! A shard replica's plain Rust API over its tantivy index: upsert and delete by id (each
 //! call committed, hence durable, before it returns), fetch, statistics, and BM25 search
-//! scored with cluster-wide statistics.
+//! scored with cluster-wide statistics. Every write carries a version; a replica keeps the
+//! newest write of each id, counting deletes (tombstones), so writes can arrive in any order
+//! or twice (a peer's catch-up copy and a live write) and every replica ends the same.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ use crate::ranking::{best_k_by_score_then_id, top_with_ties};
 use crate::schema::{build_schema, ShardFields};
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
 use crate::vectors::{vector_key, VectorIndex};
+use crate::versions::Tombstones;
+use quarry_kit::VersionClock;
 
 /// How often, at most, the vector index is saved while writes go on (it is also saved on
 /// a graceful stop; after a crash it is rebuilt from tantivy).
@@ -39,6 +43,17 @@ pub struct StoredDocument {
     pub metadata: BTreeMap<String, String>,
     /// The document's embedding; empty when it has none.
     pub vector: Vec<f32>,
+    /// The write's version; 0 on the way in lets the shard stamp it with its own clock.
+    pub version: u64,
+}
+
+/// The newest write this replica holds for one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdVersion {
+    pub id: String,
+    pub version: u64,
+    /// The newest write was a delete.
+    pub deleted: bool,
 }
 
 /// One ranked candidate with its raw score.
@@ -61,6 +76,9 @@ pub struct Shard {
     fields: ShardFields,
     vectors: RwLock<VectorIndex>,
     vectors_saved: Mutex<Instant>,
+    /// Taken after the writer lock, never before it.
+    tombstones: Mutex<Tombstones>,
+    clock: VersionClock,
 }
 
 impl Shard {
@@ -96,6 +114,7 @@ impl Shard {
                 rebuilt
             }
         };
+        let tombstones = Tombstones::open(data_dir)?;
         let shard_replica = Self {
             shard,
             replica,
@@ -106,7 +125,10 @@ impl Shard {
             fields,
             vectors: RwLock::new(vectors),
             vectors_saved: Mutex::new(Instant::now()),
+            tombstones: Mutex::new(tombstones),
+            clock: VersionClock::default(),
         };
+        shard_replica.apply_recorded_deletes()?;
         info!(
             shard,
             replica,
@@ -147,23 +169,45 @@ impl Shard {
         self.reader.searcher().num_docs()
     }
 
-    /// Inserts or replaces documents by id; returns once they are committed to disk.
+    /// Inserts or replaces documents by id, unless this replica already holds a newer write
+    /// of the id (a document or a delete); returns once they are committed to disk, with how
+    /// many documents were accepted (superseded ones included: they are already outdated).
     pub fn upsert(&self, documents: &[StoredDocument]) -> Result<u64, RetrieverError> {
         for document in documents {
             validate_document(document)?;
         }
         self.check_vectors(documents)?;
         let mut writer = self.lock_writer()?;
-        for document in documents {
+        let searcher = self.reader.searcher();
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        let mut applied = Vec::with_capacity(documents.len());
+        {
+            let tombstones = self.lock_tombstones()?;
+            for document in documents {
+                let version = self.stamp(document.version);
+                let current = match newest.get(document.id.as_str()) {
+                    Some(version) => Some(*version),
+                    None => self
+                        .stored_version(&searcher, &document.id)?
+                        .max(tombstones.version(&document.id)),
+                };
+                if current.is_some_and(|current| current >= version) {
+                    continue;
+                }
+                newest.insert(&document.id, version);
+                applied.push((document, version));
+            }
+        }
+        for (document, version) in &applied {
             writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
-            writer.add_document(self.to_tantivy(document)?)?;
+            writer.add_document(self.to_tantivy(document, *version)?)?;
         }
         let opstamp = self.commit(&mut writer)?;
-        drop(writer);
         self.reader.reload()?;
+        drop(writer);
         {
             let mut vectors = self.write_vectors()?;
-            for document in documents {
+            for (document, _) in &applied {
                 if document.vector.is_empty() {
                     vectors.remove(&document.id)?;
                 } else {
@@ -185,6 +229,58 @@ impl Shard {
             .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
             .observe(started.elapsed().as_secs_f64());
         Ok(opstamp)
+    }
+
+    /// A write's version: its own, or this replica's clock's when it has none.
+    fn stamp(&self, version: u64) -> u64 {
+        if version == 0 {
+            self.clock.next()
+        } else {
+            self.clock.observe(version);
+            version
+        }
+    }
+
+    /// The version of the document stored under `id`, if there is one.
+    fn stored_version(&self, searcher: &Searcher, id: &str) -> Result<Option<u64>, RetrieverError> {
+        Ok(self
+            .find_by_id(searcher, id)?
+            .map(|document| stored_u64(&document, self.fields.version)))
+    }
+
+    /// The newest write of every id this replica holds or has deleted.
+    pub fn versions(&self) -> Result<Vec<IdVersion>, RetrieverError> {
+        let searcher = self.reader.searcher();
+        let mut newest: HashMap<String, IdVersion> = HashMap::new();
+        for_each_live_document(&searcher, |document| {
+            let id = stored_text(document, self.fields.id);
+            let version = stored_u64(document, self.fields.version);
+            newest.insert(
+                id.clone(),
+                IdVersion {
+                    id,
+                    version,
+                    deleted: false,
+                },
+            );
+            Ok(())
+        })?;
+        for (id, version) in self.lock_tombstones()?.iter() {
+            if newest.get(id).is_some_and(|live| live.version >= version) {
+                continue;
+            }
+            newest.insert(
+                id.to_string(),
+                IdVersion {
+                    id: id.to_string(),
+                    version,
+                    deleted: true,
+                },
+            );
+        }
+        let mut versions: Vec<IdVersion> = newest.into_values().collect();
+        versions.sort_by(|left, right| left.id.cmp(&right.id));
+        Ok(versions)
     }
 
     /// All vectors of a batch agree with each other and with the index's dimensions.
@@ -276,29 +372,81 @@ impl Shard {
             .map_err(|_| RetrieverError::Internal("vector index lock poisoned".to_string()))
     }
 
-    /// Deletes documents by id; returns how many of them were present.
-    pub fn delete(&self, ids: &[String]) -> Result<u64, RetrieverError> {
+    /// Deletes documents by id at one version (0: stamped here); returns how many of them
+    /// were present and older than the delete.
+    pub fn delete(&self, ids: &[String], version: u64) -> Result<u64, RetrieverError> {
+        let version = self.stamp(version);
+        let deletes: Vec<(String, u64)> = ids.iter().map(|id| (id.clone(), version)).collect();
+        self.apply_deletes(&deletes)
+    }
+
+    /// Applies deletes, each with its version: the tombstone is made durable first, then a
+    /// stored document older than it is removed; a newer one stands.
+    pub fn apply_deletes(&self, deletes: &[(String, u64)]) -> Result<u64, RetrieverError> {
+        let mut writer = self.lock_writer()?;
         let searcher = self.reader.searcher();
         let mut present = 0;
-        let mut writer = self.lock_writer()?;
-        for id in ids {
-            let term = Term::from_field_text(self.fields.id, id);
-            if self.find_by_id(&searcher, id)?.is_some() {
+        let mut effective = Vec::with_capacity(deletes.len());
+        for (id, version) in deletes {
+            self.clock.observe(*version);
+            let stored = self.stored_version(&searcher, id)?;
+            if stored.is_some_and(|stored| stored >= *version) {
+                continue;
+            }
+            if stored.is_some() {
                 present += 1;
             }
-            writer.delete_term(term);
+            effective.push((id.clone(), *version));
+        }
+        self.lock_tombstones()?.record(&effective)?;
+        for (id, _) in &effective {
+            writer.delete_term(Term::from_field_text(self.fields.id, id));
         }
         let opstamp = self.commit(&mut writer)?;
-        drop(writer);
         self.reader.reload()?;
+        drop(writer);
         {
             let mut vectors = self.write_vectors()?;
-            for id in ids {
+            for (id, _) in &effective {
                 vectors.remove(id)?;
             }
         }
         self.save_vectors_now_and_then(opstamp);
         Ok(present)
+    }
+
+    /// Removes documents older than a recorded delete: a crash can fall between a delete's
+    /// durable tombstone and the index commit that removes the document.
+    fn apply_recorded_deletes(&self) -> Result<(), RetrieverError> {
+        let deletes: Vec<(String, u64)> = self
+            .lock_tombstones()?
+            .iter()
+            .map(|(id, version)| (id.to_string(), version))
+            .collect();
+        let searcher = self.reader.searcher();
+        let mut pending = Vec::new();
+        for (id, version) in deletes {
+            if self
+                .stored_version(&searcher, &id)?
+                .is_some_and(|stored| stored < version)
+            {
+                pending.push((id, version));
+            }
+        }
+        if !pending.is_empty() {
+            warn!(
+                documents = pending.len(),
+                "removing documents whose delete was recorded before a crash"
+            );
+            self.apply_deletes(&pending)?;
+        }
+        Ok(())
+    }
+
+    fn lock_tombstones(&self) -> Result<std::sync::MutexGuard<'_, Tombstones>, RetrieverError> {
+        self.tombstones
+            .lock()
+            .map_err(|_| RetrieverError::Internal("tombstone lock poisoned".to_string()))
     }
 
     /// The stored documents with these ids, in order; unknown ids are left out.
@@ -423,7 +571,11 @@ impl Shard {
             .map_err(|_| RetrieverError::Internal("index writer lock poisoned".to_string()))
     }
 
-    fn to_tantivy(&self, document: &StoredDocument) -> Result<TantivyDocument, RetrieverError> {
+    fn to_tantivy(
+        &self,
+        document: &StoredDocument,
+        version: u64,
+    ) -> Result<TantivyDocument, RetrieverError> {
         let metadata = serde_json::to_string(&document.metadata)
             .map_err(|error| RetrieverError::Internal(error.to_string()))?;
         let mut indexed = TantivyDocument::default();
@@ -437,17 +589,12 @@ impl Shard {
         );
         indexed.add_u64(self.fields.vector_key, vector_key(&document.id));
         indexed.add_bytes(self.fields.vector, &vector_to_bytes(&document.vector));
+        indexed.add_u64(self.fields.version, version);
         Ok(indexed)
     }
 
     fn to_stored(&self, document: &TantivyDocument) -> StoredDocument {
-        let text_of = |field| {
-            document
-                .get_first(field)
-                .and_then(|value| value.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let text_of = |field| stored_text(document, field);
         let metadata = serde_json::from_str(&text_of(self.fields.metadata)).unwrap_or_default();
         StoredDocument {
             id: text_of(self.fields.id),
@@ -455,8 +602,25 @@ impl Shard {
             text: text_of(self.fields.text),
             metadata,
             vector: stored_vector(document, self.fields.vector),
+            version: stored_u64(document, self.fields.version),
         }
     }
+}
+
+fn stored_text(document: &TantivyDocument, field: tantivy::schema::Field) -> String {
+    document
+        .get_first(field)
+        .and_then(|value| value.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A stored u64 field; 0 when absent (documents written before versions existed).
+fn stored_u64(document: &TantivyDocument, field: tantivy::schema::Field) -> u64 {
+    document
+        .get_first(field)
+        .and_then(|value| value.as_u64())
+        .unwrap_or_default()
 }
 
 fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
@@ -476,13 +640,11 @@ fn stored_vector(document: &TantivyDocument, field: tantivy::schema::Field) -> V
         .collect()
 }
 
-/// Rebuilds the vector index from the vectors tantivy stores, for every live document.
-fn rebuild_vectors(
+/// Calls `visit` with every stored document that is not deleted.
+fn for_each_live_document(
     searcher: &Searcher,
-    fields: &ShardFields,
-    directory: &Path,
-) -> Result<VectorIndex, RetrieverError> {
-    let mut vectors = VectorIndex::empty(directory);
+    mut visit: impl FnMut(&TantivyDocument) -> Result<(), RetrieverError>,
+) -> Result<(), RetrieverError> {
     for (segment_ordinal, segment) in searcher.segment_readers().iter().enumerate() {
         let alive = segment.alive_bitset();
         for doc_id in 0..segment.max_doc() {
@@ -491,18 +653,26 @@ fn rebuild_vectors(
             }
             let document: TantivyDocument =
                 searcher.doc(DocAddress::new(segment_ordinal as u32, doc_id))?;
-            let vector = stored_vector(&document, fields.vector);
-            if vector.is_empty() {
-                continue;
-            }
-            let id = document
-                .get_first(fields.id)
-                .and_then(|value| value.as_str())
-                .unwrap_or_default()
-                .to_string();
-            vectors.upsert(&id, &vector)?;
+            visit(&document)?;
         }
     }
+    Ok(())
+}
+
+/// Rebuilds the vector index from the vectors tantivy stores, for every live document.
+fn rebuild_vectors(
+    searcher: &Searcher,
+    fields: &ShardFields,
+    directory: &Path,
+) -> Result<VectorIndex, RetrieverError> {
+    let mut vectors = VectorIndex::empty(directory);
+    for_each_live_document(searcher, |document| {
+        let vector = stored_vector(document, fields.vector);
+        if !vector.is_empty() {
+            vectors.upsert(&stored_text(document, fields.id), &vector)?;
+        }
+        Ok(())
+    })?;
     info!(
         vectors = vectors.len(),
         "vector index rebuilt from the stored vectors"

@@ -1,5 +1,5 @@
 //! Tests of `Shard`: upsert, delete, fetch, restart and crash recovery, cluster-wide BM25
-//! statistics, vector search, and tie handling at the cut.
+//! statistics, vector search, tie handling at the cut, and write versions.
 
 use super::*;
 
@@ -10,7 +10,13 @@ fn document(id: &str, title: &str, text: &str) -> StoredDocument {
         text: text.to_string(),
         metadata: BTreeMap::from([("source".to_string(), "test".to_string())]),
         vector: Vec::new(),
+        version: 0,
     }
+}
+
+fn versioned(mut document: StoredDocument, version: u64) -> StoredDocument {
+    document.version = version;
+    document
 }
 
 fn corpus() -> Vec<StoredDocument> {
@@ -52,9 +58,15 @@ fn ranks_matching_documents_and_survives_reopening() {
     }
     let reopened = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
     assert_eq!(reopened.num_docs(), 4);
-    let fetched = reopened
+    let mut fetched = reopened
         .fetch(&["c".to_string(), "zz".to_string()])
         .unwrap();
+    assert_eq!(fetched.len(), 1);
+    assert!(
+        fetched[0].version > 0,
+        "the shard stamps unversioned writes"
+    );
+    fetched[0].version = 0;
     assert_eq!(
         fetched,
         vec![document("c", "Glucose", corpus()[2].text.as_str())]
@@ -83,7 +95,7 @@ fn upsert_replaces_and_delete_removes() {
         "b"
     );
     let deleted = shard
-        .delete(&["a".to_string(), "missing".to_string()])
+        .delete(&["a".to_string(), "missing".to_string()], 0)
         .unwrap();
     assert_eq!(deleted, 1);
     assert_eq!(shard.num_docs(), 3);
@@ -168,7 +180,7 @@ fn vectors_are_searched_and_survive_a_crash_and_a_clean_stop() {
         assert_eq!(hits[0].doc_id, "a");
         assert_eq!(hits[1].doc_id, "c");
         assert!(hits[0].score > hits[1].score && hits[0].score <= 1.0001);
-        shard.delete(&["c".to_string()]).unwrap();
+        shard.delete(&["c".to_string()], 0).unwrap();
         assert_eq!(shard.num_vectors(), 3);
         // Dropped without persist_vectors: as after kill -9, the saved file is stale.
     }
@@ -243,4 +255,68 @@ fn hostile_global_statistics_do_not_panic() {
     };
     let hits = shard.search_keyword("glucose", 5, Some(&hostile)).unwrap();
     assert!(!hits.is_empty());
+}
+
+#[test]
+fn the_newest_version_of_an_id_wins_whatever_order_writes_arrive_in() {
+    let directory = tempfile::tempdir().unwrap();
+    let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+    shard
+        .upsert(&[versioned(document("a", "New", "the newer text"), 20)])
+        .unwrap();
+    shard
+        .upsert(&[versioned(document("a", "Old", "the older text"), 10)])
+        .unwrap();
+    let fetched = shard.fetch(&["a".to_string()]).unwrap();
+    assert_eq!((fetched[0].title.as_str(), fetched[0].version), ("New", 20));
+
+    // A delete older than the document does not remove it; a newer one does, and then
+    // refuses an older write of the id that arrives late (a replayed copy, say).
+    assert_eq!(shard.delete(&["a".to_string()], 15).unwrap(), 0);
+    assert_eq!(shard.num_docs(), 1);
+    assert_eq!(shard.delete(&["a".to_string()], 30).unwrap(), 1);
+    shard
+        .upsert(&[versioned(document("a", "Late", "a late copy"), 25)])
+        .unwrap();
+    assert_eq!(shard.num_docs(), 0);
+    shard
+        .upsert(&[versioned(document("a", "Again", "written again"), 40)])
+        .unwrap();
+    assert_eq!(shard.fetch(&["a".to_string()]).unwrap()[0].title, "Again");
+}
+
+#[test]
+fn versions_list_documents_and_deletes_and_survive_reopening() {
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+        shard
+            .upsert(&[
+                versioned(document("a", "A", "alpha"), 5),
+                versioned(document("b", "B", "beta"), 6),
+            ])
+            .unwrap();
+        shard
+            .delete(&["b".to_string(), "c".to_string()], 8)
+            .unwrap();
+    }
+    let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+    let listed: Vec<(String, u64, bool)> = shard
+        .versions()
+        .unwrap()
+        .into_iter()
+        .map(|entry| (entry.id, entry.version, entry.deleted))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("a".to_string(), 5, false),
+            ("b".to_string(), 8, true),
+            ("c".to_string(), 8, true),
+        ]
+    );
+    shard
+        .upsert(&[versioned(document("b", "B", "beta"), 7)])
+        .unwrap();
+    assert_eq!(shard.num_docs(), 1, "the delete survived the reopen");
 }

@@ -1,64 +1,93 @@
-//! The scheduler role: durable multi-step agent workflows (a DAG of steps).
+//! The scheduler role: durable multi-step agent workflows, each a DAG of steps run by agents
+//! that call the cluster's own services.
 //!
-//! Today this crate serves the `quarry.v1.Scheduler` contract with UNIMPLEMENTED on every
-//! rpc, so that clients, the gateway and the cluster layout are already in place; the
-//! workflow engine (validation, DAG execution, durable state, leader election) lands in the
-//! workflows issue and will replace `UnimplementedScheduler`.
+//! Map: `model` (the stored state and the workflow file format), `validate` (submit checks),
+//! `dag` (one workflow's state machine), `dispatch` (which ready steps start, under caps),
+//! `attempt` (one attempt of a step: timeout, cancellation),
+//! `engine` (the leader's loop: persist, then start), `store` (etcd and file stores),
+//! `leader` (etcd election), `node` (a replica: lead or forward), `agents`, `templates`
+//! (`research_and_write`), `service` (gRPC), `error`.
 
-use std::pin::Pin;
+pub mod agents;
+mod attempt;
+pub mod dag;
+pub mod dispatch;
+pub mod engine;
+pub mod error;
+pub mod leader;
+pub mod model;
+pub mod node;
+pub mod service;
+pub mod store;
+pub mod templates;
+pub mod validate;
 
-use futures::Stream;
-use quarry_proto::v1::scheduler_server::Scheduler;
-use quarry_proto::v1::{
-    CancelWorkflowRequest, GetWorkflowRequest, ListWorkflowsRequest, ListWorkflowsResponse,
-    SubmitWorkflowRequest, WatchWorkflowRequest, Workflow, WorkflowEvent,
-};
-use tonic::{Request, Response, Status};
+use quarry_kit::config::SchedulerConfig;
 
-const NOT_YET: &str = "workflows are not implemented yet in this Quarry version";
+pub use agents::Agents;
+pub use engine::EngineSettings;
+pub use error::SchedulerError;
+pub use node::SchedulerNode;
+pub use service::SchedulerService;
 
-/// Answers every scheduler rpc with UNIMPLEMENTED.
-#[derive(Debug, Clone, Default)]
-pub struct UnimplementedScheduler;
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<WorkflowEvent, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Scheduler for UnimplementedScheduler {
-    async fn submit(
-        &self,
-        _request: Request<SubmitWorkflowRequest>,
-    ) -> Result<Response<Workflow>, Status> {
-        Err(Status::unimplemented(NOT_YET))
+/// The engine's settings from `[scheduler]`.
+pub fn engine_settings(config: &SchedulerConfig) -> EngineSettings {
+    EngineSettings {
+        caps: dispatch::Caps {
+            max_running: config.max_running_steps,
+            max_running_per_role: config.max_running_per_role,
+        },
+        retry: dag::RetryPolicy {
+            backoff_ms: config.backoff_ms,
+            max_backoff_ms: config.max_backoff_ms,
+        },
+        default_timeout_ms: config.default_step_timeout_ms,
+        limits: validate::Limits {
+            max_steps: config.max_steps,
+            max_step_timeout_ms: config.max_step_timeout_ms,
+            max_retries: config.max_retries,
+            test_roles: config.test_roles,
+        },
     }
+}
 
-    async fn get(
-        &self,
-        _request: Request<GetWorkflowRequest>,
-    ) -> Result<Response<Workflow>, Status> {
-        Err(Status::unimplemented(NOT_YET))
+/// Starts this process's scheduler replica: elected through etcd when `discovery.etcd` is
+/// set (workflows in etcd), otherwise alone over a file store under `data_dir/workflows`.
+/// `cluster` gives the agents their channels to the other roles.
+pub async fn start_node(
+    config: &quarry_kit::config::QuarryConfig,
+    address: &str,
+    cluster: Option<std::sync::Arc<quarry_kit::discovery::RoleChannels>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<std::sync::Arc<SchedulerNode>, SchedulerError> {
+    let limit = config.server.max_message_bytes;
+    let agents = std::sync::Arc::new(Agents::new(
+        cluster,
+        limit,
+        config.scheduler.test_roles,
+        config.data_dir.clone(),
+    ));
+    let options = node::NodeOptions {
+        agents,
+        settings: engine_settings(&config.scheduler),
+        max_message_bytes: limit,
+        shutdown,
+    };
+    if config.discovery.etcd.is_empty() {
+        let store = store::FileStore::open(&config.data_dir.join("workflows"))?;
+        return Ok(SchedulerNode::start_local(
+            std::sync::Arc::new(store),
+            options,
+        ));
     }
-
-    type WatchStream = EventStream;
-
-    async fn watch(
-        &self,
-        _request: Request<WatchWorkflowRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented(NOT_YET))
-    }
-
-    async fn cancel(
-        &self,
-        _request: Request<CancelWorkflowRequest>,
-    ) -> Result<Response<Workflow>, Status> {
-        Err(Status::unimplemented(NOT_YET))
-    }
-
-    async fn list(
-        &self,
-        _request: Request<ListWorkflowsRequest>,
-    ) -> Result<Response<ListWorkflowsResponse>, Status> {
-        Err(Status::unimplemented(NOT_YET))
-    }
+    let client = etcd_client::Client::connect(&config.discovery.etcd, None)
+        .await
+        .map_err(|error| SchedulerError::Unavailable(format!("etcd: {error}")))?;
+    Ok(SchedulerNode::start_elected(
+        client,
+        &config.cluster,
+        address,
+        config.discovery.lease_ttl_s,
+        options,
+    ))
 }

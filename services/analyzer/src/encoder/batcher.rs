@@ -1,10 +1,12 @@
 //! `EmbedBatcher`: embedding requests that arrive together share one `Encoder::encode` call,
-//! run on a dedicated worker thread, and each caller gets back its own vectors in order.
+//! run on one of a few dedicated worker threads, and each caller gets back its own vectors
+//! in order. One worker gathers the next batch while the others encode theirs, so on a
+//! machine with several cores batches run side by side, each on one core.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -21,6 +23,8 @@ pub struct BatchOptions {
     pub max_batch: usize,
     /// How long the worker waits for more requests after the first one arrives.
     pub window: Duration,
+    /// Worker threads, hence batches encoded at the same time.
+    pub workers: usize,
 }
 
 /// Counts of what the batcher has done since it started.
@@ -70,26 +74,33 @@ impl std::fmt::Debug for EmbedBatcher {
 }
 
 impl EmbedBatcher {
-    /// Starts the worker thread; it stops once the batcher is dropped and its queue is empty.
+    /// Starts the worker threads; they stop once the batcher is dropped and its queue is
+    /// empty.
     pub fn start(encoder: Arc<dyn Encoder>, options: BatchOptions) -> Result<Self, AnalyzerError> {
         let (jobs, queue) = mpsc::channel();
         let counters = Arc::new(BatchCounters::default());
-        let worker = BatchWorker {
-            encoder: Arc::clone(&encoder),
+        let gatherer = Arc::new(Mutex::new(Gatherer {
             queue,
             options: BatchOptions {
                 max_batch: options.max_batch.max(1),
                 window: options.window,
+                workers: options.workers.max(1),
             },
-            counters: Arc::clone(&counters),
             held_over: None,
-        };
-        std::thread::Builder::new()
-            .name("quarry-embed-batcher".to_string())
-            .spawn(move || worker.run())
-            .map_err(|error| {
-                AnalyzerError::EncoderLoad(format!("cannot start the embedding worker: {error}"))
-            })?;
+        }));
+        for number in 0..options.workers.max(1) {
+            let worker = BatchWorker {
+                encoder: Arc::clone(&encoder),
+                gatherer: Arc::clone(&gatherer),
+                counters: Arc::clone(&counters),
+            };
+            std::thread::Builder::new()
+                .name(format!("quarry-embed-{number}"))
+                .spawn(move || worker.run())
+                .map_err(|error| {
+                    AnalyzerError::EncoderLoad(format!("cannot start an embedding worker: {error}"))
+                })?;
+        }
         Ok(Self {
             encoder,
             jobs,
@@ -127,23 +138,38 @@ impl EmbedBatcher {
     }
 }
 
-/// The worker thread's state: the queue, and a job that did not fit the last batch.
-struct BatchWorker {
-    encoder: Arc<dyn Encoder>,
+/// The queue the workers take turns gathering from, and a job that did not fit the last
+/// batch (it opens the next one, whichever worker gathers it).
+struct Gatherer {
     queue: Receiver<EmbedJob>,
     options: BatchOptions,
-    counters: Arc<BatchCounters>,
     held_over: Option<EmbedJob>,
 }
 
+/// One worker thread: gathers a batch while holding the queue, then encodes it.
+struct BatchWorker {
+    encoder: Arc<dyn Encoder>,
+    gatherer: Arc<Mutex<Gatherer>>,
+    counters: Arc<BatchCounters>,
+}
+
 impl BatchWorker {
-    fn run(mut self) {
-        while let Some(batch) = self.next_batch() {
+    fn run(self) {
+        loop {
+            let batch = match self.gatherer.lock() {
+                Ok(mut gatherer) => gatherer.next_batch(),
+                Err(_) => None,
+            };
+            let Some(batch) = batch else {
+                break;
+            };
             self.encode_and_reply(batch);
         }
         debug!("embedding worker stopped");
     }
+}
 
+impl Gatherer {
     /// Blocks for the first job, then gathers more until the batch is full, the window has
     /// passed, or the queue is closed. `None` once the queue is closed and empty.
     fn next_batch(&mut self) -> Option<Vec<EmbedJob>> {
@@ -178,7 +204,9 @@ impl BatchWorker {
         }
         Some(batch)
     }
+}
 
+impl BatchWorker {
     /// One `encode` over every job's texts; the vectors, or the error, go back to each job.
     fn encode_and_reply(&self, batch: Vec<EmbedJob>) {
         let mut texts = Vec::with_capacity(batch.iter().map(|job| job.texts.len()).sum());
@@ -306,6 +334,7 @@ mod tests {
         BatchOptions {
             max_batch: 32,
             window: Duration::from_millis(1),
+            workers: 2,
         }
     }
 
@@ -360,6 +389,59 @@ mod tests {
         }
     }
 
+    /// Sleeps in `encode` and records how many calls overlapped.
+    struct OverlapEncoder {
+        running: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Encoder for OverlapEncoder {
+        fn name(&self) -> String {
+            "overlap".to_string()
+        }
+        fn dimensions(&self) -> usize {
+            1
+        }
+        fn encode(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, AnalyzerError> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(30));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(texts.iter().map(|_| vec![1.0]).collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn several_workers_encode_batches_side_by_side_and_one_never_does() {
+        for workers in [1, 2] {
+            let encoder = Arc::new(OverlapEncoder {
+                running: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+            });
+            let batcher = Arc::new(
+                EmbedBatcher::start(
+                    encoder.clone(),
+                    BatchOptions {
+                        max_batch: 4,
+                        window: Duration::ZERO,
+                        workers,
+                    },
+                )
+                .unwrap(),
+            );
+            let callers: Vec<_> = (0..24)
+                .map(|caller| {
+                    let batcher = Arc::clone(&batcher);
+                    tokio::spawn(async move { batcher.embed(vec![format!("t{caller}")]).await })
+                })
+                .collect();
+            for caller in callers {
+                assert_eq!(caller.await.unwrap().unwrap(), vec![vec![1.0]]);
+            }
+            assert_eq!(encoder.most.load(Ordering::SeqCst), workers);
+        }
+    }
+
     #[tokio::test]
     async fn a_request_larger_than_max_batch_still_runs_and_empty_ones_skip_the_encoder() {
         let encoder = counting(false);
@@ -368,6 +450,7 @@ mod tests {
             BatchOptions {
                 max_batch: 2,
                 window: Duration::ZERO,
+                workers: 1,
             },
         )
         .unwrap();

@@ -344,6 +344,16 @@ impl Discovery for EtcdDiscovery {
         Ok(())
     }
 
+    async fn update(&self, member: Member) -> Result<(), KitError> {
+        let mut registrations = self.registrations.lock().await;
+        let Some(entry) = registrations.get_mut(&member.node_id) else {
+            return Ok(());
+        };
+        self.put_member(&member, entry.1).await?;
+        entry.0 = member;
+        Ok(())
+    }
+
     async fn deregister(&self, node_id: &str) -> Result<(), KitError> {
         let Some((mut member, lease)) = self.registrations.lock().await.remove(node_id) else {
             return Ok(());

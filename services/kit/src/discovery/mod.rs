@@ -82,7 +82,12 @@ pub struct Member {
     #[serde(default)]
     pub replica: u32,
     pub version: String,
+    /// Searched: gateways route queries only to ready members.
     pub ready: bool,
+    /// A retriever replica catching up on missed writes from a peer: gateways write to it
+    /// (so it misses nothing new) but do not search it until it is ready.
+    #[serde(default)]
+    pub recovering: bool,
 }
 
 /// The members known at one moment, in a stable order.
@@ -120,6 +125,15 @@ impl MemberSet {
         self.ready(Role::Retriever)
             .filter(move |member| member.shard == shard)
     }
+
+    /// The replicas of one shard that take writes: ready ones and those catching up.
+    pub fn shard_write_replicas(&self, shard: u32) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(move |member| {
+            member.role == Role::Retriever
+                && member.shard == shard
+                && (member.ready || member.recovering)
+        })
+    }
 }
 
 /// A source of cluster membership that can be watched for changes.
@@ -127,6 +141,9 @@ impl MemberSet {
 pub trait Discovery: Send + Sync + 'static {
     /// Adds or replaces this process's entry (keyed by node id).
     async fn register(&self, member: Member) -> Result<(), KitError>;
+    /// Replaces the entry of a member this process registered (its readiness, say),
+    /// keeping its registration; a member no longer registered is left out.
+    async fn update(&self, member: Member) -> Result<(), KitError>;
     /// Marks the member not ready, then removes it.
     async fn deregister(&self, node_id: &str) -> Result<(), KitError>;
     /// The current member set, updated as members come and go.

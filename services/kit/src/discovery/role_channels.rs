@@ -97,6 +97,7 @@ mod tests {
             replica: 0,
             version: "test".to_string(),
             ready,
+            recovering: false,
         }
     }
 

@@ -35,6 +35,23 @@ impl Discovery for StaticDiscovery {
         Ok(())
     }
 
+    async fn update(&self, member: Member) -> Result<(), KitError> {
+        self.members.send_if_modified(|set| {
+            let Some(position) = set
+                .all()
+                .iter()
+                .position(|existing| existing.node_id == member.node_id)
+            else {
+                return false;
+            };
+            let mut members = set.all().to_vec();
+            members[position] = member;
+            *set = MemberSet::new(members);
+            true
+        });
+        Ok(())
+    }
+
     async fn deregister(&self, node_id: &str) -> Result<(), KitError> {
         self.members.send_modify(|set| {
             let members = set
@@ -71,6 +88,7 @@ mod tests {
             replica: 0,
             version: "test".to_string(),
             ready,
+            recovering: false,
         }
     }
 

@@ -51,6 +51,9 @@ struct ChatRequest<'a> {
     temperature: f32,
     max_tokens: u32,
     stream: bool,
+    /// Structured output: `{"type": "json_schema", "json_schema": {...}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -167,7 +170,31 @@ impl ChatClient {
 
     /// The whole reply's text (empty when the model wrote nothing).
     pub async fn complete(&self, messages: &[ChatMessage]) -> Result<String, ChatError> {
-        let (base_url, response) = self.establish(messages, false).await?;
+        self.complete_with(messages, None).await
+    }
+
+    /// The whole reply's text, asked to follow a JSON schema (OpenAI's structured outputs,
+    /// which vLLM, llama.cpp's server and Ollama also accept). The caller still validates
+    /// the reply: a server may ignore the schema.
+    pub async fn complete_json(
+        &self,
+        messages: &[ChatMessage],
+        name: &str,
+        schema: &serde_json::Value,
+    ) -> Result<String, ChatError> {
+        let format = serde_json::json!({
+            "type": "json_schema",
+            "json_schema": {"name": name, "schema": schema, "strict": true},
+        });
+        self.complete_with(messages, Some(&format)).await
+    }
+
+    async fn complete_with(
+        &self,
+        messages: &[ChatMessage],
+        response_format: Option<&serde_json::Value>,
+    ) -> Result<String, ChatError> {
+        let (base_url, response) = self.establish(messages, false, response_format).await?;
         let body = tokio::time::timeout(self.timeout, response.bytes())
             .await
             .map_err(|_| ChatError::Timeout(format!("{base_url}: reply body")))?
@@ -185,7 +212,7 @@ impl ChatClient {
 
     /// A streamed reply: retried until a success status arrives, then read token by token.
     pub async fn stream(&self, messages: &[ChatMessage]) -> Result<ChatStream, ChatError> {
-        let (base_url, response) = self.establish(messages, true).await?;
+        let (base_url, response) = self.establish(messages, true, None).await?;
         Ok(ChatStream {
             response,
             decoder: SseDecoder::new(),
@@ -201,6 +228,7 @@ impl ChatClient {
         &self,
         messages: &[ChatMessage],
         stream: bool,
+        response_format: Option<&serde_json::Value>,
     ) -> Result<(String, reqwest::Response), ChatError> {
         let body = ChatRequest {
             model: &self.model,
@@ -208,6 +236,7 @@ impl ChatClient {
             temperature: self.temperature,
             max_tokens: self.max_tokens,
             stream,
+            response_format,
         };
         let mut retry = 0;
         loop {

@@ -93,6 +93,8 @@ pub async fn run_embed(options: EmbedBenchOptions, config: &QuarryConfig) -> any
         "concurrency": concurrency,
         "max_batch": batching.max_batch,
         "batch_window_us": batching.window.as_micros() as u64,
+        "batch_workers": batching.workers,
+        "forward_threads": std::env::var("RAYON_NUM_THREADS").unwrap_or_default(),
         "caches": "off",
         "one_at_a_time": pass_report(&sequential, texts.len(), &before, &after_sequential),
         "concurrent": pass_report(&concurrent, texts.len(), &after_sequential, &after_concurrent),

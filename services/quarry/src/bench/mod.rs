@@ -1,15 +1,17 @@
 //! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
 //! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
 //! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
-//! one at a time against concurrent, batched) and `tracing` (query throughput with span
-//! export off and on).
+//! one at a time against concurrent, batched), `scheduler` (no-op steps per second with
+//! durable state in etcd) and `tracing` (query throughput with span export off and on).
 
 mod analyzer;
 mod beir;
 pub mod dataset;
 mod embed;
 mod first_token;
+mod local_etcd;
 pub mod metrics;
+mod scheduler;
 mod tail;
 mod tracing_overhead;
 
@@ -20,7 +22,10 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, TailArgs, TracingBenchArgs};
+use crate::cli::{
+    BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, SchedulerBenchArgs, TailArgs,
+    TracingBenchArgs,
+};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -117,5 +122,13 @@ pub async fn run_tracing_bench(args: &TracingBenchArgs) -> anyhow::Result<()> {
         rounds: args.rounds.max(1),
     };
     let report = tracing_overhead::run_tracing(&dataset, options).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_scheduler_bench(
+    args: &SchedulerBenchArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let report = scheduler::run_scheduler(args, config).await?;
     print_and_save(&report, args.out.as_deref())
 }

@@ -1,0 +1,149 @@
+"""Renders the Quarry Helm chart with several sets of values and checks what comes out.
+
+Every manifest must pass the Kubernetes schema of KUBE_VERSION (kubernetes-validate, strict:
+unknown fields are errors), and the layout must be what the values ask for: one retriever
+StatefulSet per shard with one pod per replica, each told its shard; every role started with
+`quarry serve <role>` pointed at the same etcd and cluster, advertising its pod IP, serving
+/metrics; the bundled etcd only when asked for. Run by `make helm-check` (part of `make test`).
+
+Usage: python check_chart.py HELM_BINARY CHART_DIR
+"""
+
+import subprocess
+import sys
+
+import kubernetes_validate
+import yaml
+
+KUBE_VERSION = "1.30.0"
+ROLES = ["gateway", "analyzer", "generator", "evaluator", "scheduler"]
+
+
+def render(helm, chart, settings):
+    command = [helm, "template", "rel", chart, "--kube-version", KUBE_VERSION]
+    for setting in settings:
+        command += ["--set", setting]
+    result = subprocess.run(command, capture_output=True, text=True)
+    return result.returncode, result.stdout, result.stderr
+
+
+def manifests(text):
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def by_kind(docs, kind):
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def quarry_container(workload):
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    return next(container for container in containers if container["name"] == "quarry")
+
+
+def flag(args, name):
+    """The value after `name` in a container's args."""
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd):
+    code, text, error = render(helm, chart, settings)
+    assert code == 0, f"helm template {settings} failed: {error}"
+    docs = manifests(text)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+    statefulsets = by_kind(docs, "StatefulSet")
+    deployments = by_kind(docs, "Deployment")
+    retrievers = {
+        name: workload
+        for name, workload in statefulsets.items()
+        if workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        == "retriever"
+    }
+    assert len(retrievers) == shards, f"{len(retrievers)} retriever StatefulSets, {shards} shards"
+    seen_shards = set()
+    for workload in retrievers.values():
+        assert workload["spec"]["replicas"] == replicas
+        args = quarry_container(workload)["args"]
+        assert args[:2] == ["serve", "retriever"], args
+        seen_shards.add(int(flag(args, "--shard")))
+        assert flag(args, "--replica") == "$(POD_INDEX)"
+        assert flag(args, "--data-dir") == "/data"
+        claims = workload["spec"]["volumeClaimTemplates"]
+        assert [claim["metadata"]["name"] for claim in claims] == ["data"]
+    assert seen_shards == set(range(shards)), seen_shards
+
+    workloads = list(retrievers.values())
+    for role in ROLES:
+        matching = [
+            workload
+            for workload in deployments.values()
+            if workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+            == role
+        ]
+        assert len(matching) == 1, f"{role}: {len(matching)} Deployments"
+        assert quarry_container(matching[0])["args"][:2] == ["serve", role]
+        workloads += matching
+    for workload in workloads:
+        container = quarry_container(workload)
+        args = container["args"]
+        assert flag(args, "--etcd") == etcd_endpoints, args
+        assert flag(args, "--cluster") == "quarry"
+        assert flag(args, "--advertise") == "$(POD_IP):7700"
+        assert flag(args, "--metrics-addr") == "0.0.0.0:9464"
+        env = {entry["name"] for entry in container["env"]}
+        assert "POD_IP" in env
+        assert container["readinessProbe"]["grpc"]["port"] == 7700
+        init = workload["spec"]["template"]["spec"]["initContainers"][0]["args"]
+        assert init[:2] == ["cluster", "create"] and flag(init, "--shards") == str(shards)
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == "9464"
+
+    etcd_sets = [name for name in statefulsets if name.endswith("-etcd")]
+    assert bool(etcd_sets) == bundled_etcd, etcd_sets
+    assert "rel-quarry-gateway" in by_kind(docs, "Service")
+    return docs
+
+
+def main():
+    helm, chart = sys.argv[1], sys.argv[2]
+    check(helm, chart, [], 2, 2, "http://rel-quarry-etcd:2379", True)
+
+    docs = check(
+        helm,
+        chart,
+        [
+            "cluster.shards=3",
+            "retriever.replicasPerShard=3",
+            "etcd.enabled=false",
+            "etcd.endpoints={http://etcd-a:2379,http://etcd-b:2379}",
+            "generator.backend=openai",
+            "generator.openai.baseUrl=http://vllm:8000/v1",
+            "generator.openai.model=llama",
+            "generator.openai.apiKeySecret.name=llm-key",
+            "otlpEndpoint=http://otel-collector:4317",
+        ],
+        3,
+        3,
+        "http://etcd-a:2379,http://etcd-b:2379",
+        False,
+    )
+    generator = quarry_container(by_kind(docs, "Deployment")["rel-quarry-generator"])
+    env = {entry["name"]: entry for entry in generator["env"]}
+    assert env["QUARRY_GENERATOR__BACKEND"]["value"] == "openai"
+    assert env["QUARRY_GENERATOR__OPENAI__BASE_URLS"]["value"] == '["http://vllm:8000/v1"]'
+    assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "llm-key"
+    assert "value" not in env["OPENAI_API_KEY"], "the key itself never sits in a manifest"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector:4317"
+
+    # Refusals with a clear message rather than a broken release.
+    code, _, error = render(helm, chart, ["etcd.enabled=false"])
+    assert code != 0 and "etcd.endpoints" in error, error
+    code, _, error = render(helm, chart, ["generator.backend=openai"])
+    assert code != 0 and "generator.openai.baseUrl" in error, error
+    print("helm chart: 2 value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+{{/* Names, labels and the arguments every role shares. */}}
+
+{{- define "quarry.fullname" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "quarry.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "quarry.labels" -}}
+app.kubernetes.io/name: quarry
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one role: call with (dict "root" $ "role" "gateway"). */}}
+{{- define "quarry.selector" -}}
+app.kubernetes.io/name: quarry
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .role }}
+{{- end -}}
+
+{{- define "quarry.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled -}}
+{{- printf "http://%s-etcd:2379" (include "quarry.fullname" .) -}}
+{{- else -}}
+{{- required "etcd.endpoints must list your etcd when etcd.enabled is false" (join "," .Values.etcd.endpoints) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Flags of `quarry serve <role>` that every role takes. */}}
+{{- define "quarry.serveArgs" -}}
+- --listen
+- "0.0.0.0:{{ .Values.ports.grpc }}"
+- --advertise
+- "$(POD_IP):{{ .Values.ports.grpc }}"
+- --etcd
+- {{ include "quarry.etcdEndpoints" . | quote }}
+- --cluster
+- {{ .Values.cluster.name | quote }}
+- --metrics-addr
+- "0.0.0.0:{{ .Values.ports.metrics }}"
+{{- end -}}
+
+{{/* Environment every role gets. */}}
+{{- define "quarry.env" -}}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: QUARRY_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+- name: QUARRY_DISCOVERY__LEASE_TTL_S
+  value: {{ .Values.discovery.leaseTtlSeconds | quote }}
+{{- with .Values.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Ports, probes and the init container that writes the cluster settings (idempotent:
+     the same shard count again is fine, another one is refused). */}}
+{{- define "quarry.ports" -}}
+- name: grpc
+  containerPort: {{ .Values.ports.grpc }}
+- name: metrics
+  containerPort: {{ .Values.ports.metrics }}
+{{- end -}}
+
+{{- define "quarry.probes" -}}
+readinessProbe:
+  grpc:
+    port: {{ .Values.ports.grpc }}
+  periodSeconds: 5
+livenessProbe:
+  grpc:
+    port: {{ .Values.ports.grpc }}
+  initialDelaySeconds: 10
+  periodSeconds: 10
+{{- end -}}
+
+{{- define "quarry.clusterCreate" -}}
+- name: cluster-create
+  image: {{ include "quarry.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - cluster
+    - create
+    - --etcd
+    - {{ include "quarry.etcdEndpoints" . | quote }}
+    - --cluster
+    - {{ .Values.cluster.name | quote }}
+    - --shards
+    - {{ .Values.cluster.shards | quote }}
+{{- end -}}
+
+{{- define "quarry.podAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.ports.metrics | quote }}
+prometheus.io/path: /metrics
+{{- end -}}
