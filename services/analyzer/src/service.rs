@@ -143,9 +143,7 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let (analysis, cache_hit) = self
-            .analyze_with_cache(&request.into_inner().query)
-            .await?;
+        let (analysis, cache_hit) = self.analyze_with_cache(&request.into_inner().query).await?;
         let span = tracing::Span::current();
         span.record("cache_hit", cache_hit);
         span.record("query_type", analysis.query_type);
