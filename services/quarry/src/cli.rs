@@ -165,13 +165,13 @@ pub struct TracingBenchArgs {
     #[arg(long, default_value = "../shared/data/scifact")]
     pub dataset: PathBuf,
     /// Length of each measured window, in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
     /// Concurrent clients.
     #[arg(long, default_value_t = 8)]
     pub concurrency: usize,
-    /// Windows per setting; the median is reported.
-    #[arg(long, default_value_t = 3)]
+    /// Windows per setting; the median of the paired on/off ratios is reported.
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
     #[arg(long)]
     pub out: Option<PathBuf>,
