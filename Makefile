@@ -18,7 +18,7 @@ help:
 	@echo "make test    format check, clippy -D warnings, every test (installs what it needs)"
 	@echo "make lint    format check and clippy only"
 	@echo "make model   install all-MiniLM-L6-v2 into $(MODEL_DIR) (once)"
-	@echo "make bench   SciFact in three modes on 1 and 4 shards, the analyzer, the scheduler; JSON in bench/results/"
+	@echo "make bench   SciFact in three modes on 1 and 4 shards, the analyzer, the scheduler, tracing overhead; JSON in bench/results/"
 
 ## Installs what a fresh Debian machine with only the Rust toolchain lacks.
 toolchain:
@@ -27,10 +27,11 @@ toolchain:
 
 system-deps:
 	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null \
-		|| ! command -v gcc >/dev/null || ! command -v protoc >/dev/null || ! command -v etcd >/dev/null; then \
-		echo "installing python3, venv, a C compiler, protoc (etcd-client's build) and etcd (the tests')"; \
+		|| ! command -v gcc >/dev/null || ! command -v protoc >/dev/null || ! command -v etcd >/dev/null \
+		|| ! command -v promtool >/dev/null; then \
+		echo "installing python3, venv, a C compiler, protoc (etcd-client's build), etcd and prometheus (the tests')"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			python3 python3-venv python3-pip build-essential protobuf-compiler etcd-server; \
+			python3 python3-venv python3-pip build-essential protobuf-compiler etcd-server prometheus; \
 	fi
 
 $(PYTHON): tests/python/requirements.txt
@@ -147,6 +148,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
 	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
+	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 
 bench-analyzer:
 	cargo build --release -p quarry

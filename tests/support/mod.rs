@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod otlp;
+pub mod prometheus;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -171,6 +173,8 @@ pub struct Served {
     child: Option<Child>,
     pub address: String,
     pub args: Vec<String>,
+    /// Extra environment variables, set after the defaults.
+    pub env: Vec<(String, String)>,
 }
 
 /// Environment every test process gets: the model, and a short lease so that a dead member
@@ -187,6 +191,11 @@ fn test_env(command: &mut Command) {
 impl Served {
     /// Starts `quarry serve <role> --listen 127.0.0.1:<free> <extra...>` and waits for SERVING.
     pub async fn start(role: &str, extra: &[String]) -> Self {
+        Self::start_with_env(role, extra, &[]).await
+    }
+
+    /// Like [`Served::start`], with extra environment variables (`OTEL_*`, ...).
+    pub async fn start_with_env(role: &str, extra: &[String], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut args = vec![
             "serve".to_string(),
@@ -199,6 +208,10 @@ impl Served {
             child: None,
             address: format!("http://127.0.0.1:{port}"),
             args,
+            env: env
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
         };
         served.launch().await;
         served
@@ -211,6 +224,7 @@ impl Served {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         test_env(&mut command);
+        command.envs(self.env.iter().map(|(name, value)| (name, value)));
         self.child = Some(command.spawn().expect("start quarry serve"));
         wait_for_health(&self.address, "", Duration::from_secs(60)).await;
     }

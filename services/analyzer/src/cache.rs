@@ -11,6 +11,8 @@ use std::time::Duration;
 use moka::sync::Cache;
 use quarry_proto::v1::Analysis;
 
+use crate::metrics::metrics;
+
 /// Size and lifetime of each cache; `entries == 0` turns caching off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheOptions {
@@ -87,12 +89,13 @@ impl AnalyzerCaches {
     pub fn analysis(&self, query: &str) -> Option<Analysis> {
         let cache = self.analyses.as_ref()?;
         let found = cache.get(&analysis_key(query));
-        let counter = if found.is_some() {
-            &self.counters.analysis_hits
+        let (counter, metric) = if found.is_some() {
+            (&self.counters.analysis_hits, &metrics().cache_hits)
         } else {
-            &self.counters.analysis_misses
+            (&self.counters.analysis_misses, &metrics().cache_misses)
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        metric.with_label_values(&["analysis"]).inc();
         found
     }
 
@@ -107,19 +110,24 @@ impl AnalyzerCaches {
         let Some(cache) = &self.embeddings else {
             return vec![None; texts.len()];
         };
-        texts
-            .iter()
-            .map(|text| {
-                let found = cache.get(text);
-                let counter = if found.is_some() {
-                    &self.counters.embedding_hits
-                } else {
-                    &self.counters.embedding_misses
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                found
-            })
-            .collect()
+        let found: Vec<Option<Arc<Vec<f32>>>> = texts.iter().map(|text| cache.get(text)).collect();
+        let hits = found.iter().filter(|vector| vector.is_some()).count() as u64;
+        let misses = found.len() as u64 - hits;
+        let counters = &self.counters;
+        counters.embedding_hits.fetch_add(hits, Ordering::Relaxed);
+        counters
+            .embedding_misses
+            .fetch_add(misses, Ordering::Relaxed);
+        let analyzer_metrics = metrics();
+        analyzer_metrics
+            .cache_hits
+            .with_label_values(&["embedding"])
+            .inc_by(hits);
+        analyzer_metrics
+            .cache_misses
+            .with_label_values(&["embedding"])
+            .inc_by(misses);
+        found
     }
 
     pub fn store_embedding(&self, text: &str, vector: &[f32]) {

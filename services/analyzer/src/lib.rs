@@ -7,6 +7,7 @@ mod cache;
 mod encoder;
 mod error;
 mod llm;
+pub mod metrics;
 pub mod rules;
 mod service;
 

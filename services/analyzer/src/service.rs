@@ -73,8 +73,18 @@ impl AnalyzerService {
         &self,
         query: &str,
     ) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
+        self.analyze_with_cache(query)
+            .await
+            .map(|(analysis, _)| analysis)
+    }
+
+    /// The analysis of `query`, and whether it came from the cache.
+    async fn analyze_with_cache(
+        &self,
+        query: &str,
+    ) -> Result<(quarry_proto::v1::Analysis, bool), AnalyzerError> {
         if let Some(analysis) = self.caches.analysis(query) {
-            return Ok(analysis);
+            return Ok((analysis, true));
         }
         let analysis = match &self.model {
             Some(model) => model.analyze(query).await?,
@@ -83,7 +93,7 @@ impl AnalyzerService {
         if !analysis.analyzer.contains("fallback") {
             self.caches.store_analysis(query, &analysis);
         }
-        Ok(analysis)
+        Ok((analysis, false))
     }
 
     /// The vectors of `texts`, encoding only those not cached.
@@ -133,7 +143,10 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let analysis = self.analyze_cached(&request.into_inner().query).await?;
+        let (analysis, cache_hit) = self.analyze_with_cache(&request.into_inner().query).await?;
+        let span = tracing::Span::current();
+        span.record("cache_hit", cache_hit);
+        span.record("query_type", analysis.query_type);
         Ok(Response::new(AnalyzeResponse {
             analysis: Some(analysis),
         }))
@@ -152,6 +165,7 @@ impl Analyzer for AnalyzerService {
             }
             .into());
         }
+        tracing::Span::current().record("texts", texts.len());
         let vectors = self.embed_cached(embedder, texts).await?;
         let encoder = embedder.encoder();
         Ok(Response::new(EmbedResponse {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Status};
-use tracing::info;
+use tracing::{info, Instrument, Span};
 
 use crate::context::build_context;
 use crate::deadline::Deadline;
@@ -32,6 +32,7 @@ struct Prepared {
 }
 
 impl Gateway {
+    /// Records k, passages, confidence and partial on the current (server) span.
     pub async fn ask(
         &self,
         request: AskRequest,
@@ -60,11 +61,15 @@ impl Gateway {
         deadline: Deadline,
     ) -> ReceiverStream<Result<AskChunk, Status>> {
         let (sender, receiver) = mpsc::channel(32);
-        tokio::spawn(async move {
-            if let Err(error) = self.stream_answer(request, deadline, &sender).await {
-                let _ = sender.send(Err(error.into())).await;
+        // The answer is written in the server span, which lives until the stream ends.
+        tokio::spawn(
+            async move {
+                if let Err(error) = self.stream_answer(request, deadline, &sender).await {
+                    let _ = sender.send(Err(error.into())).await;
+                }
             }
-        });
+            .in_current_span(),
+        );
         ReceiverStream::new(receiver)
     }
 
@@ -128,6 +133,7 @@ impl Gateway {
         validate_query("question", &request.question, &self.config)?;
         let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
         let mode = resolve_mode(request.mode)?;
+        Span::current().record("k", k);
 
         let wants_vectors = mode != SearchMode::Keyword;
         let (analysis, query_vector) =
@@ -249,6 +255,10 @@ impl Gateway {
             ));
         }
         let sources = cited_sources(&generated.cited, &prepared.retrieval.passages);
+        let span = Span::current();
+        span.record("passages", prepared.retrieval.passages.len());
+        span.record("confidence", confidence);
+        span.record("partial", prepared.retrieval.partial);
         info!(
             query_type = prepared.analysis.query_type,
             passages = prepared.retrieval.passages.len(),

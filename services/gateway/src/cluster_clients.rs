@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use quarry_kit::discovery::{ChannelError, Discovery, Member, MemberSet, Role, RoleChannels};
+use quarry_kit::telemetry::TracedChannel;
 use quarry_proto::v1::analyzer_client::AnalyzerClient;
 use quarry_proto::v1::evaluator_client::EvaluatorClient;
 use quarry_proto::v1::generator_client::GeneratorClient;
 use quarry_proto::v1::retriever_client::RetrieverClient;
 use quarry_proto::v1::scheduler_client::SchedulerClient;
-use tonic::transport::Channel;
 
 use crate::error::GatewayError;
 
@@ -56,44 +56,47 @@ impl ClusterClients {
             .collect()
     }
 
-    pub fn analyzer(&self) -> Result<AnalyzerClient<Channel>, GatewayError> {
+    pub fn analyzer(&self) -> Result<AnalyzerClient<TracedChannel>, GatewayError> {
         let channel = self.instance_channel(Role::Analyzer)?;
         Ok(AnalyzerClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub fn generator(&self) -> Result<GeneratorClient<Channel>, GatewayError> {
+    pub fn generator(&self) -> Result<GeneratorClient<TracedChannel>, GatewayError> {
         let channel = self.instance_channel(Role::Generator)?;
         Ok(GeneratorClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub fn evaluator(&self) -> Result<EvaluatorClient<Channel>, GatewayError> {
+    pub fn evaluator(&self) -> Result<EvaluatorClient<TracedChannel>, GatewayError> {
         let channel = self.instance_channel(Role::Evaluator)?;
         Ok(EvaluatorClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    pub fn scheduler(&self) -> Result<SchedulerClient<Channel>, GatewayError> {
+    pub fn scheduler(&self) -> Result<SchedulerClient<TracedChannel>, GatewayError> {
         let channel = self.instance_channel(Role::Scheduler)?;
         Ok(SchedulerClient::new(channel))
     }
 
-    pub fn retriever(&self, member: &Member) -> Result<RetrieverClient<Channel>, GatewayError> {
+    pub fn retriever(
+        &self,
+        member: &Member,
+    ) -> Result<RetrieverClient<TracedChannel>, GatewayError> {
         let channel = self.channel(&member.address)?;
         Ok(RetrieverClient::new(channel)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    fn instance_channel(&self, role: Role) -> Result<Channel, GatewayError> {
+    fn instance_channel(&self, role: Role) -> Result<TracedChannel, GatewayError> {
         self.channels.pick(role).map_err(channel_error)
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, GatewayError> {
+    fn channel(&self, address: &str) -> Result<TracedChannel, GatewayError> {
         self.channels.channel(address).map_err(channel_error)
     }
 }

@@ -7,16 +7,19 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use quarry_kit::discovery::Member;
+use quarry_kit::metrics::code_name;
+use quarry_kit::telemetry::TracedChannel;
 use quarry_proto::v1::retriever_client::RetrieverClient;
 use quarry_proto::v1::{
     Candidate, CollectStatsRequest, CorpusStats, ShardSearchRequest, TermStats,
 };
-use tonic::transport::Channel;
 use tonic::{Response, Status};
-use tracing::warn;
+use tracing::field::Empty;
+use tracing::{warn, Instrument, Span};
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metrics::metrics;
 
 /// A candidate with the shard it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +110,12 @@ impl Gateway {
         shards_failed.sort_unstable();
         sort_best_first(&mut keyword);
         sort_best_first(&mut vector);
+        let shards_answered = shards_total - shards_failed.len() as u32;
+        let gateway_metrics = metrics();
+        gateway_metrics.shards_asked.inc_by(u64::from(shards_total));
+        gateway_metrics
+            .shards_answered
+            .inc_by(u64::from(shards_answered));
         FanOutResult {
             shards_total,
             shards_failed,
@@ -167,7 +176,7 @@ impl Gateway {
         call: F,
     ) -> Result<ShardAnswer<T>, GatewayError>
     where
-        F: Fn(RetrieverClient<Channel>) -> Fut,
+        F: Fn(RetrieverClient<TracedChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let replicas = self.selector.order(self.clients.shard_replicas(shard));
@@ -180,6 +189,8 @@ impl Gateway {
         };
         let mut hedges = 0;
         let mut tried = 1;
+        // A first try has no span of its own: the replica's server span, a child of the
+        // request's, says all there is. Hedges and retries get one, to be told apart.
         let first = self.attempt(shard, first_replica, timeout, &call);
         let outcome = match hedge_delay {
             None => first.await,
@@ -189,8 +200,11 @@ impl Gateway {
                     outcome = &mut first => outcome,
                     _ = tokio::time::sleep(delay) => {
                         hedges += 1;
+                        metrics().hedges.inc();
                         tried = 2;
-                        let second = self.attempt(shard, &replicas[1], timeout, &call);
+                        let second = self
+                            .attempt(shard, &replicas[1], timeout, &call)
+                            .instrument(attempt_span(shard, &replicas[1], true, false));
                         tokio::pin!(second);
                         first_success(first, second).await
                     }
@@ -206,7 +220,13 @@ impl Gateway {
             return Err(error);
         };
         warn!(shard, error = %error, replica = retry_replica.replica, "retrying on another replica");
-        let value = self.attempt(shard, retry_replica, timeout, &call).await?;
+        metrics().retries.inc();
+        let retry_span = attempt_span(shard, retry_replica, false, true);
+        retry_span.record("after_error", code_name(error.code()));
+        let value = self
+            .attempt(shard, retry_replica, timeout, &call)
+            .instrument(retry_span)
+            .await?;
         Ok(ShardAnswer { value, hedges })
     }
 
@@ -219,13 +239,13 @@ impl Gateway {
         call: &F,
     ) -> Result<T, GatewayError>
     where
-        F: Fn(RetrieverClient<Channel>) -> Fut,
+        F: Fn(RetrieverClient<TracedChannel>) -> Fut,
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
         let client = self.clients.retriever(replica)?;
         let _in_flight = self.selector.begin(&replica.address);
         let started = Instant::now();
-        match tokio::time::timeout(timeout, call(client)).await {
+        let outcome = match tokio::time::timeout(timeout, call(client)).await {
             Ok(Ok(response)) => {
                 self.selector
                     .record(shard, &replica.address, started.elapsed());
@@ -239,8 +259,33 @@ impl Gateway {
                     replica.replica
                 )),
             )),
+        };
+        metrics()
+            .shard_call_duration
+            .with_label_values(&[&shard.to_string()])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(error) = &outcome {
+            let span = Span::current();
+            span.record("otel.status_code", "ERROR");
+            span.record("error.code", code_name(error.code()));
         }
+        outcome
     }
+}
+
+/// The client span of a hedged or retried call to one replica.
+fn attempt_span(shard: u32, replica: &Member, hedged: bool, retry: bool) -> Span {
+    tracing::info_span!(
+        "retriever.call",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        shard,
+        replica = replica.replica,
+        hedged,
+        retry,
+        after_error = Empty,
+        error.code = Empty,
+    )
 }
 
 /// A shard's answer and how many hedged calls it took.

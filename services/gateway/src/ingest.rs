@@ -10,10 +10,12 @@ use futures::Stream;
 use quarry_proto::v1::{Document, IndexRequest, IngestError, IngestSummary};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
+use tracing::field::Empty;
 use tracing::{info, warn};
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::metrics::metrics;
 use crate::shard_router::shard_for_document;
 use crate::validate::validate_document;
 
@@ -54,6 +56,7 @@ impl Tally {
 }
 
 impl Gateway {
+    #[tracing::instrument(name = "ingest", skip_all, fields(accepted = Empty, rejected = Empty))]
     pub async fn ingest<S>(&self, mut documents: S) -> Result<IngestSummary, GatewayError>
     where
         S: Stream<Item = Result<Document, Status>> + Unpin,
@@ -64,6 +67,8 @@ impl Gateway {
         let mut index = 0u64;
         while let Some(message) = documents.next().await {
             let document = message.map_err(|status| GatewayError::downstream("client", status))?;
+            let bytes = document.id.len() + document.title.len() + document.text.len();
+            metrics().ingest_bytes.inc_by(bytes as u64);
             match validate_document(&document, &self.config) {
                 Err(GatewayError::InvalidArgument { field, reason }) => {
                     tally.reject(
@@ -111,6 +116,16 @@ impl Gateway {
             }
         }
         tally.summary.errors.sort_by_key(|error| error.index);
+        let span = tracing::Span::current();
+        span.record("accepted", tally.summary.accepted);
+        span.record("rejected", tally.summary.rejected);
+        let documents = &metrics().ingest_documents;
+        documents
+            .with_label_values(&["accepted"])
+            .inc_by(tally.summary.accepted);
+        documents
+            .with_label_values(&["rejected"])
+            .inc_by(tally.summary.rejected);
         info!(
             accepted = tally.summary.accepted,
             rejected = tally.summary.rejected,
@@ -151,6 +166,7 @@ impl Gateway {
 
     /// Embeds one batch and writes it to every replica of its shard that takes writes;
     /// accepted only if all of them acknowledged.
+    #[tracing::instrument(name = "write_batch", skip_all, fields(shard, documents = batch.len()))]
     async fn write_batch(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
         let vectors = match self.embed_batch(&batch).await {
             Ok(vectors) => vectors,

@@ -13,6 +13,7 @@ mod fan_out;
 mod fusion;
 mod gateway;
 mod ingest;
+pub mod metrics;
 mod plan;
 mod replica_selector;
 mod retrieve;

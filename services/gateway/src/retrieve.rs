@@ -10,6 +10,7 @@ use crate::error::GatewayError;
 use crate::fan_out::{FanOutRequest, ShardedCandidate};
 use crate::fusion::{fuse, WeightedList};
 use crate::gateway::Gateway;
+use crate::metrics::metrics;
 use crate::plan::RetrievalPlan;
 use crate::search::require_some_shard;
 
@@ -77,6 +78,7 @@ impl Gateway {
     }
 
     /// Runs the plan for `query`; `query_vector` is empty when the plan wants no vectors.
+    /// Records the strategy and whether the answer is partial on the current (server) span.
     pub(crate) async fn retrieve(
         &self,
         query: &str,
@@ -84,6 +86,7 @@ impl Gateway {
         query_vector: Vec<f32>,
         deadline: Deadline,
     ) -> Result<Retrieved, GatewayError> {
+        tracing::Span::current().record("strategy", plan.strategy.as_str());
         let timeout = deadline.hop(self.shard_timeout());
         let main_request = FanOutRequest {
             query: query.to_string(),
@@ -121,6 +124,11 @@ impl Gateway {
         }
         shards_failed.sort_unstable();
         shards_failed.dedup();
+        let partial = !shards_failed.is_empty();
+        tracing::Span::current().record("partial", partial);
+        if partial {
+            metrics().partial_results.inc();
+        }
         let ranked = if plan.vector_k == 0 && sub_keywords.is_empty() {
             keyword.to_vec()
         } else if plan.keyword_k == 0 && sub_keywords.is_empty() {
@@ -145,6 +153,22 @@ impl Gateway {
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
         let hedges = main.hedges + subs.iter().map(|sub| sub.hedges).sum::<u32>();
+        let span = tracing::Span::current();
+        let fan_outs = std::iter::once(&main).chain(&subs);
+        span.record(
+            "shards_asked",
+            fan_outs
+                .clone()
+                .map(|fan_out| fan_out.shards_total)
+                .sum::<u32>(),
+        );
+        span.record(
+            "shards_answered",
+            fan_outs
+                .map(|fan_out| fan_out.shards_answered())
+                .sum::<u32>(),
+        );
+        span.record("hedges", hedges);
         Ok(Retrieved {
             ranked,
             shards_total: main.shards_total,

@@ -11,6 +11,7 @@ use crate::plan::{plan_search, PlanContext};
 use crate::validate::{resolve_fusion, resolve_k, resolve_mode, validate_query};
 
 impl Gateway {
+    /// Records k, hits and partial on the current (server) span.
     pub async fn search(
         &self,
         request: SearchRequest,
@@ -47,7 +48,11 @@ impl Gateway {
                 text: sharded.candidate.text.clone(),
                 shard: sharded.shard,
             })
-            .collect();
+            .collect::<Vec<Hit>>();
+        let span = tracing::Span::current();
+        span.record("k", k);
+        span.record("hits", hits.len());
+        span.record("partial", retrieved.partial());
         Ok(SearchResponse {
             hits,
             shards_total: retrieved.shards_total,

@@ -30,6 +30,7 @@ pub struct QuarryConfig {
     pub advertise: Option<String>,
     pub discovery: DiscoveryConfig,
     pub server: ServerConfig,
+    pub metrics: MetricsConfig,
     pub gateway: GatewayConfig,
     pub analyzer: AnalyzerConfig,
     pub retriever: RetrieverConfig,
@@ -50,6 +51,7 @@ impl Default for QuarryConfig {
             advertise: None,
             discovery: DiscoveryConfig::default(),
             server: ServerConfig::default(),
+            metrics: MetricsConfig::default(),
             gateway: GatewayConfig::default(),
             analyzer: AnalyzerConfig::default(),
             retriever: RetrieverConfig::default(),
@@ -100,6 +102,15 @@ impl Default for ServerConfig {
             concurrency_limit_per_connection: 256,
         }
     }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Address `/metrics` is served on (`--metrics-addr`, `QUARRY_METRICS__ADDR`), e.g.
+    /// `0.0.0.0:9100`; none by default.
+    pub addr: Option<String>,
 }
 
 /// The gateway: request limits, context building and the confidence threshold.
@@ -607,12 +618,14 @@ mod tests {
             )?;
             jail.set_env("QUARRY_GATEWAY__MAX_K", "60");
             jail.set_env("QUARRY_LOG_FORMAT", "json");
+            jail.set_env("QUARRY_METRICS__ADDR", "127.0.0.1:9464");
             let flags = serde_json::json!({ "gateway": { "default_ask_k": 3 } });
             let config = QuarryConfig::load(None, flags).map_err(|e| e.to_string())?;
             assert_eq!(config.cluster, "from-file");
             assert_eq!(config.gateway.max_k, 60, "env beats file");
             assert_eq!(config.gateway.default_ask_k, 3, "flags beat file");
             assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(config.metrics.addr.as_deref(), Some("127.0.0.1:9464"));
             assert_eq!(
                 config.gateway.max_context_chars, 6000,
                 "defaults fill the rest"

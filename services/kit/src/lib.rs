@@ -1,10 +1,12 @@
 //! What every Quarry role shares: layered configuration, member discovery, the gRPC server
-//! bootstrap (health, reflection, graceful shutdown), logging, text utilities and
-//! the write-version clock.
+//! bootstrap (health, reflection, graceful shutdown, tracing and metrics layers), logging and
+//! OpenTelemetry, Prometheus metrics, text utilities and the write-version clock.
 
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod grpc_body;
+pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! Server bootstrap shared by every role: binds the listener, adds `grpc.health.v1.Health`
 //! and server reflection (v1) beside the role's own services, applies the server-wide limits,
-//! and on shutdown reports NOT_SERVING, finishes in-flight calls, then returns.
+//! runs every call through the metrics and tracing layers, and on shutdown reports
+//! NOT_SERVING, finishes in-flight calls, then returns.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +16,8 @@ use tracing::info;
 
 use crate::config::ServerConfig;
 use crate::error::KitError;
+use crate::metrics::GrpcMetricsLayer;
+use crate::telemetry::GrpcTraceLayer;
 
 /// Binds a TCP listener; port 0 picks a free port (see `local_addr`).
 pub async fn bind(address: &str) -> Result<TcpListener, KitError> {
@@ -33,6 +36,8 @@ pub struct RoleServer {
     pub routes: Routes,
     /// Fully qualified gRPC service names served, e.g. `quarry.v1.Quarry`.
     pub service_names: Vec<&'static str>,
+    /// A retriever's shard and replica, for its spans.
+    pub shard_replica: Option<(u32, u32)>,
 }
 
 /// Serves the role on `listener` until `shutdown` is cancelled, then drains in-flight calls.
@@ -65,6 +70,11 @@ pub async fn serve(
         .add_service(reflection);
 
     let role = role_server.role;
+    let trace_layer = GrpcTraceLayer {
+        role,
+        shard: role_server.shard_replica.map(|(shard, _)| shard),
+        replica: role_server.shard_replica.map(|(_, replica)| replica),
+    };
     let service_names = role_server.service_names;
     let drain = async move {
         shutdown.cancelled().await;
@@ -87,6 +97,8 @@ pub async fn serve(
     }
     builder
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
+        .layer(GrpcMetricsLayer)
+        .layer(trace_layer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, drain)
         .await

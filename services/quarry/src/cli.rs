@@ -138,6 +138,8 @@ pub enum BenchCommand {
     FirstToken(FirstTokenArgs),
     /// Embedding throughput of short queries, one at a time and from concurrent clients.
     Embed(EmbedBenchArgs),
+    /// Query throughput with tracing off and on (spans exported to a local OTLP receiver).
+    Tracing(TracingBenchArgs),
     /// Scheduling overhead: no-op steps through the scheduler with durable state in etcd.
     Scheduler(SchedulerBenchArgs),
 }
@@ -153,6 +155,24 @@ pub struct SchedulerBenchArgs {
     /// No-op steps per workflow, in layers of 10 (each step depends on two of the layer before).
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TracingBenchArgs {
+    /// A BEIR folder whose corpus to index and whose queries to ask.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Length of each measured window, in seconds.
+    #[arg(long, default_value_t = 4.0)]
+    pub seconds: f64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Windows per setting; the median of the paired on/off ratios is reported.
+    #[arg(long, default_value_t = 9)]
+    pub rounds: usize,
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -289,6 +309,9 @@ pub struct ServeArgs {
     /// Gateway without etcd: the scheduler's address.
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// Serve Prometheus metrics on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -305,6 +328,9 @@ pub struct UpArgs {
     /// The gateway's address; the other roles take free loopback ports.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Serve Prometheus metrics of every role of this process on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]

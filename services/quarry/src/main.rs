@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use quarry_kit::config::QuarryConfig;
 use quarry_kit::discovery::Role;
-use quarry_kit::telemetry::{init_logging, LogFormat};
+use quarry_kit::telemetry::{init_logging, LogFormat, Telemetry, TelemetrySettings};
 use serde_json::{json, Map, Value};
 
 use cli::{
@@ -46,15 +46,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Serve(args) => {
             let config = load_config(&cli, serve_overrides(args))?;
-            init_logging(config.log_format, "info");
+            let role = role_of(args.role);
+            let telemetry = init_telemetry(&config, &format!("quarry-{role}"), role.as_str())?;
             let shutdown = quarry_kit::shutdown::on_signal();
-            serve::run_serve(role_of(args.role), args, config, shutdown).await
+            let served = serve::run_serve(role, args, config, shutdown).await;
+            telemetry.shutdown().await;
+            served
         }
         Command::Up(args) => {
             let config = load_config(&cli, up_overrides(args))?;
-            init_logging(config.log_format, "info");
+            let telemetry = init_telemetry(&config, "quarry", "all")?;
             let shutdown = quarry_kit::shutdown::on_signal();
-            up::run_up(config, shutdown).await
+            let served = up::run_up(config, shutdown).await;
+            telemetry.shutdown().await;
+            served
         }
         Command::Ingest(args) => {
             init_client_logging(&cli);
@@ -106,6 +111,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_embed_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Tracing(args)) => {
+            init_client_logging(&cli);
+            bench::run_tracing_bench(args).await
+        }
         Command::Bench(BenchCommand::Scheduler(args)) => {
             let config = load_config(&cli, Map::new())?;
             init_logging(config.log_format, "warn");
@@ -127,6 +136,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bench::run_analyzer_bench(&args.file, args.out.as_deref())
         }
     }
+}
+
+/// Logs, and spans when OpenTelemetry export is configured, for a serving process.
+fn init_telemetry(
+    config: &QuarryConfig,
+    service_name: &str,
+    role: &str,
+) -> anyhow::Result<Telemetry> {
+    let settings = TelemetrySettings {
+        log_format: config.log_format,
+        default_filter: "info".to_string(),
+        service_name: service_name.to_string(),
+        role: role.to_string(),
+    };
+    Ok(quarry_kit::telemetry::init(&settings)?)
 }
 
 fn init_client_logging(cli: &Cli) {
@@ -180,6 +204,9 @@ fn serve_overrides(args: &ServeArgs) -> Map<String, Value> {
     if let Some(data_dir) = &args.data_dir {
         flags.insert("data_dir".to_string(), json!(data_dir));
     }
+    if let Some(metrics_addr) = &args.metrics_addr {
+        flags.insert("metrics".to_string(), json!({ "addr": metrics_addr }));
+    }
     let mut retriever = Map::new();
     if let Some(shard) = args.shard {
         retriever.insert("shard".to_string(), json!(shard));
@@ -206,6 +233,9 @@ fn up_overrides(args: &UpArgs) -> Map<String, Value> {
     }
     if let Some(replicas) = args.replicas {
         flags.insert("replicas".to_string(), json!(replicas));
+    }
+    if let Some(metrics_addr) = &args.metrics_addr {
+        flags.insert("metrics".to_string(), json!({ "addr": metrics_addr }));
     }
     flags
 }

@@ -153,6 +153,7 @@ async fn build_role(
         Role::Gateway => {
             let clients = Arc::new(ClusterClients::new(discovery, limit));
             let gateway = Gateway::new(config.gateway.clone(), config.cluster.clone(), clients);
+            quarry_gateway::metrics::register();
             let service = QuarryServer::new(QuarryService::new(Arc::new(gateway)))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
@@ -171,6 +172,7 @@ async fn build_role(
                     .context("analyzer.backend = \"openai\"")?;
                 analyzer = analyzer.with_model(Arc::new(model));
             }
+            quarry_analyzer::metrics::register();
             let service = AnalyzerServer::new(analyzer)
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
@@ -193,6 +195,7 @@ async fn build_role(
             )?;
             let shard = Arc::new(shard);
             stored_shard = Some(Arc::clone(&shard));
+            quarry_retriever::metrics::register(shard_number, replica_number);
             let mut retriever = RetrieverService::new(shard);
             let fault = &config.retriever.fault;
             if fault.delay_ms > 0
@@ -253,6 +256,7 @@ async fn build_role(
         role: role.as_str(),
         routes,
         service_names,
+        shard_replica: (role == Role::Retriever).then_some((shard, replica)),
     };
     Ok(BuiltRole {
         role_server,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use quarry_kit::config::QuarryConfig;
 use quarry_kit::discovery::{Discovery, EtcdDiscovery, Member, Role, StaticDiscovery};
+use quarry_kit::metrics::spawn_metrics_endpoint;
 use quarry_kit::server::bind;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,9 @@ pub async fn run_serve(
         }
     };
     let listener = bind(&config.listen).await?;
+    if let Some(metrics_address) = &config.metrics.addr {
+        spawn_metrics_endpoint(metrics_address, shutdown.clone()).await?;
+    }
     let (_address, task) = start_role(RoleLaunch {
         role,
         config,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use quarry_kit::config::QuarryConfig;
 use quarry_kit::discovery::{Discovery, Role, StaticDiscovery};
+use quarry_kit::metrics::spawn_metrics_endpoint;
 use quarry_kit::server::bind;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -97,6 +98,9 @@ impl LocalCluster {
 }
 
 pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(metrics_address) = &config.metrics.addr {
+        spawn_metrics_endpoint(metrics_address, shutdown.clone()).await?;
+    }
     let cluster = LocalCluster::start(&config, shutdown).await?;
     info!(
         gateway = cluster.gateway_address,

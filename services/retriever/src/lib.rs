@@ -4,6 +4,7 @@
 //! `Retriever` service that wraps it, and peer recovery of a replica that (re)joins.
 
 mod error;
+pub mod metrics;
 mod ranking;
 mod recovery;
 mod schema;

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::RetrieverError;
+use crate::metrics::{metrics, replica_labels};
 use crate::shard::{Shard, ShardCandidate, StoredDocument};
 use crate::statistics::CorpusStatistics;
 
@@ -141,6 +142,9 @@ impl Retriever for RetrieverService {
                 RetrieverError::invalid("query_vector", "is required when vector_k > 0").into(),
             );
         }
+        let span = tracing::Span::current();
+        span.record("keyword_k", request.keyword_k);
+        span.record("vector_k", request.vector_k);
         let global = request.global_stats.as_ref().map(statistics_from_proto);
         let query = request.query;
         let query_vector = request.query_vector;
@@ -157,6 +161,8 @@ impl Retriever for RetrieverService {
                 Ok((keyword, vector))
             })
             .await?;
+        span.record("keyword_hits", keyword.len());
+        span.record("vector_hits", vector.len());
         debug!(
             shard = self.shard.shard(),
             keyword = keyword.len(),
@@ -177,11 +183,13 @@ impl Retriever for RetrieverService {
         let mut stream = request.into_inner();
         let mut batch = Vec::with_capacity(INDEX_COMMIT_BATCH);
         let mut indexed = 0;
+        let mut bytes = 0;
         while let Some(message) = stream.next().await {
             let message = message?;
             let document = message
                 .document
                 .ok_or_else(|| Status::invalid_argument("document: missing"))?;
+            bytes += (document.id.len() + document.title.len() + document.text.len()) as u64;
             batch.push(stored_from_proto(document, message.vector, message.version));
             if batch.len() == INDEX_COMMIT_BATCH {
                 let full = std::mem::take(&mut batch);
@@ -191,6 +199,17 @@ impl Retriever for RetrieverService {
         if !batch.is_empty() {
             indexed += self.blocking(move |shard| shard.upsert(&batch)).await?;
         }
+        let labels = replica_labels(self.shard.shard(), self.shard.replica());
+        let labels = [labels[0].as_str(), labels[1].as_str()];
+        let retriever_metrics = metrics();
+        retriever_metrics
+            .ingest_documents
+            .with_label_values(&labels)
+            .inc_by(indexed);
+        retriever_metrics
+            .ingest_bytes
+            .with_label_values(&labels)
+            .inc_by(bytes);
         Ok(Response::new(IndexResponse { indexed }))
     }
 

@@ -19,6 +19,7 @@ use tantivy::{
 use tracing::{info, warn};
 
 use crate::error::RetrieverError;
+use crate::metrics::{metrics, replica_labels};
 use crate::ranking::{best_k_by_score_then_id, top_with_ties};
 use crate::schema::{build_schema, ShardFields};
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
@@ -201,7 +202,7 @@ impl Shard {
             writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
             writer.add_document(self.to_tantivy(document, *version)?)?;
         }
-        let opstamp = writer.commit()?;
+        let opstamp = self.commit(&mut writer)?;
         self.reader.reload()?;
         drop(writer);
         {
@@ -216,6 +217,18 @@ impl Shard {
         }
         self.save_vectors_now_and_then(opstamp);
         Ok(documents.len() as u64)
+    }
+
+    /// Commits the writer (written and fsynced), timing it into the commit histogram.
+    fn commit(&self, writer: &mut IndexWriter) -> Result<u64, RetrieverError> {
+        let started = Instant::now();
+        let opstamp = writer.commit()?;
+        let labels = replica_labels(self.shard, self.replica);
+        metrics()
+            .commit_duration
+            .with_label_values(&[labels[0].as_str(), labels[1].as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(opstamp)
     }
 
     /// A write's version: its own, or this replica's clock's when it has none.
@@ -389,7 +402,7 @@ impl Shard {
         for (id, _) in &effective {
             writer.delete_term(Term::from_field_text(self.fields.id, id));
         }
-        let opstamp = writer.commit()?;
+        let opstamp = self.commit(&mut writer)?;
         self.reader.reload()?;
         drop(writer);
         {

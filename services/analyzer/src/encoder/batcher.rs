@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use super::Encoder;
 use crate::error::AnalyzerError;
+use crate::metrics::metrics;
 
 /// How requests are gathered into batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +230,11 @@ impl BatchWorker {
                 )))
             }
         });
+        let batch_metrics = metrics();
+        batch_metrics.batch_size.observe(texts.len() as f64);
+        batch_metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
         debug!(
             requests = replies.len(),
             texts = texts.len(),

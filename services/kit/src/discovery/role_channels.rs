@@ -1,6 +1,7 @@
 //! `RoleChannels`: "a ready member of role R, and a channel to it". One lazily connected
 //! channel per member address, reused across calls; the ready members of a role are taken
-//! in turn. The gateway and the evaluator (for the analyzer's encoder) both use it.
+//! in turn. The gateway and the evaluator (for the analyzer's encoder) both use it. Every
+//! channel given carries the caller's trace context into its calls.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use tonic::transport::Channel;
 use super::{Discovery, MemberSet, Role};
 use crate::error::KitError;
 use crate::server::lazy_channel;
+use crate::telemetry::{traced, TracedChannel};
 
 /// Why no channel could be given.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +55,7 @@ impl RoleChannels {
     }
 
     /// A channel to the next ready member of `role`, in turn.
-    pub fn pick(&self, role: Role) -> Result<Channel, ChannelError> {
+    pub fn pick(&self, role: Role) -> Result<TracedChannel, ChannelError> {
         let address = {
             let members = self.members.borrow();
             let ready: Vec<&str> = members
@@ -70,14 +72,14 @@ impl RoleChannels {
     }
 
     /// The (cached, lazily connected) channel to one address.
-    pub fn channel(&self, address: &str) -> Result<Channel, ChannelError> {
+    pub fn channel(&self, address: &str) -> Result<TracedChannel, ChannelError> {
         let mut channels = self.channels.lock().map_err(|_| ChannelError::Poisoned)?;
         if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
+            return Ok(traced(channel.clone()));
         }
         let channel = lazy_channel(address)?;
         channels.insert(address.to_string(), channel.clone());
-        Ok(channel)
+        Ok(traced(channel))
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn run_embed(options: EmbedBenchOptions, config: &QuarryConfig) -> any
         role: "analyzer",
         routes: Routes::new(AnalyzerServer::from_arc(Arc::clone(&analyzer))),
         service_names: vec!["quarry.v1.Analyzer"],
+        shard_replica: None,
     };
     let server = tokio::spawn({
         let server_config = config.server.clone();

@@ -1,8 +1,8 @@
 //! `quarry bench`: benchmarks that print JSON — `beir` (ranking quality, shard invariance,
 //! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
 //! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
-//! one at a time against concurrent, batched) and `scheduler` (no-op steps per second with
-//! durable state in etcd).
+//! one at a time against concurrent, batched), `scheduler` (no-op steps per second with
+//! durable state in etcd) and `tracing` (query throughput with span export off and on).
 
 mod analyzer;
 mod beir;
@@ -13,6 +13,7 @@ mod local_etcd;
 pub mod metrics;
 mod scheduler;
 mod tail;
+mod tracing_overhead;
 
 use std::path::Path;
 
@@ -21,7 +22,10 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
-use crate::cli::{BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, SchedulerBenchArgs, TailArgs};
+use crate::cli::{
+    BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, SchedulerBenchArgs, TailArgs,
+    TracingBenchArgs,
+};
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
@@ -107,6 +111,17 @@ pub async fn run_first_token_bench(
     config: QuarryConfig,
 ) -> anyhow::Result<()> {
     let report = first_token::run_first_token(args.asks, config).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_tracing_bench(args: &TracingBenchArgs) -> anyhow::Result<()> {
+    let dataset = Dataset::load(&args.dataset)?;
+    let options = tracing_overhead::TracingBenchOptions {
+        window: std::time::Duration::from_secs_f64(args.seconds),
+        concurrency: args.concurrency.max(1),
+        rounds: args.rounds.max(1),
+    };
+    let report = tracing_overhead::run_tracing(&dataset, options).await?;
     print_and_save(&report, args.out.as_deref())
 }
 

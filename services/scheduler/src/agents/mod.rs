@@ -20,12 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use quarry_kit::discovery::{Role, RoleChannels};
+use quarry_kit::telemetry::TracedChannel;
 use quarry_proto::v1::analyzer_client::AnalyzerClient;
 use quarry_proto::v1::evaluator_client::EvaluatorClient;
 use quarry_proto::v1::generator_client::GeneratorClient;
 use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::AgentRole;
-use tonic::transport::Channel;
 
 pub use sources::{ResearchResult, Source, WriterResult};
 
@@ -112,7 +112,7 @@ impl Agents {
         }
     }
 
-    fn channel(&self, role: Role) -> Result<Channel, AgentError> {
+    fn channel(&self, role: Role) -> Result<TracedChannel, AgentError> {
         let cluster = self
             .cluster
             .as_ref()
@@ -126,25 +126,25 @@ impl Agents {
         })
     }
 
-    fn gateway(&self) -> Result<QuarryClient<Channel>, AgentError> {
+    fn gateway(&self) -> Result<QuarryClient<TracedChannel>, AgentError> {
         Ok(QuarryClient::new(self.channel(Role::Gateway)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    fn generator(&self) -> Result<GeneratorClient<Channel>, AgentError> {
+    fn generator(&self) -> Result<GeneratorClient<TracedChannel>, AgentError> {
         Ok(GeneratorClient::new(self.channel(Role::Generator)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    fn analyzer(&self) -> Result<AnalyzerClient<Channel>, AgentError> {
+    fn analyzer(&self) -> Result<AnalyzerClient<TracedChannel>, AgentError> {
         Ok(AnalyzerClient::new(self.channel(Role::Analyzer)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))
     }
 
-    fn evaluator(&self) -> Result<EvaluatorClient<Channel>, AgentError> {
+    fn evaluator(&self) -> Result<EvaluatorClient<TracedChannel>, AgentError> {
         Ok(EvaluatorClient::new(self.channel(Role::Evaluator)?)
             .max_decoding_message_size(self.max_message_bytes)
             .max_encoding_message_size(self.max_message_bytes))

@@ -1,0 +1,61 @@
+//! The analyzer's Prometheus metrics: cache hits and misses by cache (analysis, embedding)
+//! and the size and duration of each embedding batch, registered in the process registry of
+//! `quarry_kit::metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec};
+use quarry_kit::metrics::{counter_vec, register as register_metric, LATENCY_BUCKETS};
+
+pub struct AnalyzerMetrics {
+    pub cache_hits: IntCounterVec,
+    pub cache_misses: IntCounterVec,
+    pub batch_size: Histogram,
+    pub batch_duration: Histogram,
+}
+
+/// Texts per batch: powers of two up to the largest request (1024).
+const BATCH_SIZE_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let options = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register_metric(Histogram::with_opts(options).expect("valid metric name"))
+}
+
+/// The analyzer's metrics, registered on first use.
+pub fn metrics() -> &'static AnalyzerMetrics {
+    static METRICS: LazyLock<AnalyzerMetrics> = LazyLock::new(|| AnalyzerMetrics {
+        cache_hits: counter_vec(
+            "quarry_analyzer_cache_hits_total",
+            "Lookups answered from a cache, by cache (analysis or embedding).",
+            &["cache"],
+        ),
+        cache_misses: counter_vec(
+            "quarry_analyzer_cache_misses_total",
+            "Lookups a cache could not answer, by cache (analysis or embedding).",
+            &["cache"],
+        ),
+        batch_size: histogram(
+            "quarry_analyzer_embedding_batch_size",
+            "Texts embedded together in one encoder call.",
+            &BATCH_SIZE_BUCKETS,
+        ),
+        batch_duration: histogram(
+            "quarry_analyzer_embedding_batch_duration_seconds",
+            "Time of one encoder call over a batch.",
+            &LATENCY_BUCKETS,
+        ),
+    });
+    &METRICS
+}
+
+/// Registers the analyzer's metrics so that the first scrape lists them at zero.
+pub fn register() {
+    let metrics = metrics();
+    for cache in ["analysis", "embedding"] {
+        metrics.cache_hits.with_label_values(&[cache]);
+        metrics.cache_misses.with_label_values(&[cache]);
+    }
+}

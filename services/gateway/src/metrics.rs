@@ -1,0 +1,69 @@
+//! The gateway's Prometheus metrics: the fan-out (shards asked and answered, hedges,
+//! retries, partial results, per-shard call latency) and ingest (documents by outcome,
+//! bytes), registered in the process registry of `quarry_kit::metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use quarry_kit::metrics::{counter, counter_vec, histogram_vec, LATENCY_BUCKETS};
+
+pub struct GatewayMetrics {
+    pub shards_asked: IntCounter,
+    pub shards_answered: IntCounter,
+    pub hedges: IntCounter,
+    pub retries: IntCounter,
+    pub partial_results: IntCounter,
+    pub shard_call_duration: HistogramVec,
+    pub ingest_documents: IntCounterVec,
+    pub ingest_bytes: IntCounter,
+}
+
+/// The gateway's metrics, registered on first use (`register` lists them from the start).
+pub fn metrics() -> &'static GatewayMetrics {
+    static METRICS: LazyLock<GatewayMetrics> = LazyLock::new(|| GatewayMetrics {
+        shards_asked: counter(
+            "quarry_gateway_fanout_shards_asked_total",
+            "Shards a fan-out asked (one per shard per fan-out, whatever the replicas tried).",
+        ),
+        shards_answered: counter(
+            "quarry_gateway_fanout_shards_answered_total",
+            "Shards that answered a fan-out.",
+        ),
+        hedges: counter(
+            "quarry_gateway_hedges_total",
+            "Shard calls hedged on a second replica after outliving the shard's p95.",
+        ),
+        retries: counter(
+            "quarry_gateway_retries_total",
+            "Shard calls retried on another replica after a failure.",
+        ),
+        partial_results: counter(
+            "quarry_gateway_partial_results_total",
+            "Searches and questions answered without some shards.",
+        ),
+        shard_call_duration: histogram_vec(
+            "quarry_gateway_shard_call_duration_seconds",
+            "One call to one shard replica, as the gateway saw it, by shard.",
+            &["shard"],
+            &LATENCY_BUCKETS,
+        ),
+        ingest_documents: counter_vec(
+            "quarry_gateway_ingest_documents_total",
+            "Documents received by Ingest, by outcome (accepted or rejected).",
+            &["outcome"],
+        ),
+        ingest_bytes: counter(
+            "quarry_gateway_ingest_bytes_total",
+            "Bytes of document id, title and text received by Ingest.",
+        ),
+    });
+    &METRICS
+}
+
+/// Registers the gateway's metrics so that the first scrape lists them at zero.
+pub fn register() {
+    let metrics = metrics();
+    for outcome in ["accepted", "rejected"] {
+        metrics.ingest_documents.with_label_values(&[outcome]);
+    }
+}
