@@ -130,7 +130,7 @@ fn kit_error(error: quarry_kit::KitError) -> RetrieverError {
 }
 
 fn peer_error(peer: &str, status: tonic::Status) -> RetrieverError {
-    RetrieverError::Internal(format!("peer {peer}: {}", status.message()))
+    RetrieverError::Internal(format!("{peer}: {}", status.message()))
 }
 
 async fn copy_from_peer(
