@@ -14,6 +14,7 @@ use tracing::warn;
 
 use crate::analyzer::QuestionAnalyzer;
 use crate::error::AnalyzerError;
+use crate::metrics::metrics;
 
 const RULES: &str = "You classify questions sent to a document search engine. \
 Reply with one JSON object and nothing else, with these fields: \
@@ -134,6 +135,10 @@ impl LlmAnalyzer {
         match self.ask(query).await {
             Ok(analysis) => {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
+                metrics()
+                    .model_analyses
+                    .with_label_values(&["answered"])
+                    .inc();
                 Ok(analysis)
             }
             Err(error) => {
@@ -142,6 +147,7 @@ impl LlmAnalyzer {
                     LlmAnalysisError::Malformed(_) => (&self.stats.malformed_replies, "malformed"),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                metrics().model_analyses.with_label_values(&[cause]).inc();
                 warn!(error = %error, "model analysis unusable; the rules answer instead");
                 Ok(Analysis {
                     analyzer: format!("rules (fallback: {cause})"),

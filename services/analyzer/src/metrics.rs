@@ -1,5 +1,6 @@
-//! The analyzer's Prometheus metrics: cache hits and misses by cache (analysis, embedding)
-//! and the size and duration of each embedding batch, registered in the process registry of
+//! The analyzer's Prometheus metrics: cache hits and misses by cache (analysis, embedding),
+//! the size and duration of each embedding batch, and what the optional chat-model backend
+//! answered (used, or a fallback by cause), registered in the process registry of
 //! `quarry_kit::metrics`.
 
 use std::sync::LazyLock;
@@ -12,6 +13,7 @@ pub struct AnalyzerMetrics {
     pub cache_misses: IntCounterVec,
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
+    pub model_analyses: IntCounterVec,
 }
 
 /// Texts per batch: powers of two up to the largest request (1024).
@@ -47,6 +49,11 @@ pub fn metrics() -> &'static AnalyzerMetrics {
             "Time of one encoder call over a batch.",
             &LATENCY_BUCKETS,
         ),
+        model_analyses: counter_vec(
+            "quarry_analyzer_model_analyses_total",
+            "Questions sent to the chat model, by outcome: answered, malformed, backend.",
+            &["outcome"],
+        ),
     });
     &METRICS
 }
@@ -57,5 +64,8 @@ pub fn register() {
     for cache in ["analysis", "embedding"] {
         metrics.cache_hits.with_label_values(&[cache]);
         metrics.cache_misses.with_label_values(&[cache]);
+    }
+    for outcome in ["answered", "malformed", "backend"] {
+        metrics.model_analyses.with_label_values(&[outcome]);
     }
 }
