@@ -130,6 +130,14 @@ impl LlmAnalyzer {
     /// The model's analysis of `query`; the rules' when the model's is not usable. The
     /// `analyzer` field says which: `openai:<model>` or `rules (fallback: <cause>)`.
     pub async fn analyze(&self, query: &str) -> Result<Analysis, AnalyzerError> {
+        Ok(self.analyze_or_fall_back(query).await?.0)
+    }
+
+    /// As `analyze`, also saying whether the rules answered in the model's place.
+    pub async fn analyze_or_fall_back(
+        &self,
+        query: &str,
+    ) -> Result<(Analysis, bool), AnalyzerError> {
         // The rules validate the input (empty, too long) the same way for both backends.
         let rules_analysis = self.rules.analyze(query)?;
         match self.ask(query).await {
@@ -139,7 +147,7 @@ impl LlmAnalyzer {
                     .model_analyses
                     .with_label_values(&["answered"])
                     .inc();
-                Ok(analysis)
+                Ok((analysis, false))
             }
             Err(error) => {
                 let (counter, cause) = match &error {
@@ -149,10 +157,11 @@ impl LlmAnalyzer {
                 counter.fetch_add(1, Ordering::Relaxed);
                 metrics().model_analyses.with_label_values(&[cause]).inc();
                 warn!(error = %error, "model analysis unusable; the rules answer instead");
-                Ok(Analysis {
+                let analysis = Analysis {
                     analyzer: format!("rules (fallback: {cause})"),
                     ..rules_analysis
-                })
+                };
+                Ok((analysis, true))
             }
         }
     }

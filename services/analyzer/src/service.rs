@@ -86,11 +86,11 @@ impl AnalyzerService {
         if let Some(analysis) = self.caches.analysis(query) {
             return Ok((analysis, true));
         }
-        let analysis = match &self.model {
-            Some(model) => model.analyze(query).await?,
-            None => self.analyzer.analyze(query)?,
+        let (analysis, fallback) = match &self.model {
+            Some(model) => model.analyze_or_fall_back(query).await?,
+            None => (self.analyzer.analyze(query)?, false),
         };
-        if !analysis.analyzer.contains("fallback") {
+        if !fallback {
             self.caches.store_analysis(query, &analysis);
         }
         Ok((analysis, false))

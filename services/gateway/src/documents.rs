@@ -52,18 +52,26 @@ impl Gateway {
                         "shard {shard} has no ready replica"
                     )));
                 }
-                let mut deleted = 0;
-                for replica in replicas {
-                    let mut client = self.clients.retriever(&replica)?;
+                // Every replica that takes writes applies the delete, all at once.
+                let calls = replicas.iter().map(|replica| {
                     let request = ShardDeleteRequest {
                         ids: ids.clone(),
                         version,
                     };
-                    let response = tokio::time::timeout(timeout, client.delete(request))
-                        .await
-                        .map_err(|_| GatewayError::Unavailable(format!("shard {shard} timed out")))?
-                        .map_err(|status| GatewayError::downstream("retriever", status))?;
-                    deleted = deleted.max(response.into_inner().deleted);
+                    async move {
+                        let mut client = self.clients.retriever(replica)?;
+                        let response = tokio::time::timeout(timeout, client.delete(request))
+                            .await
+                            .map_err(|_| {
+                                GatewayError::Unavailable(format!("shard {shard} timed out"))
+                            })?
+                            .map_err(|status| GatewayError::downstream("retriever", status))?;
+                        Ok::<u64, GatewayError>(response.into_inner().deleted)
+                    }
+                });
+                let mut deleted = 0;
+                for outcome in join_all(calls).await {
+                    deleted = deleted.max(outcome?);
                 }
                 Ok(deleted)
             });

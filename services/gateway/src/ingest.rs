@@ -7,6 +7,7 @@
 
 use futures::future::join_all;
 use futures::Stream;
+use quarry_kit::metrics::code_name;
 use quarry_proto::v1::{Document, IndexRequest, IngestError, IngestSummary};
 use tokio_stream::StreamExt;
 use tonic::{Code, Status};
@@ -47,7 +48,7 @@ impl Tally {
             self.summary.errors.push(IngestError {
                 index,
                 id: id.to_string(),
-                code: grpc_code_name(code),
+                code: code_name(code).to_string(),
                 field: field.to_string(),
                 message,
             });
@@ -237,29 +238,5 @@ impl Gateway {
                 }
             }
         }
-    }
-}
-
-/// A gRPC code's name as the protocol spells it (`INVALID_ARGUMENT`), from tonic's `Debug` form.
-fn grpc_code_name(code: Code) -> String {
-    let camel = format!("{code:?}");
-    let mut name = String::with_capacity(camel.len() + 4);
-    for (position, character) in camel.chars().enumerate() {
-        if character.is_uppercase() && position > 0 {
-            name.push('_');
-        }
-        name.push(character.to_ascii_uppercase());
-    }
-    name
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_spelled_as_in_the_protocol() {
-        assert_eq!(grpc_code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
-        assert_eq!(grpc_code_name(Code::Unavailable), "UNAVAILABLE");
     }
 }

@@ -4,7 +4,8 @@
 //! The joining replica registers as *recovering*: gateways write to it from then on but do
 //! not search it. It compares every id's version with a peer's (`ListVersions`), copies the
 //! newer documents (`Export`) and deletes, and pushes back to the peer the writes only it
-//! holds (acknowledged while the peer was away). A second pass after a short settle catches
+//! holds (acknowledged while the peer was away). With no ready peer, it exchanges writes
+//! this way with every other recovering replica (replicas that started together). A second pass after a short settle catches
 //! writes from gateways that had not yet seen it joining; then it registers as ready.
 //! Versions make every copy idempotent, so live writes and copies can cross in any order.
 
@@ -58,7 +59,9 @@ impl Default for RecoveryOptions {
 }
 
 /// Brings `member`'s replica up to date with a ready peer of its shard, then marks it ready.
-/// With no ready peer (the first replica back, or the only one) it serves what it holds.
+/// With no ready peer but others recovering (replicas that started together), it exchanges
+/// writes both ways with each of those instead; with no other replica at all (the only
+/// one) it serves what it holds.
 pub async fn recover(
     shard: Arc<Shard>,
     discovery: Arc<dyn Discovery>,
@@ -67,41 +70,46 @@ pub async fn recover(
 ) -> Result<(), RetrieverError> {
     member.ready = false;
     member.recovering = true;
-    discovery.update(member.clone()).await.map_err(kit_error)?;
+    update_member(discovery.as_ref(), &member).await;
     let mut passes = 0;
     let mut total = CatchUpReport::default();
     loop {
-        let peers: Vec<Member> = discovery
+        let others: Vec<Member> = discovery
             .watch()
             .borrow()
-            .shard_replicas(member.shard)
+            .shard_write_replicas(member.shard)
             .filter(|peer| peer.node_id != member.node_id)
             .cloned()
             .collect();
-        if peers.is_empty() {
+        if others.is_empty() {
             info!(
                 shard = member.shard,
                 replica = member.replica,
-                "no ready peer replica; serving the local copy"
+                "no other replica of the shard; serving the local copy"
             );
             break;
         }
-        let mut caught_up = false;
-        for peer in &peers {
+        let any_ready = others.iter().any(|peer| peer.ready);
+        let mut exchanged = false;
+        for peer in others.iter().filter(|peer| peer.ready || !any_ready) {
             match copy_from_peer(&shard, peer, options.call_timeout).await {
                 Ok(report) => {
                     total.copied += report.copied;
                     total.deleted += report.deleted;
                     total.pushed += report.pushed;
-                    caught_up = true;
-                    break;
+                    exchanged = true;
+                    // One ready peer holds every acknowledged write; recovering ones may
+                    // each hold some, so all of them are exchanged with.
+                    if any_ready {
+                        break;
+                    }
                 }
                 Err(error) => {
                     warn!(peer = %peer.address, error = %error, "catching up from a peer failed")
                 }
             }
         }
-        if !caught_up {
+        if !exchanged {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         }
@@ -113,7 +121,7 @@ pub async fn recover(
     }
     member.ready = true;
     member.recovering = false;
-    discovery.update(member.clone()).await.map_err(kit_error)?;
+    update_member(discovery.as_ref(), &member).await;
     info!(
         shard = member.shard,
         replica = member.replica,
@@ -125,8 +133,18 @@ pub async fn recover(
     Ok(())
 }
 
-fn kit_error(error: quarry_kit::KitError) -> RetrieverError {
-    RetrieverError::Internal(format!("discovery: {error}"))
+/// Writes the member's new state, trying again until discovery takes it (etcd may be away
+/// for a while; a replica must not stay `recovering` for good because of it).
+async fn update_member(discovery: &dyn Discovery, member: &Member) {
+    loop {
+        match discovery.update(member.clone()).await {
+            Ok(()) => return,
+            Err(error) => {
+                warn!(error = %error, ready = member.ready, "could not publish the replica's state; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
 }
 
 fn peer_error(peer: &str, status: tonic::Status) -> RetrieverError {
@@ -143,20 +161,21 @@ async fn copy_from_peer(
     let mut client = RetrieverClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    tokio::time::timeout(call_timeout * 4, catch_up(shard, &mut client, call_timeout))
-        .await
-        .map_err(|_| {
-            RetrieverError::Internal(format!("catching up from {} timed out", peer.address))
-        })?
+    tokio::time::timeout(
+        call_timeout * 4,
+        catch_up(shard, &mut client, &peer.address, call_timeout),
+    )
+    .await
+    .map_err(|_| RetrieverError::Internal(format!("catching up from {} timed out", peer.address)))?
 }
 
 /// One pass: exchange version lists with the peer and copy every newer write both ways.
 pub async fn catch_up(
     shard: &Arc<Shard>,
     peer: &mut RetrieverClient<Channel>,
+    name: &str,
     call_timeout: Duration,
 ) -> Result<CatchUpReport, RetrieverError> {
-    let name = "peer";
     let mut listed = peer
         .list_versions(ListVersionsRequest {})
         .await
@@ -234,12 +253,13 @@ pub async fn catch_up(
             .await
             .map_err(|status| peer_error(name, status))?;
     }
+    let mut deletes_by_version: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
     for (id, version) in plan.push_deletes {
-        report.pushed += 1;
-        let mut call = tonic::Request::new(ShardDeleteRequest {
-            ids: vec![id],
-            version,
-        });
+        deletes_by_version.entry(version).or_default().push(id);
+    }
+    for (version, ids) in deletes_by_version {
+        report.pushed += ids.len() as u64;
+        let mut call = tonic::Request::new(ShardDeleteRequest { ids, version });
         call.set_timeout(call_timeout);
         peer.delete(call)
             .await
@@ -322,6 +342,92 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    fn document(id: &str, text: &str, version: u64) -> StoredDocument {
+        StoredDocument {
+            id: id.to_string(),
+            title: id.to_string(),
+            text: text.to_string(),
+            metadata: Default::default(),
+            vector: vec![1.0, 0.0, version as f32],
+            version,
+        }
+    }
+
+    /// Serves `shard` on a free local port; returns a client of it.
+    async fn serve(shard: Arc<Shard>) -> RetrieverClient<Channel> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let service = quarry_proto::v1::retriever_server::RetrieverServer::new(
+            crate::service::RetrieverService::new(shard),
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        RetrieverClient::connect(address).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_pass_leaves_both_replicas_with_the_newest_write_of_every_id() {
+        let (here_dir, there_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let here = Arc::new(Shard::open(here_dir.path(), 0, 0, 20_000_000).unwrap());
+        let there = Arc::new(Shard::open(there_dir.path(), 0, 1, 20_000_000).unwrap());
+        // Both had a and b; then each took writes while the other was away.
+        for shard in [&here, &there] {
+            shard
+                .upsert(&[document("a", "alpha", 1), document("b", "beta", 1)])
+                .unwrap();
+        }
+        here.upsert(&[
+            document("a", "alpha, revised here", 5),
+            document("c", "only here", 6),
+        ])
+        .unwrap();
+        here.delete(&["b".to_string()], 7).unwrap();
+        there
+            .upsert(&[
+                document("d", "only there", 4),
+                document("a", "older revision", 3),
+            ])
+            .unwrap();
+        there.delete(&["e".to_string()], 8).unwrap();
+
+        let mut peer = serve(Arc::clone(&there)).await;
+        let report = catch_up(&here, &mut peer, "there", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            report,
+            CatchUpReport {
+                copied: 1,
+                deleted: 1,
+                pushed: 3
+            }
+        );
+        assert_eq!(here.versions().unwrap(), there.versions().unwrap());
+        for shard in [&here, &there] {
+            let texts: Vec<String> = shard
+                .fetch(&[
+                    "a".to_string(),
+                    "b".to_string(),
+                    "c".to_string(),
+                    "d".to_string(),
+                ])
+                .unwrap()
+                .into_iter()
+                .map(|document| document.text)
+                .collect();
+            assert_eq!(texts, ["alpha, revised here", "only here", "only there"]);
+            assert_eq!(shard.num_vectors(), 3);
+        }
+        // A second pass finds nothing left to move.
+        let again = catch_up(&here, &mut peer, "there", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(again, CatchUpReport::default());
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub struct Shard {
     fields: ShardFields,
     vectors: RwLock<VectorIndex>,
     vectors_saved: Mutex<Instant>,
-    /// Taken after the writer lock, never before it.
+    /// Taken after the writer lock, never before it (as is `vectors` for writing).
     tombstones: Mutex<Tombstones>,
     clock: VersionClock,
 }
@@ -204,7 +204,8 @@ impl Shard {
         }
         let opstamp = self.commit(&mut writer)?;
         self.reader.reload()?;
-        drop(writer);
+        // The vector index follows the commit before the writer is released, so writes of
+        // one id land in both indexes in the same order.
         {
             let mut vectors = self.write_vectors()?;
             for (document, _) in &applied {
@@ -215,6 +216,7 @@ impl Shard {
                 }
             }
         }
+        drop(writer);
         self.save_vectors_now_and_then(opstamp);
         Ok(documents.len() as u64)
     }
@@ -404,13 +406,13 @@ impl Shard {
         }
         let opstamp = self.commit(&mut writer)?;
         self.reader.reload()?;
-        drop(writer);
         {
             let mut vectors = self.write_vectors()?;
             for (id, _) in &effective {
                 vectors.remove(id)?;
             }
         }
+        drop(writer);
         self.save_vectors_now_and_then(opstamp);
         Ok(present)
     }

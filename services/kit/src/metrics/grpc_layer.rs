@@ -14,7 +14,7 @@ use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use tower::{Layer, Service};
 
 use super::{counter_vec, histogram_vec, register, LATENCY_BUCKETS};
-use crate::grpc_body::{grpc_status, CompletionBody};
+use crate::grpc_body::{grpc_status, CompletionBody, OnComplete};
 
 /// The server-side gRPC metrics.
 pub struct GrpcServerMetrics {
@@ -144,32 +144,51 @@ where
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
         let (service, method) = service_and_method(request.uri().path());
         let (service, method) = (service.to_string(), method.to_string());
-        let metrics = metrics();
-        let in_flight = metrics.in_flight.with_label_values(&[&service]);
+        let in_flight = metrics().in_flight.with_label_values(&[&service]);
         in_flight.inc();
         let started = Instant::now();
+        // Settled exactly once: by the response body, by an error, or as CANCELLED when the
+        // call is dropped before it answers (a client that hung up, a losing hedge).
+        let mut pending = PendingCall(Some(Box::new(move |code| {
+            in_flight.dec();
+            record(&service, &method, code, started);
+        })));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = match response.await {
                 Ok(response) => response,
                 Err(error) => {
-                    in_flight.dec();
-                    record(&service, &method, tonic::Code::Unknown, started);
+                    pending.settle(tonic::Code::Unknown);
                     return Err(error);
                 }
             };
             let header_code = grpc_status(response.headers());
-            Ok(response.map(|body| {
-                CompletionBody::new(
-                    body,
-                    header_code,
-                    Box::new(move |code| {
-                        in_flight.dec();
-                        record(&service, &method, code, started);
-                    }),
-                )
-            }))
+            let on_complete = pending.take();
+            Ok(response.map(|body| CompletionBody::new(body, header_code, on_complete)))
         })
+    }
+}
+
+/// A call's completion callback until the response takes it over; run with CANCELLED if
+/// the call is dropped first.
+struct PendingCall(Option<OnComplete>);
+
+impl PendingCall {
+    fn settle(&mut self, code: tonic::Code) {
+        if let Some(on_complete) = self.0.take() {
+            on_complete(code);
+        }
+    }
+
+    /// The callback, for the response body to run; a no-op if already settled.
+    fn take(&mut self) -> OnComplete {
+        self.0.take().unwrap_or_else(|| Box::new(|_| {}))
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.settle(tonic::Code::Cancelled);
     }
 }
 
@@ -194,6 +213,25 @@ fn record(service: &str, method: &str, code: tonic::Code, started: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_dropped_before_it_answers_is_settled_once_as_cancelled() {
+        let codes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&codes);
+        let pending = PendingCall(Some(Box::new(move |code| seen.lock().unwrap().push(code))));
+        drop(pending);
+        assert_eq!(*codes.lock().unwrap(), vec![tonic::Code::Cancelled]);
+
+        let seen = std::sync::Arc::clone(&codes);
+        let mut answered = PendingCall(Some(Box::new(move |code| seen.lock().unwrap().push(code))));
+        let handed_over = answered.take();
+        drop(answered);
+        handed_over(tonic::Code::Ok);
+        assert_eq!(
+            *codes.lock().unwrap(),
+            vec![tonic::Code::Cancelled, tonic::Code::Ok]
+        );
+    }
 
     #[test]
     fn paths_split_into_known_services_and_methods() {
