@@ -264,8 +264,11 @@ impl Gateway {
             .shard_call_duration
             .with_label_values(&[&shard.to_string()])
             .observe(started.elapsed().as_secs_f64());
-        if let Err(error) = &outcome {
-            let span = Span::current();
+        // Only a hedge's or retry's own span is marked failed: a first try runs in the
+        // request's span, which may still succeed on another replica.
+        let span = Span::current();
+        let own_span = span.metadata().map(|metadata| metadata.name()) == Some(ATTEMPT_SPAN);
+        if let (Err(error), true) = (&outcome, own_span) {
             span.record("otel.status_code", "ERROR");
             span.record("error.code", code_name(error.code()));
         }
@@ -273,10 +276,13 @@ impl Gateway {
     }
 }
 
+/// The name of a hedged or retried call's span.
+const ATTEMPT_SPAN: &str = "retriever.call";
+
 /// The client span of a hedged or retried call to one replica.
 fn attempt_span(shard: u32, replica: &Member, hedged: bool, retry: bool) -> Span {
     tracing::info_span!(
-        "retriever.call",
+        ATTEMPT_SPAN,
         otel.kind = "client",
         otel.status_code = Empty,
         shard,
