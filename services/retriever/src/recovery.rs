@@ -22,7 +22,8 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::error::RetrieverError;
-use crate::shard::{IdVersion, Shard, StoredDocument};
+use crate::service::{stored_from_proto, stored_to_proto};
+use crate::shard::{IdVersion, Shard};
 
 /// Ids per `Export` request during a copy.
 const EXPORT_BATCH: usize = 512;
@@ -211,14 +212,7 @@ pub async fn catch_up(
         while let Some(message) = exported.next().await {
             let message = message.map_err(|status| peer_error(name, status))?;
             if let Some(document) = message.document {
-                documents.push(StoredDocument {
-                    id: document.id,
-                    title: document.title,
-                    text: document.text,
-                    metadata: document.metadata.into_iter().collect(),
-                    vector: message.vector,
-                    version: message.version,
-                });
+                documents.push(stored_from_proto(document, message.vector, message.version));
             }
         }
         report.copied += documents.len() as u64;
@@ -236,15 +230,10 @@ pub async fn catch_up(
         report.pushed += documents.len() as u64;
         let requests: Vec<IndexRequest> = documents
             .into_iter()
-            .map(|document| IndexRequest {
+            .map(|mut document| IndexRequest {
                 version: document.version,
-                vector: document.vector,
-                document: Some(quarry_proto::v1::Document {
-                    id: document.id,
-                    title: document.title,
-                    text: document.text,
-                    metadata: document.metadata.into_iter().collect(),
-                }),
+                vector: std::mem::take(&mut document.vector),
+                document: Some(stored_to_proto(document)),
             })
             .collect();
         let mut call = tonic::Request::new(tokio_stream::iter(requests));
@@ -327,6 +316,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::StoredDocument;
 
     fn versions(entries: &[(&str, u64, bool)]) -> HashMap<String, IdVersion> {
         entries

@@ -360,7 +360,11 @@ fn candidate_to_proto(candidate: ShardCandidate) -> Candidate {
     }
 }
 
-fn stored_from_proto(document: Document, vector: Vec<f32>, version: u64) -> StoredDocument {
+pub(crate) fn stored_from_proto(
+    document: Document,
+    vector: Vec<f32>,
+    version: u64,
+) -> StoredDocument {
     StoredDocument {
         version,
         id: document.id,
@@ -371,7 +375,7 @@ fn stored_from_proto(document: Document, vector: Vec<f32>, version: u64) -> Stor
     }
 }
 
-fn stored_to_proto(document: StoredDocument) -> Document {
+pub(crate) fn stored_to_proto(document: StoredDocument) -> Document {
     Document {
         id: document.id,
         title: document.title,
