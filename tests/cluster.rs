@@ -15,7 +15,7 @@ use quarry_proto::v1::{
     SearchRequest, ShardInfoRequest,
 };
 use support::etcd::Etcd;
-use support::{corpus, document, quarry_command, Served};
+use support::{corpus, document, Served};
 use tonic::transport::Channel;
 
 const CLUSTER: &str = "test";
@@ -40,17 +40,7 @@ fn member_args(etcd: &Etcd) -> Vec<String> {
 
 impl Cluster {
     async fn start() -> Self {
-        let etcd = Etcd::start();
-        quarry_command(&[
-            "cluster",
-            "create",
-            "--etcd",
-            &etcd.endpoint,
-            "--cluster",
-            CLUSTER,
-            "--shards",
-            "2",
-        ]);
+        let etcd = Etcd::with_cluster(CLUSTER, 2);
         let data = tempfile::tempdir().unwrap();
         let mut retrievers = Vec::new();
         for shard in 0..2 {

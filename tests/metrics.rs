@@ -11,7 +11,7 @@ use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{AskRequest, SearchMode, SearchRequest};
 use support::etcd::Etcd;
 use support::prometheus::{promtool_check, scrape, Exposition, PrometheusServer};
-use support::{corpus, free_port, quarry_command, Served};
+use support::{corpus, free_port, Served};
 use tonic::transport::Channel;
 
 const CLUSTER: &str = "measured";
@@ -54,17 +54,7 @@ async fn start_measured(role: &str, etcd: &Etcd, extra: &[String]) -> Measured {
 
 impl MeasuredCluster {
     async fn start() -> Self {
-        let etcd = Etcd::start();
-        quarry_command(&[
-            "cluster",
-            "create",
-            "--etcd",
-            &etcd.endpoint,
-            "--cluster",
-            CLUSTER,
-            "--shards",
-            "2",
-        ]);
+        let etcd = Etcd::with_cluster(CLUSTER, 2);
         let data = tempfile::tempdir().unwrap();
         let mut retrievers = Vec::new();
         for shard in 0..2 {

@@ -13,7 +13,7 @@ use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::AskRequest;
 use support::etcd::Etcd;
 use support::otlp::{wait_for_spans, OtlpReceiver, ReceivedSpan, Trace};
-use support::{corpus, quarry_command, Served};
+use support::{corpus, Served};
 use tonic::transport::Channel;
 
 const CLUSTER: &str = "traced";
@@ -36,17 +36,7 @@ struct TracedCluster {
 
 impl TracedCluster {
     async fn start(receiver: &OtlpReceiver) -> Self {
-        let etcd = Etcd::start();
-        quarry_command(&[
-            "cluster",
-            "create",
-            "--etcd",
-            &etcd.endpoint,
-            "--cluster",
-            CLUSTER,
-            "--shards",
-            "2",
-        ]);
+        let etcd = Etcd::with_cluster(CLUSTER, 2);
         let data = tempfile::tempdir().unwrap();
         let endpoint = receiver.endpoint();
         let env = [

@@ -33,17 +33,7 @@ struct Schedulers {
 
 impl Schedulers {
     async fn start(replicas: usize, max_running_steps: usize) -> Self {
-        let etcd = Etcd::start();
-        quarry_command(&[
-            "cluster",
-            "create",
-            "--etcd",
-            &etcd.endpoint,
-            "--cluster",
-            CLUSTER,
-            "--shards",
-            "1",
-        ]);
+        let etcd = Etcd::with_cluster(CLUSTER, 1);
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("quarry.toml");
         std::fs::write(

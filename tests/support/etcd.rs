@@ -31,6 +31,22 @@ fn ensure_installed() {
 }
 
 impl Etcd {
+    /// A fresh etcd holding one cluster's settings (`quarry cluster create`).
+    pub fn with_cluster(cluster: &str, shards: u32) -> Self {
+        let etcd = Self::start();
+        super::quarry_command(&[
+            "cluster",
+            "create",
+            "--etcd",
+            &etcd.endpoint,
+            "--cluster",
+            cluster,
+            "--shards",
+            &shards.to_string(),
+        ]);
+        etcd
+    }
+
     pub fn start() -> Self {
         ensure_installed();
         let mut etcd = Self {
