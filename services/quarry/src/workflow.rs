@@ -143,27 +143,27 @@ async fn watch_once(
 
 pub async fn get(args: &WorkflowIdArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
-    let workflow = client
-        .get_workflow(GetWorkflowRequest {
-            id: args.id.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    print_workflow(&workflow, args.client.json);
-    Ok(())
+    let request = GetWorkflowRequest {
+        id: args.id.clone(),
+    };
+    print_reply(client.get_workflow(request).await, args.client.json)
 }
 
 pub async fn cancel(args: &WorkflowIdArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
-    let workflow = client
-        .cancel_workflow(CancelWorkflowRequest {
-            id: args.id.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    print_workflow(&workflow, args.client.json);
+    let request = CancelWorkflowRequest {
+        id: args.id.clone(),
+    };
+    print_reply(client.cancel_workflow(request).await, args.client.json)
+}
+
+/// Prints the workflow a `get` or `cancel` answered with.
+fn print_reply(
+    reply: Result<tonic::Response<Workflow>, tonic::Status>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let workflow = reply.map_err(status_error)?.into_inner();
+    print_workflow(&workflow, as_json);
     Ok(())
 }
 
