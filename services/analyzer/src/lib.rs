@@ -8,14 +8,15 @@ mod encoder;
 mod error;
 mod llm;
 pub mod metrics;
+pub mod query_head;
 pub mod rules;
 mod service;
 
 pub use analyzer::QuestionAnalyzer;
 pub use cache::{AnalyzerCaches, CacheCounts, CacheOptions};
 pub use encoder::{
-    BatchOptions, BatchStats, EmbedBatcher, Encoder, HashEncoder, MiniLmEncoder, OpenAiEncoder,
-    MINILM_DIMENSIONS, MINILM_NAME,
+    BatchOptions, BatchStats, EmbedBatcher, Encoder, HashEncoder, OnnxEncoder, OnnxOptions,
+    OpenAiEncoder, MINILM_DIMENSIONS, MINILM_NAME,
 };
 pub use error::AnalyzerError;
 pub use llm::{LlmAnalyzer, LlmAnalyzerStats};

@@ -118,7 +118,7 @@ impl LlmAnalyzer {
             .map_err(|error| AnalyzerError::EncoderLoad(format!("analyzer.chat: {error}")))?;
         Ok(Self {
             client,
-            rules: QuestionAnalyzer,
+            rules: QuestionAnalyzer::rules(),
             stats: LlmAnalyzerStats::default(),
         })
     }

@@ -78,7 +78,7 @@ async fn a_malformed_reply_or_a_failing_backend_falls_back_to_the_rules_and_is_c
     .await
     .unwrap();
     let analyzer = LlmAnalyzer::new(&config(&server.base_url)).unwrap();
-    let rules = QuestionAnalyzer.analyze(QUESTION).unwrap();
+    let rules = QuestionAnalyzer::rules().analyze(QUESTION).unwrap();
 
     let malformed = analyzer.analyze(QUESTION).await.unwrap();
     assert_eq!(malformed.analyzer, "rules (fallback: malformed)");

@@ -7,15 +7,24 @@ use std::sync::Arc;
 use quarry_proto::v1::analyzer_server::Analyzer;
 use quarry_proto::v1::{AnalyzeRequest, AnalyzeResponse, EmbedRequest, EmbedResponse, Vector};
 use tonic::{Request, Response, Status};
+use tracing::warn;
 
 use crate::analyzer::QuestionAnalyzer;
 use crate::cache::{AnalyzerCaches, CacheCounts, CacheOptions};
 use crate::encoder::{BatchOptions, BatchStats, EmbedBatcher, Encoder};
 use crate::error::AnalyzerError;
 use crate::llm::LlmAnalyzer;
+use crate::query_head::QueryTypeHead;
 
 /// Most texts embedded in one request.
 const MAX_EMBED_BATCH: usize = 1024;
+
+/// What `Analyze` answers with.
+struct Analyzed {
+    analysis: quarry_proto::v1::Analysis,
+    embedding: Option<Vec<f32>>,
+    cache_hit: bool,
+}
 
 #[derive(Clone)]
 pub struct AnalyzerService {
@@ -36,8 +45,11 @@ impl AnalyzerService {
             Some(encoder) => Some(Arc::new(EmbedBatcher::start(encoder, batching)?)),
             None => None,
         };
+        let head = embedder
+            .as_ref()
+            .and_then(|embedder| QueryTypeHead::builtin_for(&embedder.encoder().name()));
         Ok(Self {
-            analyzer: QuestionAnalyzer,
+            analyzer: QuestionAnalyzer::with_head(head),
             model: None,
             embedder,
             caches: AnalyzerCaches::disabled(),
@@ -73,27 +85,58 @@ impl AnalyzerService {
         &self,
         query: &str,
     ) -> Result<quarry_proto::v1::Analysis, AnalyzerError> {
-        self.analyze_with_cache(query)
+        self.analyze_with_cache(query, false)
             .await
-            .map(|(analysis, _)| analysis)
+            .map(|analyzed| analyzed.analysis)
     }
 
-    /// The analysis of `query`, and whether it came from the cache.
+    /// The analysis of `query` (from the cache when it is there) and, when `embed` is asked
+    /// for or the rules' head needs it, the question's embedding: one forward pass serves
+    /// both, and the search that follows.
     async fn analyze_with_cache(
         &self,
         query: &str,
-    ) -> Result<(quarry_proto::v1::Analysis, bool), AnalyzerError> {
-        if let Some(analysis) = self.caches.analysis(query) {
-            return Ok((analysis, true));
+        embed: bool,
+    ) -> Result<Analyzed, AnalyzerError> {
+        self.analyzer.validate(query)?;
+        let cached = self.caches.analysis(query);
+        let uses_head = self.model.is_none() && self.analyzer.has_head() && cached.is_none();
+        let embedding = match &self.embedder {
+            Some(embedder) if embed || uses_head => {
+                match self.embed_cached(embedder, vec![query.to_string()]).await {
+                    Ok(vectors) => vectors.into_iter().next(),
+                    Err(error) if !embed => {
+                        warn!(error = %error, "embedding the question failed; the rules decide alone");
+                        None
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            _ => None,
+        };
+        if let Some(analysis) = cached {
+            return Ok(Analyzed {
+                analysis,
+                embedding,
+                cache_hit: true,
+            });
         }
         let (analysis, fallback) = match &self.model {
             Some(model) => model.analyze_or_fall_back(query).await?,
-            None => (self.analyzer.analyze(query)?, false),
+            None => (
+                self.analyzer
+                    .analyze_with_embedding(query, embedding.as_deref())?,
+                false,
+            ),
         };
         if !fallback {
             self.caches.store_analysis(query, &analysis);
         }
-        Ok((analysis, false))
+        Ok(Analyzed {
+            analysis,
+            embedding,
+            cache_hit: false,
+        })
     }
 
     /// The vectors of `texts`, encoding only those not cached.
@@ -143,12 +186,19 @@ impl Analyzer for AnalyzerService {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let (analysis, cache_hit) = self.analyze_with_cache(&request.into_inner().query).await?;
+        let request = request.into_inner();
+        let analyzed = self
+            .analyze_with_cache(&request.query, request.embed)
+            .await?;
         let span = tracing::Span::current();
-        span.record("cache_hit", cache_hit);
-        span.record("query_type", analysis.query_type);
+        span.record("cache_hit", analyzed.cache_hit);
+        span.record("query_type", analyzed.analysis.query_type);
         Ok(Response::new(AnalyzeResponse {
-            analysis: Some(analysis),
+            analysis: Some(analyzed.analysis),
+            embedding: analyzed
+                .embedding
+                .filter(|_| request.embed)
+                .map(|values| Vector { values }),
         }))
     }
 

@@ -136,16 +136,9 @@ impl Gateway {
         Span::current().record("k", k);
 
         let wants_vectors = mode != SearchMode::Keyword;
-        let (analysis, query_vector) =
-            futures::join!(self.analyze(&request.question, deadline), async {
-                if wants_vectors {
-                    self.embed_query(&request.question, deadline).await
-                } else {
-                    Ok(None)
-                }
-            });
-        let analysis = analysis?;
-        let query_vector = query_vector?;
+        let (analysis, query_vector) = self
+            .analyze(&request.question, wants_vectors, deadline)
+            .await?;
         let analyze_ms = elapsed_ms(started);
 
         let query_type = QueryType::try_from(analysis.query_type).unwrap_or(QueryType::Unspecified);
@@ -189,18 +182,30 @@ impl Gateway {
         })
     }
 
-    async fn analyze(&self, question: &str, deadline: Deadline) -> Result<Analysis, GatewayError> {
+    /// The question's analysis and, when `embed`, its embedding (`None` when the analyzer
+    /// has no encoder), from one call: the analyzer's classifier and the search share the
+    /// one forward pass.
+    async fn analyze(
+        &self,
+        question: &str,
+        embed: bool,
+        deadline: Deadline,
+    ) -> Result<(Analysis, Option<Vec<f32>>), GatewayError> {
         let mut analyzer = self.clients.analyzer()?;
         let request = AnalyzeRequest {
             query: question.to_string(),
+            embed,
         };
-        Ok(analyzer
+        let response = analyzer
             .analyze(with_timeout(request, deadline, self))
             .await
             .map_err(|status| GatewayError::downstream("analyzer", status))?
-            .into_inner()
-            .analysis
-            .unwrap_or_default())
+            .into_inner();
+        let embedding = response
+            .embedding
+            .map(|vector| vector.values)
+            .filter(|values| embed && !values.is_empty());
+        Ok((response.analysis.unwrap_or_default(), embedding))
     }
 
     fn generate_request(&self, prepared: &Prepared) -> GenerateRequest {

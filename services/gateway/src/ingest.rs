@@ -6,6 +6,7 @@
 //! the same id wins on every replica whatever order the copies land in.
 
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use futures::Stream;
 use quarry_kit::metrics::code_name;
 use quarry_proto::v1::{Document, IndexRequest, IngestError, IngestSummary};
@@ -42,6 +43,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// Adds one batch's outcome.
+    fn merge(&mut self, other: Tally) {
+        self.summary.accepted += other.summary.accepted;
+        self.summary.rejected += other.summary.rejected;
+        for error in other.summary.errors {
+            if self.summary.errors.len() < MAX_REPORTED_ERRORS {
+                self.summary.errors.push(error);
+            }
+        }
+    }
+
     fn reject(&mut self, index: u64, id: &str, code: Code, field: &str, message: String) {
         self.summary.rejected += 1;
         if self.summary.errors.len() < MAX_REPORTED_ERRORS {
@@ -66,7 +78,21 @@ impl Gateway {
         let mut buffers: Vec<Vec<Pending>> = (0..shards).map(|_| Vec::new()).collect();
         let mut tally = Tally::default();
         let mut index = 0u64;
-        while let Some(message) = documents.next().await {
+        // Full batches being embedded and written while the stream is read on: the next
+        // batch is embedded while the last one commits on its shard.
+        let pipeline = self.config.ingest_pipeline.max(1);
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let message = tokio::select! {
+                Some(batch_tally) = in_flight.next(), if !in_flight.is_empty() => {
+                    tally.merge(batch_tally);
+                    continue;
+                }
+                message = documents.next(), if in_flight.len() < pipeline => message,
+            };
+            let Some(message) = message else {
+                break;
+            };
             let document = message.map_err(|status| GatewayError::downstream("client", status))?;
             let bytes = document.id.len() + document.title.len() + document.text.len();
             metrics().ingest_bytes.inc_by(bytes as u64);
@@ -91,30 +117,19 @@ impl Gateway {
                     });
                     if buffers[shard].len() >= self.config.ingest_batch {
                         let batch = std::mem::take(&mut buffers[shard]);
-                        self.write_batch(shard as u32, batch, &mut tally).await;
+                        in_flight.push(self.write_batch(shard as u32, batch));
                     }
                 }
             }
             index += 1;
         }
-        let flushes = buffers
-            .into_iter()
-            .enumerate()
-            .filter(|(_, batch)| !batch.is_empty())
-            .map(|(shard, batch)| async move {
-                let mut shard_tally = Tally::default();
-                self.write_batch(shard as u32, batch, &mut shard_tally)
-                    .await;
-                shard_tally
-            });
-        for shard_tally in join_all(flushes).await {
-            tally.summary.accepted += shard_tally.summary.accepted;
-            tally.summary.rejected += shard_tally.summary.rejected;
-            for error in shard_tally.summary.errors {
-                if tally.summary.errors.len() < MAX_REPORTED_ERRORS {
-                    tally.summary.errors.push(error);
-                }
+        for (shard, batch) in buffers.into_iter().enumerate() {
+            if !batch.is_empty() {
+                in_flight.push(self.write_batch(shard as u32, batch));
             }
+        }
+        while let Some(batch_tally) = in_flight.next().await {
+            tally.merge(batch_tally);
         }
         tally.summary.errors.sort_by_key(|error| error.index);
         let span = tracing::Span::current();
@@ -168,7 +183,13 @@ impl Gateway {
     /// Embeds one batch and writes it to every replica of its shard that takes writes;
     /// accepted only if all of them acknowledged.
     #[tracing::instrument(name = "write_batch", skip_all, fields(shard, documents = batch.len()))]
-    async fn write_batch(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
+    async fn write_batch(&self, shard: u32, batch: Vec<Pending>) -> Tally {
+        let mut tally = Tally::default();
+        self.write_batch_into(shard, batch, &mut tally).await;
+        tally
+    }
+
+    async fn write_batch_into(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
         let vectors = match self.embed_batch(&batch).await {
             Ok(vectors) => vectors,
             Err(error) => {

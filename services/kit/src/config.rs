@@ -148,6 +148,9 @@ pub struct GatewayConfig {
     pub rrf_k: f64,
     /// Texts per `Embed` call while ingesting.
     pub embed_batch: usize,
+    /// Full ingest batches embedded and written at once (the next batch is embedded while
+    /// the last one commits); 1 writes one batch at a time.
+    pub ingest_pipeline: usize,
     /// `Embed` calls of one ingest batch in flight at once, so that every analyzer worker
     /// (one per core) has work.
     pub embed_concurrency: usize,
@@ -196,6 +199,7 @@ impl Default for GatewayConfig {
             fusion: Fusion::default(),
             rrf_k: 60.0,
             embed_batch: 64,
+            ingest_pipeline: 2,
             embed_concurrency: 4,
             embed_timeout_ms: 300_000,
         }
@@ -210,11 +214,25 @@ pub enum EncoderKind {
     None,
     /// Feature hashing of terms; for tests only, never chosen unless configured.
     Hash,
-    /// all-MiniLM-L6-v2 run in-process with candle from `analyzer.model_dir`.
+    /// all-MiniLM-L6-v2 run in-process by ONNX Runtime from `analyzer.model_dir`
+    /// (`minilm`, the name this encoder had before, is read as `onnx`).
     #[default]
-    Minilm,
+    #[serde(alias = "minilm")]
+    Onnx,
     /// Any OpenAI-compatible `/v1/embeddings` endpoint.
     Openai,
+}
+
+/// Which of the two graphs `make model` writes the `onnx` encoder runs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderPrecision {
+    /// model.onnx: the model's own float weights; vectors equal sentence-transformers'.
+    #[default]
+    Fp32,
+    /// model-int8.onnx: weights quantised to int8 per channel, activations per call; about
+    /// twice as fast, vectors at cosine 0.989 or more to fp32's (see the README).
+    Int8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -226,8 +244,12 @@ pub struct AnalyzerConfig {
     pub backend: String,
     pub chat: OpenAiChatConfig,
     pub encoder: EncoderKind,
-    /// Directory with config.json, tokenizer.json and model.safetensors (`make model`).
+    /// Directory with tokenizer.json, model.onnx and model-int8.onnx (`make model`).
     pub model_dir: PathBuf,
+    /// ONNX Runtime's shared library, opened at start (`make model` installs it).
+    pub runtime_library: PathBuf,
+    /// `fp32` (the default) or `int8`.
+    pub precision: EncoderPrecision,
     /// Most texts embedded in one forward pass.
     pub max_batch: usize,
     /// How long a request waits for others to share its batch, in microseconds.
@@ -236,9 +258,12 @@ pub struct AnalyzerConfig {
     /// 1 by default: on the 2-core machine we measure on, one batch with both cores beat two
     /// single-threaded batches side by side (see the README's Benchmarks).
     pub batch_workers: usize,
-    /// Threads one forward pass of the in-process model uses; 0 (the default) leaves it to
-    /// candle (every core). `RAYON_NUM_THREADS` in the environment takes precedence.
+    /// Threads one forward pass of the in-process model uses; 0 (the default) for one per
+    /// CPU core.
     pub encoder_threads: usize,
+    /// Whether the forward pass's idle threads spin before sleeping. Off by default: under
+    /// `quarry up` the spinning takes CPU from the other roles (see the README's Benchmarks).
+    pub encoder_spinning: bool,
     /// Most analyses and, separately, most embeddings kept in memory; 0 turns caching off.
     pub cache_entries: u64,
     /// How long a cached analysis or embedding stays, in seconds.
@@ -253,10 +278,13 @@ impl Default for AnalyzerConfig {
             chat: OpenAiChatConfig::default(),
             encoder: EncoderKind::default(),
             model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+            runtime_library: PathBuf::from("models/onnxruntime/libonnxruntime.so"),
+            precision: EncoderPrecision::default(),
             max_batch: 32,
             batch_window_us: 500,
             batch_workers: 1,
             encoder_threads: 0,
+            encoder_spinning: false,
             cache_entries: 10_000,
             cache_ttl_s: 600,
             openai: OpenAiEmbeddingsConfig::default(),

@@ -130,7 +130,7 @@ pub struct ClusterCreateArgs {
 pub enum BenchCommand {
     /// Ranking quality, shard invariance and speed on a BEIR dataset, in-process.
     Beir(BeirArgs),
-    /// Query-type accuracy and confusion matrix of the rule-based analyzer.
+    /// Query-type accuracy of the rules, the embedding head (cross-validated) and both.
     Analyzer(AnalyzerBenchArgs),
     /// Tail latency with one replica slowed on 5% of its requests, hedging off and on.
     Tail(TailArgs),
@@ -234,6 +234,9 @@ pub struct BeirArgs {
     /// Run only the first N judged queries.
     #[arg(long)]
     pub limit_queries: Option<usize>,
+    /// Also time N Asks (the first N queries as questions, default mode and k) per shard count.
+    #[arg(long, default_value_t = 0)]
+    pub asks: usize,
     /// Also write the JSON report here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -244,6 +247,13 @@ pub struct AnalyzerBenchArgs {
     /// Labelled questions: a header, then question<TAB>type per line.
     #[arg(long, default_value = "../shared/data/query-types.tsv")]
     pub file: PathBuf,
+    /// Also score the rules and a head trained on --file on these labelled questions.
+    #[arg(long)]
+    pub held_out: Option<PathBuf>,
+    /// Also train the query-type head on the whole file and write it here
+    /// (services/analyzer/src/query_type_head.json is the one compiled in).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

@@ -132,8 +132,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Bench(BenchCommand::Analyzer(args)) => {
-            init_client_logging(&cli);
-            bench::run_analyzer_bench(&args.file, args.out.as_deref())
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_analyzer_bench(
+                &args.file,
+                args.held_out.as_deref(),
+                args.train.as_deref(),
+                args.out.as_deref(),
+                &config,
+            )
+            .await
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use quarry_analyzer::{
-    AnalyzerService, BatchOptions, Encoder, HashEncoder, LlmAnalyzer, MiniLmEncoder, OpenAiEncoder,
+    AnalyzerService, BatchOptions, Encoder, HashEncoder, LlmAnalyzer, OnnxEncoder, OnnxOptions,
+    OpenAiEncoder,
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
@@ -272,15 +273,23 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
     Ok(match config.analyzer.encoder {
         EncoderKind::None => None,
         EncoderKind::Hash => Some(Arc::new(HashEncoder::new(HASH_ENCODER_DIMENSIONS))),
-        EncoderKind::Minilm => {
-            set_forward_threads(config.analyzer.encoder_threads);
-            let model_dir = &config.analyzer.model_dir;
-            let encoder = MiniLmEncoder::load(model_dir).with_context(|| {
+        EncoderKind::Onnx => {
+            let analyzer = &config.analyzer;
+            let options = OnnxOptions {
+                model_dir: analyzer.model_dir.clone(),
+                runtime_library: analyzer.runtime_library.clone(),
+                precision: analyzer.precision,
+                threads: analyzer.encoder_threads,
+                sessions: batch_options(config).workers,
+                spinning: analyzer.encoder_spinning,
+            };
+            let encoder = OnnxEncoder::load(&options).with_context(|| {
                 format!(
-                    "analyzer.encoder = \"minilm\" needs all-MiniLM-L6-v2 in {}: \
-                     run `make model`, or set analyzer.encoder \
+                    "analyzer.encoder = \"onnx\" needs all-MiniLM-L6-v2 in {} and ONNX Runtime \
+                     at {}: run `make model`, or set analyzer.encoder \
                      (QUARRY_ANALYZER__ENCODER) to \"openai\" or \"none\"",
-                    model_dir.display()
+                    analyzer.model_dir.display(),
+                    analyzer.runtime_library.display()
                 )
             })?;
             Some(Arc::new(encoder))
@@ -289,18 +298,6 @@ pub fn build_encoder(config: &QuarryConfig) -> anyhow::Result<Option<Arc<dyn Enc
             OpenAiEncoder::new(&config.analyzer.openai).context("analyzer.encoder = \"openai\"")?,
         )),
     })
-}
-
-/// Threads of one candle forward pass: candle and its matrix library read
-/// `CANDLE_NUM_THREADS` and `RAYON_NUM_THREADS`. Set before the model first runs; 0, or a
-/// value the user put in the environment, leaves them alone.
-fn set_forward_threads(threads: usize) {
-    if threads == 0 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
-        return;
-    }
-    let threads = threads.to_string();
-    std::env::set_var("RAYON_NUM_THREADS", &threads);
-    std::env::set_var("CANDLE_NUM_THREADS", &threads);
 }
 
 /// The analyzer's batching limits from `[analyzer]`.

@@ -1,15 +1,14 @@
-//! Text encoders behind one trait: `hash` (tests only), MiniLM in-process, any
-//! OpenAI-compatible endpoint; and `EmbedBatcher`, which shares one encoder among callers.
+//! Text encoders behind one trait: `hash` (tests only), MiniLM in-process on ONNX Runtime,
+//! any OpenAI-compatible endpoint; and `EmbedBatcher`, which shares one encoder among callers.
 
 mod batcher;
-mod bert;
 mod hash;
-mod minilm;
+mod onnx;
 mod openai;
 
 pub use batcher::{BatchOptions, BatchStats, EmbedBatcher};
 pub use hash::HashEncoder;
-pub use minilm::{MiniLmEncoder, MINILM_DIMENSIONS, MINILM_NAME};
+pub use onnx::{OnnxEncoder, OnnxOptions, MINILM_DIMENSIONS, MINILM_NAME};
 pub use openai::OpenAiEncoder;
 
 use crate::error::AnalyzerError;

@@ -77,6 +77,8 @@ pub struct Classification {
     pub intent: String,
 }
 
+pub use query_type::default_intent;
+
 /// Classifies a question into a [`QueryType`] with a confidence and an intent label.
 pub fn classify(question: &str) -> Classification {
     query_type::classify_question(question)

@@ -138,7 +138,8 @@ pub fn confidence_from_scores(scores: &[f32; 4]) -> f32 {
     (0.5 * margin + 0.5 * evidence).clamp(0.0, 1.0)
 }
 
-fn default_intent(query_type: QueryType) -> &'static str {
+/// The intent reported for a type when no cue of that type fired.
+pub fn default_intent(query_type: QueryType) -> &'static str {
     match query_type {
         QueryType::Factual => "lookup",
         QueryType::Procedural => "how_to",

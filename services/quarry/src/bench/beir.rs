@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::quarry_client::QuarryClient;
-use quarry_proto::v1::{Fusion, SearchMode, SearchRequest};
+use quarry_proto::v1::{AskRequest, Fusion, SearchMode, SearchRequest};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -50,6 +50,8 @@ pub struct BeirOptions {
     pub shard_counts: Vec<u32>,
     pub settings: Vec<Setting>,
     pub config: QuarryConfig,
+    /// Asks timed per shard count (0: none).
+    pub asks: usize,
 }
 
 /// The top 10 of every query, per setting, for the shard-invariance check.
@@ -123,6 +125,16 @@ pub async fn run_beir(options: BeirOptions) -> anyhow::Result<Value> {
                 ndcg = measured.ndcg_at_10,
                 "setting measured"
             );
+        }
+        if options.asks > 0 {
+            let asked = measure_asks(&mut client, dataset, options.asks).await?;
+            results.push(json!({
+                "dataset": dataset.name,
+                "shards": shards,
+                "setting": "ask",
+                "asks": options.asks,
+                "latency_ms": asked,
+            }));
         }
         top_tens_by_shards.push((shards, top_tens));
         drop(client);
@@ -202,6 +214,61 @@ async fn measure(
         k100_p99: percentile(&k100_latencies, 99.0),
         top_tens,
     })
+}
+
+/// Latency of `asks` Asks (the dataset's queries as questions, in turn; default mode, k and
+/// generator), with the median of each stage the gateway timed.
+async fn measure_asks(
+    client: &mut QuarryClient<Channel>,
+    dataset: &Dataset,
+    asks: usize,
+) -> anyhow::Result<Value> {
+    let questions: Vec<&str> = dataset
+        .queries
+        .iter()
+        .map(|query| query.text.as_str())
+        .cycle()
+        .take(asks + WARM_UP_QUERIES)
+        .collect();
+    let mut latencies = Vec::with_capacity(asks);
+    let mut stages: [Vec<f64>; 4] = Default::default();
+    for (index, question) in questions.into_iter().enumerate() {
+        let started = Instant::now();
+        let response = client
+            .ask(AskRequest {
+                question: question.to_string(),
+                ..AskRequest::default()
+            })
+            .await
+            .with_context(|| format!("ask {question:?}"))?
+            .into_inner();
+        if index < WARM_UP_QUERIES {
+            continue;
+        }
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        let timings = response
+            .retrieval
+            .and_then(|retrieval| retrieval.timings)
+            .unwrap_or_default();
+        for (stage, value) in stages.iter_mut().zip([
+            timings.analyze_ms,
+            timings.search_ms,
+            timings.generate_ms,
+            timings.evaluate_ms,
+        ]) {
+            stage.push(value);
+        }
+    }
+    Ok(json!({
+        "p50": round2(percentile(&latencies, 50.0)),
+        "p99": round2(percentile(&latencies, 99.0)),
+        "stage_p50": {
+            "analyze": round2(percentile(&stages[0], 50.0)),
+            "search": round2(percentile(&stages[1], 50.0)),
+            "generate": round2(percentile(&stages[2], 50.0)),
+            "evaluate": round2(percentile(&stages[3], 50.0)),
+        },
+    }))
 }
 
 /// For each setting, compares every shard count's top 10s with the first shard count's.

@@ -66,6 +66,7 @@ pub async fn run_beir_bench(args: &BeirArgs, config: QuarryConfig) -> anyhow::Re
         shard_counts: args.shards.clone(),
         settings,
         config,
+        asks: args.asks,
     })
     .await?;
     print_and_save(&report, args.out.as_deref())

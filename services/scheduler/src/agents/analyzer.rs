@@ -12,6 +12,7 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
         .analyzer()?
         .analyze(AnalyzeRequest {
             query: topic.clone(),
+            embed: false,
         })
         .await
         .map_err(|status| AgentError::downstream("analyzer", status))?
