@@ -179,7 +179,7 @@ RELEASE := target/release/quarry
 bench: model bench-analyzer
 	cargo build --release -p quarry
 	$(RELEASE) bench beir --dataset $(DATASET) --shards 1,4 --modes keyword,semantic,hybrid \
-		--compare-fusion --out bench/results/scifact-beir.json
+		--compare-fusion --asks 100 --out bench/results/scifact-beir.json
 	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
 	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
@@ -201,4 +201,4 @@ $(PEER_VENV)/bin/python: bench/peer/requirements.txt
 bench-peer: model $(PEER_VENV)/bin/python
 	cargo build --release -p quarry
 	python3 bench/peer/compare.py --quarry $(RELEASE) --python $(PEER_VENV)/bin/python \
-		--dataset $(DATASET) --model-dir $(MODEL_DIR) --out bench/results/peer.json
+		--dataset $(DATASET) --model-dir $(MODEL_DIR) --docs 1000 --asks 100 --out bench/results/peer.json

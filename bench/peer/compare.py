@@ -23,7 +23,7 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def run_quarry(quarry, dataset, asks, precision):
+def run_quarry(quarry, dataset, asks, precision, docs):
     with tempfile.TemporaryDirectory() as scratch:
         out = pathlib.Path(scratch) / "beir.json"
         environment = dict(os.environ, QUARRY_ANALYZER__PRECISION=precision)
@@ -42,7 +42,8 @@ def run_quarry(quarry, dataset, asks, precision):
                 str(asks),
                 "--out",
                 str(out),
-            ],
+            ]
+            + (["--limit-docs", str(docs)] if docs else []),
             check=True,
             env=environment,
             stdout=subprocess.DEVNULL,
@@ -77,6 +78,7 @@ def main():
     parser.add_argument("--dataset", type=pathlib.Path, required=True)
     parser.add_argument("--model-dir", type=pathlib.Path, required=True)
     parser.add_argument("--asks", type=int, default=200)
+    parser.add_argument("--docs", type=int, default=0, help="first N documents only (0: all)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/results/peer.json"))
     arguments = parser.parse_args()
 
@@ -90,6 +92,8 @@ def main():
                 str(arguments.dataset),
                 "--model-dir",
                 str(arguments.model_dir),
+                "--docs",
+                str(arguments.docs),
             ],
             check=True,
             capture_output=True,
@@ -97,15 +101,16 @@ def main():
         ).stdout
     )
     print("quarry fp32 ...", file=sys.stderr)
-    quarry = run_quarry(arguments.quarry, arguments.dataset, arguments.asks, "fp32")
+    quarry = run_quarry(arguments.quarry, arguments.dataset, arguments.asks, "fp32", arguments.docs)
     print("quarry int8 ...", file=sys.stderr)
-    quarry_int8 = run_quarry(arguments.quarry, arguments.dataset, arguments.asks, "int8")
+    quarry_int8 = run_quarry(arguments.quarry, arguments.dataset, arguments.asks, "int8", arguments.docs)
 
     def ratio(numerator, denominator):
         return round(numerator / denominator, 2) if denominator else None
 
     report = {
         "dataset": str(arguments.dataset),
+        "docs_limit": arguments.docs or "all",
         "python": python,
         "quarry_fp32": quarry,
         "quarry_int8": quarry_int8,

@@ -114,9 +114,14 @@ fn evaluate_sentences(
         .into_iter()
         .map(|(_, terms)| terms)
         .collect();
+    // Sentence vectors line up with the sentences, or are absent because every answer
+    // sentence is supported by its words (then only the question and answer were embedded).
     let vectors = vectors.filter(|vectors| {
-        vectors.answer_sentences.len() == answer_sentence_terms.len()
-            && vectors.passage_sentences.len() == passage_sentence_terms.len()
+        let lined_up = vectors.answer_sentences.len() == answer_sentence_terms.len()
+            && vectors.passage_sentences.len() == passage_sentence_terms.len();
+        let sentences_skipped =
+            vectors.answer_sentences.is_empty() && vectors.passage_sentences.is_empty();
+        lined_up || sentences_skipped
     });
 
     let supported_count = answer_sentence_terms
@@ -171,7 +176,11 @@ pub fn sentence_support(answer_terms: &[String], passage_terms: &[String]) -> f3
     term_coverage(answer_terms, passage_terms)
 }
 
-fn is_supported(answer_terms: &[String], passage_sentence_terms: &[Vec<String>]) -> bool {
+/// Whether some passage sentence supports an answer sentence by its words.
+pub(crate) fn is_supported(
+    answer_terms: &[String],
+    passage_sentence_terms: &[Vec<String>],
+) -> bool {
     passage_sentence_terms
         .iter()
         .any(|passage_terms| sentence_support(answer_terms, passage_terms) >= SUPPORT_THRESHOLD)

@@ -2,7 +2,7 @@
 //! vectors that come back lined up with the sentences, and cosine similarity. Pure: the
 //! service makes the call.
 
-use crate::heuristic::{answer_text, checkable_sentences};
+use crate::heuristic::{answer_text, checkable_sentences, is_supported};
 
 /// An answer sentence is supported by embeddings when its cosine similarity to some passage
 /// sentence reaches this. Calibrated on all-MiniLM-L6-v2 (`tests/minilm_threshold.rs`): a
@@ -25,7 +25,10 @@ pub enum SimilarityError {
 }
 
 /// The texts one evaluation embeds, in order: the question, the answer (citations stripped),
-/// each checkable answer sentence, then each checkable passage sentence.
+/// then — only when some answer sentence is not already supported by its words, since
+/// embeddings can only add support — each checkable answer sentence and each checkable
+/// passage sentence. An extractive answer copies its sentences, so it embeds two texts
+/// instead of every sentence of every passage.
 #[derive(Debug, Clone)]
 pub struct EmbeddingInputs {
     texts: Vec<String>,
@@ -39,14 +42,30 @@ impl EmbeddingInputs {
             .into_iter()
             .map(|(sentence, _)| sentence.to_string())
             .collect();
-        let passage_sentences = passages
+        let passage_sentences: Vec<(&str, Vec<String>)> = passages
             .iter()
             .flat_map(|passage| checkable_sentences(passage))
-            .map(|(sentence, _)| sentence.to_string());
+            .collect();
+        let passage_terms: Vec<Vec<String>> = passage_sentences
+            .iter()
+            .map(|(_, terms)| terms.clone())
+            .collect();
+        let some_sentence_unsupported = checkable_sentences(&answer_text)
+            .iter()
+            .any(|(_, terms)| !is_supported(terms, &passage_terms));
         let mut texts = vec![question.trim().to_string(), answer_text.trim().to_string()];
-        let answer_count = answer_sentences.len();
-        texts.extend(answer_sentences);
-        texts.extend(passage_sentences);
+        let answer_count = if some_sentence_unsupported {
+            let count = answer_sentences.len();
+            texts.extend(answer_sentences);
+            texts.extend(
+                passage_sentences
+                    .into_iter()
+                    .map(|(sentence, _)| sentence.to_string()),
+            );
+            count
+        } else {
+            0
+        };
         if texts.len() > MAX_EMBEDDED_TEXTS {
             return Err(SimilarityError::TooManyTexts { texts: texts.len() });
         }
@@ -216,17 +235,18 @@ mod tests {
     fn lexical_support_still_counts_when_embeddings_disagree() {
         let copied = "Insulin lets cells absorb glucose from the blood. [1]";
         let inputs = EmbeddingInputs::new(QUESTION, copied, &[PASSAGE]).unwrap();
-        let far = inputs
-            .attach(vec![
-                unit(0.0),
-                unit(0.0),
-                unit(-90.0),
-                unit(90.0),
-                unit(90.0),
-            ])
-            .unwrap();
+        assert_eq!(
+            inputs.texts().len(),
+            2,
+            "every sentence is supported by its words: only the question and the answer are embedded"
+        );
+        let far = inputs.attach(vec![unit(0.0), unit(-90.0)]).unwrap();
         let judged = evaluate_with_embeddings(QUESTION, copied, &[PASSAGE], &far);
         assert_eq!(judged.groundedness, 1.0);
+        assert_eq!(
+            judged.relevance, 0.0,
+            "relevance still comes from the vectors"
+        );
     }
 
     #[test]

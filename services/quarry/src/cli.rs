@@ -234,6 +234,9 @@ pub struct BeirArgs {
     /// Run only the first N judged queries.
     #[arg(long)]
     pub limit_queries: Option<usize>,
+    /// Ingest only the first N documents (for rates and latency; nDCG needs them all).
+    #[arg(long)]
+    pub limit_docs: Option<usize>,
     /// Also time N Asks (the first N queries as questions, default mode and k) per shard count.
     #[arg(long, default_value_t = 0)]
     pub asks: usize,

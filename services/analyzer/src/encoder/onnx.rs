@@ -38,6 +38,9 @@ const MAX_SEQUENCE_TOKENS: usize = 256;
 /// Texts per forward pass in fp32. Texts are sorted by length first, so each pass pads little.
 const TEXTS_PER_FORWARD: usize = 16;
 
+/// Padding (in tokens) a text may be given before it goes into a pass of its own.
+const SPLIT_PADDING_TOKENS: usize = 32;
+
 const TOKENIZER_FILE: &str = "tokenizer.json";
 const FP32_GRAPH_FILE: &str = "model.onnx";
 const INT8_GRAPH_FILE: &str = "model-int8.onnx";
@@ -274,6 +277,28 @@ impl OnnxEncoder {
     }
 }
 
+/// Splits texts sorted longest first (`lengths`, in tokens) into forward passes of at most
+/// `most` texts, starting a new pass where a text is under half the pass's longest and at
+/// least [`SPLIT_PADDING_TOKENS`] shorter, so that a short question never pays for a long
+/// answer's padding while short queries of different lengths still share a pass.
+fn forward_passes(lengths: &[usize], most: usize) -> Vec<std::ops::Range<usize>> {
+    let mut passes = Vec::new();
+    let mut start = 0;
+    for (position, &length) in lengths.iter().enumerate() {
+        let full = position - start >= most;
+        let longest = lengths[start];
+        let too_short = length * 2 < longest && longest - length >= SPLIT_PADDING_TOKENS;
+        if position > start && (full || too_short) {
+            passes.push(start..position);
+            start = position;
+        }
+    }
+    if start < lengths.len() {
+        passes.push(start..lengths.len());
+    }
+    passes
+}
+
 /// Mean of the token vectors the mask keeps, then L2 normalisation, with sentence-transformers'
 /// guards (token count at least 1e-9, norm at least 1e-12). Sums run in token order, so a
 /// row's vector depends only on its own values.
@@ -350,8 +375,12 @@ impl Encoder for OnnxEncoder {
         };
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&index| std::cmp::Reverse(encodings[index].len()));
+        let lengths: Vec<usize> = order.iter().map(|&index| encodings[index].len()).collect();
         let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(texts_per_forward) {
+        for chunk in forward_passes(&lengths, texts_per_forward)
+            .into_iter()
+            .map(|range| &order[range])
+        {
             let chunk_encodings: Vec<&Encoding> =
                 chunk.iter().map(|&index| &encodings[index]).collect();
             let chunk_vectors = self.encode_padded(&chunk_encodings)?;
@@ -384,6 +413,19 @@ mod tests {
             message.contains(&directory.path().display().to_string()),
             "{message}"
         );
+    }
+
+    #[test]
+    fn forward_passes_cap_their_size_and_do_not_pad_short_texts_to_long_ones() {
+        assert_eq!(
+            forward_passes(&[], 16),
+            Vec::<std::ops::Range<usize>>::new()
+        );
+        assert_eq!(forward_passes(&[150, 20], 16), vec![0..1, 1..2]);
+        assert_eq!(forward_passes(&[30, 20, 16, 14], 16), vec![0..4]);
+        assert_eq!(forward_passes(&[200, 120, 90, 60], 16), vec![0..2, 2..4]);
+        assert_eq!(forward_passes(&[9; 5], 2), vec![0..2, 2..4, 4..5]);
+        assert_eq!(forward_passes(&[9], 1), vec![0..1]);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub async fn run_beir_bench(args: &BeirArgs, config: QuarryConfig) -> anyhow::Re
     if let Some(limit) = args.limit_queries {
         dataset.queries.truncate(limit);
     }
+    if let Some(limit) = args.limit_docs {
+        // Latency and ingest rate on a smaller corpus; nDCG then counts missing documents.
+        dataset.corpus.truncate(limit);
+    }
     let mut settings = Vec::new();
     for mode in &args.modes {
         match mode {
