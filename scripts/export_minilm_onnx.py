@@ -75,6 +75,27 @@ class GraphBuilder:
         )
         return output
 
+    def matmul_transposed(self, input_name, weight_key, output):
+        """input · weightᵀ, for a torch Linear weight stored as [out, in]."""
+        transposed = self.constant(f"{weight_key}_t", self.weights[weight_key].T)
+        return self.node("MatMul", [input_name, transposed], output)
+
+    def skip_layer_norm(self, input_name, skip, prefix, output, epsilon):
+        """LayerNorm(input + dense bias + skip) with `prefix`'s LayerNorm and dense bias."""
+        return self.node(
+            "SkipLayerNormalization",
+            [
+                input_name,
+                skip,
+                self.weight(f"{prefix}.LayerNorm.weight"),
+                self.weight(f"{prefix}.LayerNorm.bias"),
+                self.weight(f"{prefix}.dense.bias"),
+            ],
+            output,
+            domain=MICROSOFT,
+            epsilon=epsilon,
+        )
+
 
 def build_graph(model_dir):
     config = json.loads((model_dir / "config.json").read_text())
@@ -133,39 +154,17 @@ def build_graph(model_dir):
             domain=MICROSOFT,
             num_heads=heads,
         )
-        projected = builder.node(
-            "MatMul",
-            [
-                attended,
-                builder.constant(
-                    f"{prefix}.attention.output.dense.weight_t",
-                    weights[f"{prefix}.attention.output.dense.weight"].T,
-                ),
-            ],
+        projected = builder.matmul_transposed(
+            attended,
+            f"{prefix}.attention.output.dense.weight",
             f"{prefix}.attention.output.projected",
         )
-        attention_out = builder.node(
-            "SkipLayerNormalization",
-            [
-                projected,
-                state,
-                builder.weight(f"{prefix}.attention.output.LayerNorm.weight"),
-                builder.weight(f"{prefix}.attention.output.LayerNorm.bias"),
-                builder.weight(f"{prefix}.attention.output.dense.bias"),
-            ],
-            f"{prefix}.attention.output",
-            domain=MICROSOFT,
-            epsilon=epsilon,
+        attention_out = builder.skip_layer_norm(
+            projected, state, f"{prefix}.attention.output", f"{prefix}.attention.output", epsilon
         )
-        widened = builder.node(
-            "MatMul",
-            [
-                attention_out,
-                builder.constant(
-                    f"{prefix}.intermediate.dense.weight_t",
-                    weights[f"{prefix}.intermediate.dense.weight"].T,
-                ),
-            ],
+        widened = builder.matmul_transposed(
+            attention_out,
+            f"{prefix}.intermediate.dense.weight",
             f"{prefix}.intermediate.widened",
         )
         activated = builder.node(
@@ -174,29 +173,16 @@ def build_graph(model_dir):
             f"{prefix}.intermediate",
             domain=MICROSOFT,
         )
-        narrowed = builder.node(
-            "MatMul",
-            [
-                activated,
-                builder.constant(
-                    f"{prefix}.output.dense.weight_t",
-                    weights[f"{prefix}.output.dense.weight"].T,
-                ),
-            ],
-            f"{prefix}.output.narrowed",
+        narrowed = builder.matmul_transposed(
+            activated, f"{prefix}.output.dense.weight", f"{prefix}.output.narrowed"
         )
-        state = builder.node(
-            "SkipLayerNormalization",
-            [
-                narrowed,
-                attention_out,
-                builder.weight(f"{prefix}.output.LayerNorm.weight"),
-                builder.weight(f"{prefix}.output.LayerNorm.bias"),
-                builder.weight(f"{prefix}.output.dense.bias"),
-            ],
-            f"{prefix}.output" if layer + 1 < config["num_hidden_layers"] else "last_hidden_state",
-            domain=MICROSOFT,
-            epsilon=epsilon,
+        last = layer + 1 == config["num_hidden_layers"]
+        state = builder.skip_layer_norm(
+            narrowed,
+            attention_out,
+            f"{prefix}.output",
+            "last_hidden_state" if last else f"{prefix}.output",
+            epsilon,
         )
 
     graph = helper.make_graph(

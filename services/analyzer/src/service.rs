@@ -236,10 +236,10 @@ mod tests {
     use super::*;
     use crate::encoder::HashEncoder;
 
-    #[tokio::test]
-    async fn repeated_questions_and_texts_are_answered_from_the_caches() {
+    /// A service over a 16-dimension hash encoder, batching up to 8 texts.
+    fn hash_encoder_service() -> AnalyzerService {
         let encoder: Arc<dyn Encoder> = Arc::new(HashEncoder::new(16));
-        let service = AnalyzerService::new(
+        AnalyzerService::new(
             Some(encoder),
             BatchOptions {
                 max_batch: 8,
@@ -248,7 +248,11 @@ mod tests {
             },
         )
         .unwrap()
-        .with_caches(CacheOptions {
+    }
+
+    #[tokio::test]
+    async fn repeated_questions_and_texts_are_answered_from_the_caches() {
+        let service = hash_encoder_service().with_caches(CacheOptions {
             entries: 100,
             ttl: Duration::from_secs(60),
         });
@@ -275,5 +279,48 @@ mod tests {
         let counts = service.cache_counts();
         assert_eq!((counts.analysis_hits, counts.analysis_misses), (1, 1));
         assert_eq!((counts.embedding_hits, counts.embedding_misses), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn analyze_returns_the_questions_embedding_only_when_asked() {
+        let service = hash_encoder_service();
+        let question = "Who discovered penicillin?";
+        let analyze = |embed| AnalyzeRequest {
+            query: question.to_string(),
+            embed,
+        };
+        let with = Analyzer::analyze(&service, Request::new(analyze(true)))
+            .await
+            .unwrap()
+            .into_inner();
+        let embedded = Analyzer::embed(
+            &service,
+            Request::new(EmbedRequest {
+                texts: vec![question.to_string()],
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(with.embedding, embedded.vectors.first().cloned());
+        let analysis = with.analysis.unwrap();
+        // The hash encoder has no trained head: the rules decide alone.
+        assert_eq!(analysis.analyzer, "rules");
+        let without = Analyzer::analyze(&service, Request::new(analyze(false)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(without.embedding, None);
+        assert_eq!(without.analysis, Some(analysis));
+        let blank = Analyzer::analyze(
+            &service,
+            Request::new(AnalyzeRequest {
+                query: " ".to_string(),
+                embed: true,
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(blank.code(), tonic::Code::InvalidArgument);
     }
 }

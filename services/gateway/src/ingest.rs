@@ -82,6 +82,9 @@ impl Gateway {
         // batch is embedded while the last one commits on its shard.
         let pipeline = self.config.ingest_pipeline.max(1);
         let mut in_flight = FuturesUnordered::new();
+        // A broken stream ends the call with its error, but only after the batches already
+        // sent on have finished on every replica (cancelling one could leave replicas apart).
+        let mut failure = None;
         loop {
             let message = tokio::select! {
                 Some(batch_tally) = in_flight.next(), if !in_flight.is_empty() => {
@@ -93,7 +96,13 @@ impl Gateway {
             let Some(message) = message else {
                 break;
             };
-            let document = message.map_err(|status| GatewayError::downstream("client", status))?;
+            let document = match message {
+                Ok(document) => document,
+                Err(status) => {
+                    failure = Some(GatewayError::downstream("client", status));
+                    break;
+                }
+            };
             let bytes = document.id.len() + document.title.len() + document.text.len();
             metrics().ingest_bytes.inc_by(bytes as u64);
             match validate_document(&document, &self.config) {
@@ -106,7 +115,10 @@ impl Gateway {
                         format!("document {index}: {field}: {reason}"),
                     );
                 }
-                Err(other) => return Err(other),
+                Err(other) => {
+                    failure = Some(other);
+                    break;
+                }
                 Ok(()) => {
                     let shard = shard_for_document(&document.id, shards) as usize;
                     let version = self.versions.next();
@@ -123,13 +135,18 @@ impl Gateway {
             }
             index += 1;
         }
-        for (shard, batch) in buffers.into_iter().enumerate() {
-            if !batch.is_empty() {
-                in_flight.push(self.write_batch(shard as u32, batch));
+        if failure.is_none() {
+            for (shard, batch) in buffers.into_iter().enumerate() {
+                if !batch.is_empty() {
+                    in_flight.push(self.write_batch(shard as u32, batch));
+                }
             }
         }
         while let Some(batch_tally) = in_flight.next().await {
             tally.merge(batch_tally);
+        }
+        if let Some(error) = failure {
+            return Err(error);
         }
         tally.summary.errors.sort_by_key(|error| error.index);
         let span = tracing::Span::current();
