@@ -101,35 +101,51 @@ impl AnalyzerService {
         self.analyzer.validate(query)?;
         let cached = self.caches.analysis(query);
         let uses_head = self.model.is_none() && self.analyzer.has_head() && cached.is_none();
-        let embedding = match &self.embedder {
-            Some(embedder) if embed || uses_head => {
-                match self.embed_cached(embedder, vec![query.to_string()]).await {
-                    Ok(vectors) => vectors.into_iter().next(),
-                    Err(error) if !embed => {
-                        warn!(error = %error, "embedding the question failed; the rules decide alone");
-                        None
+        let embedding = async {
+            match &self.embedder {
+                Some(embedder) if embed || uses_head => {
+                    match self.embed_cached(embedder, vec![query.to_string()]).await {
+                        Ok(vectors) => Ok(vectors.into_iter().next()),
+                        Err(error) if !embed => {
+                            warn!(error = %error, "embedding the question failed; the rules decide alone");
+                            Ok(None)
+                        }
+                        Err(error) => Err(error),
                     }
-                    Err(error) => return Err(error),
                 }
+                _ => Ok(None),
             }
-            _ => None,
         };
         if let Some(analysis) = cached {
             return Ok(Analyzed {
                 analysis,
-                embedding,
+                embedding: embedding.await?,
                 cache_hit: true,
             });
         }
-        let (analysis, fallback) = match &self.model {
-            Some(model) => model.analyze_or_fall_back(query).await?,
-            None => (
-                self.analyzer
-                    .analyze_with_embedding(query, embedding.as_deref())?,
-                false,
-            ),
+        let (analysis, embedding, degraded) = match &self.model {
+            // The chat model does not use the embedding: both run at once.
+            Some(model) => {
+                let (analysed, embedding) =
+                    futures::join!(model.analyze_or_fall_back(query), embedding);
+                let (analysis, fallback) = analysed?;
+                (analysis, embedding?, fallback)
+            }
+            None => {
+                let embedding = embedding.await?;
+                let analysis = self
+                    .analyzer
+                    .analyze_with_embedding(query, embedding.as_deref())?;
+                // Without the vector the head could not help: not cached, so the next
+                // analysis of this question tries again.
+                (
+                    analysis,
+                    embedding.clone(),
+                    uses_head && embedding.is_none(),
+                )
+            }
         };
-        if !fallback {
+        if !degraded {
             self.caches.store_analysis(query, &analysis);
         }
         Ok(Analyzed {
@@ -279,6 +295,61 @@ mod tests {
         let counts = service.cache_counts();
         assert_eq!((counts.analysis_hits, counts.analysis_misses), (1, 1));
         assert_eq!((counts.embedding_hits, counts.embedding_misses), (2, 3));
+    }
+
+    /// Named like the model the compiled-in head belongs to, but every call fails.
+    struct FailingMiniLm;
+
+    impl Encoder for FailingMiniLm {
+        fn name(&self) -> String {
+            crate::MINILM_NAME.to_string()
+        }
+
+        fn dimensions(&self) -> usize {
+            crate::MINILM_DIMENSIONS
+        }
+
+        fn encode(&self, _texts: &[String]) -> Result<Vec<Vec<f32>>, AnalyzerError> {
+            Err(AnalyzerError::Encoder("down".to_string()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_analysis_made_without_the_heads_vector_is_not_cached() {
+        let encoder: Arc<dyn Encoder> = Arc::new(FailingMiniLm);
+        let service = AnalyzerService::new(
+            Some(encoder),
+            BatchOptions {
+                max_batch: 8,
+                window: Duration::ZERO,
+                workers: 1,
+            },
+        )
+        .unwrap()
+        .with_caches(CacheOptions {
+            entries: 100,
+            ttl: Duration::from_secs(60),
+        });
+        assert!(service.analyzer.has_head());
+        for _ in 0..2 {
+            let analysis = service
+                .analyze_cached("sourdough dense gummy middle")
+                .await
+                .expect("the rules answer when the encoder fails");
+            assert_eq!(analysis.analyzer, "rules");
+        }
+        let counts = service.cache_counts();
+        assert_eq!((counts.analysis_hits, counts.analysis_misses), (0, 2));
+        let asked = Analyzer::analyze(
+            &service,
+            Request::new(AnalyzeRequest {
+                query: "sourdough dense gummy middle".to_string(),
+                embed: true,
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(asked.code(), tonic::Code::Internal, "{asked}");
     }
 
     #[tokio::test]

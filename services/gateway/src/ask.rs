@@ -136,9 +136,14 @@ impl Gateway {
         Span::current().record("k", k);
 
         let wants_vectors = mode != SearchMode::Keyword;
-        let (analysis, query_vector) = self
+        let (analysis, mut query_vector) = self
             .analyze(&request.question, wants_vectors, deadline)
             .await?;
+        if wants_vectors && query_vector.is_none() {
+            // An analyzer without an encoder, or one from before `AnalyzeRequest.embed`
+            // (a rolling upgrade): `Embed` tells which, and answers the latter.
+            query_vector = self.embed_query(&request.question, deadline).await?;
+        }
         let analyze_ms = elapsed_ms(started);
 
         let query_type = QueryType::try_from(analysis.query_type).unwrap_or(QueryType::Unspecified);

@@ -266,14 +266,20 @@ impl OnnxEncoder {
     /// A free session, or the next one in turn to wait for.
     fn session(&self) -> Result<std::sync::MutexGuard<'_, Session>, AnalyzerError> {
         for session in &self.sessions {
-            if let Ok(guard) = session.try_lock() {
-                return Ok(guard);
+            match session.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    return Ok(poisoned.into_inner())
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
             }
         }
         let turn = self.next_session.fetch_add(1, Ordering::Relaxed) % self.sessions.len();
-        self.sessions[turn]
+        // A panic in an earlier caller (never inside ONNX Runtime, whose errors are values)
+        // leaves the session itself intact: keep serving with it.
+        Ok(self.sessions[turn]
             .lock()
-            .map_err(|_| AnalyzerError::Encoder("an earlier forward pass panicked".to_string()))
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
