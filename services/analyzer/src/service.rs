@@ -252,9 +252,8 @@ mod tests {
     use super::*;
     use crate::encoder::HashEncoder;
 
-    /// A service over a 16-dimension hash encoder, batching up to 8 texts.
-    fn hash_encoder_service() -> AnalyzerService {
-        let encoder: Arc<dyn Encoder> = Arc::new(HashEncoder::new(16));
+    /// A service over `encoder`, batching up to 8 texts.
+    fn service_over(encoder: Arc<dyn Encoder>) -> AnalyzerService {
         AnalyzerService::new(
             Some(encoder),
             BatchOptions {
@@ -264,6 +263,26 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// A service over a 16-dimension hash encoder.
+    fn hash_encoder_service() -> AnalyzerService {
+        service_over(Arc::new(HashEncoder::new(16)))
+    }
+
+    /// `Analyze` of `query` through the gRPC trait.
+    async fn call_analyze(
+        service: &AnalyzerService,
+        query: &str,
+        embed: bool,
+    ) -> Result<AnalyzeResponse, Status> {
+        let request = AnalyzeRequest {
+            query: query.to_string(),
+            embed,
+        };
+        Analyzer::analyze(service, Request::new(request))
+            .await
+            .map(Response::into_inner)
     }
 
     #[tokio::test]
@@ -316,17 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_analysis_made_without_the_heads_vector_is_not_cached() {
-        let encoder: Arc<dyn Encoder> = Arc::new(FailingMiniLm);
-        let service = AnalyzerService::new(
-            Some(encoder),
-            BatchOptions {
-                max_batch: 8,
-                window: Duration::ZERO,
-                workers: 1,
-            },
-        )
-        .unwrap()
-        .with_caches(CacheOptions {
+        let service = service_over(Arc::new(FailingMiniLm)).with_caches(CacheOptions {
             entries: 100,
             ttl: Duration::from_secs(60),
         });
@@ -340,15 +349,9 @@ mod tests {
         }
         let counts = service.cache_counts();
         assert_eq!((counts.analysis_hits, counts.analysis_misses), (0, 2));
-        let asked = Analyzer::analyze(
-            &service,
-            Request::new(AnalyzeRequest {
-                query: "sourdough dense gummy middle".to_string(),
-                embed: true,
-            }),
-        )
-        .await
-        .unwrap_err();
+        let asked = call_analyze(&service, "sourdough dense gummy middle", true)
+            .await
+            .unwrap_err();
         assert_eq!(asked.code(), tonic::Code::Internal, "{asked}");
     }
 
@@ -356,14 +359,7 @@ mod tests {
     async fn analyze_returns_the_questions_embedding_only_when_asked() {
         let service = hash_encoder_service();
         let question = "Who discovered penicillin?";
-        let analyze = |embed| AnalyzeRequest {
-            query: question.to_string(),
-            embed,
-        };
-        let with = Analyzer::analyze(&service, Request::new(analyze(true)))
-            .await
-            .unwrap()
-            .into_inner();
+        let with = call_analyze(&service, question, true).await.unwrap();
         let embedded = Analyzer::embed(
             &service,
             Request::new(EmbedRequest {
@@ -377,21 +373,10 @@ mod tests {
         let analysis = with.analysis.unwrap();
         // The hash encoder has no trained head: the rules decide alone.
         assert_eq!(analysis.analyzer, "rules");
-        let without = Analyzer::analyze(&service, Request::new(analyze(false)))
-            .await
-            .unwrap()
-            .into_inner();
+        let without = call_analyze(&service, question, false).await.unwrap();
         assert_eq!(without.embedding, None);
         assert_eq!(without.analysis, Some(analysis));
-        let blank = Analyzer::analyze(
-            &service,
-            Request::new(AnalyzeRequest {
-                query: " ".to_string(),
-                embed: true,
-            }),
-        )
-        .await
-        .unwrap_err();
+        let blank = call_analyze(&service, " ", true).await.unwrap_err();
         assert_eq!(blank.code(), tonic::Code::InvalidArgument);
     }
 }
