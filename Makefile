@@ -25,7 +25,7 @@ help:
 	@echo "make test    format check, clippy -D warnings, every test (installs what it needs)"
 	@echo "make lint    format check and clippy only"
 	@echo "make model   install all-MiniLM-L6-v2 into $(MODEL_DIR) (once)"
-	@echo "make bench   SciFact in three modes on 1 and 4 shards, the analyzer, the scheduler, tracing overhead; JSON in bench/results/"
+	@echo "make bench   SciFact in three modes on 1 and 4 shards, the query path on 1-8 shards, the analyzer, the scheduler, tracing overhead; JSON in bench/results/"
 
 ## Installs what a fresh Debian machine with only the Rust toolchain lacks.
 toolchain:
@@ -55,13 +55,18 @@ build: toolchain system-deps
 fmt-check: toolchain
 	cargo fmt --all -- --check
 
+## Test and benchmark hooks (fault injection, the fake chat server, the OTLP receiver) exist
+## only in builds with this feature: the tests and benchmarks use it, a release build has none.
+HOOKS := --features quarry/test-hooks
+
 clippy: toolchain system-deps
-	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets $(HOOKS) -- -D warnings
+	cargo clippy -p quarry -- -D warnings
 
 lint: fmt-check clippy
 
 test: lint python-deps model helm-check
-	QUARRY_PYTHON="$(abspath $(PYTHON))" cargo test --workspace
+	QUARRY_PYTHON="$(abspath $(PYTHON))" cargo test --workspace $(HOOKS)
 
 demo: build model
 	QUARRY=$(QUARRY) scripts/demo.sh
@@ -177,17 +182,18 @@ DATASET ?= ../shared/data/scifact
 RELEASE := target/release/quarry
 
 bench: model bench-analyzer
-	cargo build --release -p quarry
+	cargo build --release -p quarry $(HOOKS)
 	$(RELEASE) bench beir --dataset $(DATASET) --shards 1,4 --modes keyword,semantic,hybrid \
 		--compare-fusion --asks 100 --out bench/results/scifact-beir.json
 	$(RELEASE) bench tail --dataset $(DATASET) --queries 2000 --out bench/results/tail.json
+	$(RELEASE) bench query-path --dataset $(DATASET) --shards 1,2,4,8 --limit-docs 2000 --out bench/results/query-path.json
 	$(RELEASE) bench first-token --asks 50 --out bench/results/first-token.json
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
 	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
 	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 
 bench-analyzer: model
-	cargo build --release -p quarry
+	cargo build --release -p quarry $(HOOKS)
 	$(RELEASE) bench analyzer --file ../shared/data/query-types.tsv --out bench/results/analyzer.json
 
 ## Quarry against the Python stack (bm25s + chromadb + sentence-transformers on torch) on
@@ -199,6 +205,6 @@ $(PEER_VENV)/bin/python: bench/peer/requirements.txt
 	@touch $@
 
 bench-peer: model $(PEER_VENV)/bin/python
-	cargo build --release -p quarry
+	cargo build --release -p quarry $(HOOKS)
 	python3 bench/peer/compare.py --quarry $(RELEASE) --python $(PEER_VENV)/bin/python \
 		--dataset $(DATASET) --model-dir $(MODEL_DIR) --docs 1000 --asks 100 --out bench/results/peer.json

@@ -187,7 +187,10 @@ async fn every_role_counts_what_it_served_and_prometheus_scrapes_it() {
         assert_eq!(commits > 0.0, written > 0.0, "a shard that wrote committed");
     }
 
-    // Keyword searches: one fan-out each, to both shards; the analyzer is not asked.
+    // Keyword searches: one fan-out each, to both shards, then a fetch from the shards that
+    // hold the hits; statistics are collected for the first only (the query repeats); the
+    // analyzer is not asked.
+    let mut fetches_by_shard = [0.0f64; 2];
     for _ in 0..SEARCHES {
         let response = client
             .search(SearchRequest {
@@ -200,6 +203,11 @@ async fn every_role_counts_what_it_served_and_prometheus_scrapes_it() {
             .unwrap()
             .into_inner();
         assert_eq!(response.hits[0].doc_id, "penicillin");
+        for (shard, fetches) in fetches_by_shard.iter_mut().enumerate() {
+            if response.hits.iter().any(|hit| hit.shard == shard as u32) {
+                *fetches += 1.0;
+            }
+        }
     }
     let invalid = client
         .search(SearchRequest {
@@ -245,23 +253,41 @@ async fn every_role_counts_what_it_served_and_prometheus_scrapes_it() {
             "quarry_gateway_shard_call_duration_seconds_count",
             &[]
         ),
-        4.0 * searches,
-        "statistics and search on each of 2 shards"
+        2.0 + 2.0 * searches + fetches_by_shard.iter().sum::<f64>(),
+        "statistics once, search every time on each of 2 shards, fetches where the hits are"
+    );
+    assert_eq!(
+        searched(
+            gateway,
+            "quarry_gateway_statistics_total",
+            &[("source", "collected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        searched(
+            gateway,
+            "quarry_gateway_statistics_total",
+            &[("source", "cached")]
+        ),
+        searches - 1.0
     );
     assert_eq!(
         searched(gateway, "quarry_gateway_partial_results_total", &[]),
         0.0
     );
-    for shard in [shard_0, shard_1] {
+    for (number, shard) in [shard_0, shard_1].into_iter().enumerate() {
         let retriever_search = calls("quarry.v1.Retriever", "Search");
         let retriever_stats = calls("quarry.v1.Retriever", "CollectStats");
+        let retriever_fetch = calls("quarry.v1.Retriever", "Fetch");
         assert_eq!(
             searched(shard, REQUESTS, &labels(&retriever_search)),
             searches
         );
+        assert_eq!(searched(shard, REQUESTS, &labels(&retriever_stats)), 1.0);
         assert_eq!(
-            searched(shard, REQUESTS, &labels(&retriever_stats)),
-            searches
+            searched(shard, REQUESTS, &labels(&retriever_fetch)),
+            fetches_by_shard[number]
         );
     }
     assert_eq!(searched(analyzer, REQUESTS, &[]), 0.0);

@@ -1,8 +1,10 @@
 //! In-memory caches of analyses and embeddings (size + TTL, `moka`), with hit and miss
 //! counters. Analyses are keyed by the question trimmed with its whitespace collapsed but its
 //! case kept: the entity rules read capitals, so "paris" and "Paris" may analyse
-//! differently. Embeddings are keyed by the exact text: the encoder sees every character,
-//! so any normalisation could hand back another text's vector.
+//! differently. Embeddings are keyed by a 128-bit hash of the exact text (the encoder sees
+//! every character, so any normalisation could hand back another text's vector; the hash
+//! keeps a long text from costing its length twice) and bounded by the bytes of their
+//! vectors. Only queries are cached: a document is embedded once, when it is ingested.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,10 +15,13 @@ use quarry_proto::v1::Analysis;
 
 use crate::metrics::metrics;
 
-/// Size and lifetime of each cache; `entries == 0` turns caching off.
+/// Size and lifetime of the caches; `entries == 0` turns both off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheOptions {
+    /// Most analyses.
     pub entries: u64,
+    /// Most bytes of embeddings (their vectors' floats); 0 turns that cache off.
+    pub embedding_bytes: u64,
     pub ttl: Duration,
 }
 
@@ -40,13 +45,18 @@ struct Counters {
 #[derive(Clone)]
 pub struct AnalyzerCaches {
     analyses: Option<Cache<String, Analysis>>,
-    embeddings: Option<Cache<String, Arc<Vec<f32>>>>,
+    embeddings: Option<Cache<u128, Arc<Vec<f32>>>>,
     counters: Arc<Counters>,
 }
 
 /// The analysis cache key: trimmed, inner whitespace runs collapsed to one space.
 pub fn analysis_key(query: &str) -> String {
     query.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The embedding cache key: xxh3-128 of the exact text.
+fn embedding_key(text: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
 impl AnalyzerCaches {
@@ -59,9 +69,12 @@ impl AnalyzerCaches {
                     .time_to_live(options.ttl)
                     .build()
             }),
-            embeddings: build().map(|()| {
+            embeddings: build().filter(|()| options.embedding_bytes > 0).map(|()| {
                 Cache::builder()
-                    .max_capacity(options.entries)
+                    .max_capacity(options.embedding_bytes)
+                    .weigher(|_, vector: &Arc<Vec<f32>>| {
+                        (vector.len() * 4 + 48).min(u32::MAX as usize) as u32
+                    })
                     .time_to_live(options.ttl)
                     .build()
             }),
@@ -73,6 +86,7 @@ impl AnalyzerCaches {
     pub fn disabled() -> Self {
         Self::new(CacheOptions {
             entries: 0,
+            embedding_bytes: 0,
             ttl: Duration::ZERO,
         })
     }
@@ -110,7 +124,10 @@ impl AnalyzerCaches {
         let Some(cache) = &self.embeddings else {
             return vec![None; texts.len()];
         };
-        let found: Vec<Option<Arc<Vec<f32>>>> = texts.iter().map(|text| cache.get(text)).collect();
+        let found: Vec<Option<Arc<Vec<f32>>>> = texts
+            .iter()
+            .map(|text| cache.get(&embedding_key(text)))
+            .collect();
         let hits = found.iter().filter(|vector| vector.is_some()).count() as u64;
         let misses = found.len() as u64 - hits;
         let counters = &self.counters;
@@ -132,7 +149,7 @@ impl AnalyzerCaches {
 
     pub fn store_embedding(&self, text: &str, vector: &[f32]) {
         if let Some(cache) = &self.embeddings {
-            cache.insert(text.to_string(), Arc::new(vector.to_vec()));
+            cache.insert(embedding_key(text), Arc::new(vector.to_vec()));
         }
     }
 }
@@ -144,8 +161,31 @@ mod tests {
     fn caches(entries: u64, ttl_ms: u64) -> AnalyzerCaches {
         AnalyzerCaches::new(CacheOptions {
             entries,
+            embedding_bytes: 1024 * 1024,
             ttl: Duration::from_millis(ttl_ms),
         })
+    }
+
+    #[test]
+    fn the_embedding_cache_is_bounded_by_bytes() {
+        let caches = AnalyzerCaches::new(CacheOptions {
+            entries: 100,
+            embedding_bytes: 10 * (384 * 4 + 48),
+            ttl: Duration::from_secs(60),
+        });
+        let texts: Vec<String> = (0..50).map(|number| format!("text {number}")).collect();
+        for text in &texts {
+            caches.store_embedding(text, &[0.5; 384]);
+        }
+        let cache = caches.embeddings.as_ref().unwrap();
+        cache.run_pending_tasks();
+        assert!(
+            cache.weighted_size() <= 10 * (384 * 4 + 48),
+            "{}",
+            cache.weighted_size()
+        );
+        let kept = caches.embeddings(&texts).iter().flatten().count();
+        assert!((1..=10).contains(&kept), "{kept}");
     }
 
     #[test]

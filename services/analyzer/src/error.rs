@@ -14,6 +14,9 @@ pub enum AnalyzerError {
     Encoder(String),
     #[error("encoder backend unavailable: {0}")]
     EncoderUnavailable(String),
+    /// The embedding queue is full: the caller should back off and retry.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl From<AnalyzerError> for Status {
@@ -24,6 +27,7 @@ impl From<AnalyzerError> for Status {
             AnalyzerError::EncoderLoad(_) => Code::FailedPrecondition,
             AnalyzerError::Encoder(_) => Code::Internal,
             AnalyzerError::EncoderUnavailable(_) => Code::Unavailable,
+            AnalyzerError::Overloaded(_) => Code::ResourceExhausted,
         };
         Status::new(code, error.to_string())
     }

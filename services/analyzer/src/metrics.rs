@@ -14,6 +14,7 @@ pub struct AnalyzerMetrics {
     pub batch_size: Histogram,
     pub batch_duration: Histogram,
     pub model_analyses: IntCounterVec,
+    pub embed_rejected: IntCounterVec,
 }
 
 /// Texts per batch: powers of two up to the largest request (1024).
@@ -54,6 +55,12 @@ pub fn metrics() -> &'static AnalyzerMetrics {
             "Questions sent to the chat model, by outcome: answered, malformed, backend.",
             &["outcome"],
         ),
+        embed_rejected: counter_vec(
+            "quarry_analyzer_embed_requests_dropped_total",
+            "Embedding requests not encoded, by reason: queue_full (answered \
+             RESOURCE_EXHAUSTED at once) or abandoned (the caller had gone when its turn came).",
+            &["reason"],
+        ),
     });
     &METRICS
 }
@@ -64,6 +71,9 @@ pub fn register() {
     for cache in ["analysis", "embedding"] {
         metrics.cache_hits.with_label_values(&[cache]);
         metrics.cache_misses.with_label_values(&[cache]);
+    }
+    for reason in ["queue_full", "abandoned"] {
+        metrics.embed_rejected.with_label_values(&[reason]);
     }
     for outcome in ["answered", "malformed", "backend"] {
         metrics.model_analyses.with_label_values(&[outcome]);

@@ -223,7 +223,7 @@ impl Analyzer for AnalyzerService {
         request: Request<EmbedRequest>,
     ) -> Result<Response<EmbedResponse>, Status> {
         let embedder = self.embedder.as_ref().ok_or(AnalyzerError::NoEncoder)?;
-        let texts = request.into_inner().texts;
+        let EmbedRequest { texts, documents } = request.into_inner();
         if texts.len() > MAX_EMBED_BATCH {
             return Err(AnalyzerError::InvalidArgument {
                 field: "texts",
@@ -232,7 +232,12 @@ impl Analyzer for AnalyzerService {
             .into());
         }
         tracing::Span::current().record("texts", texts.len());
-        let vectors = self.embed_cached(embedder, texts).await?;
+        let vectors = if documents {
+            // Documents are embedded once, at ingest: caching them would only evict queries.
+            embedder.embed(texts).await?
+        } else {
+            self.embed_cached(embedder, texts).await?
+        };
         let encoder = embedder.encoder();
         Ok(Response::new(EmbedResponse {
             vectors: vectors
@@ -260,6 +265,7 @@ mod tests {
                 max_batch: 8,
                 window: Duration::from_micros(100),
                 workers: 1,
+                max_queued: 64,
             },
         )
         .unwrap()
@@ -286,9 +292,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn documents_being_ingested_neither_use_nor_fill_the_embedding_cache() {
+        let service = hash_encoder_service().with_caches(CacheOptions {
+            entries: 100,
+            embedding_bytes: 1024 * 1024,
+            ttl: Duration::from_secs(60),
+        });
+        let embed = |documents: bool| {
+            Analyzer::embed(
+                &service,
+                Request::new(EmbedRequest {
+                    texts: vec!["a document about moa".to_string()],
+                    documents,
+                }),
+            )
+        };
+        embed(true).await.unwrap();
+        embed(true).await.unwrap();
+        let counts = service.caches.counts();
+        assert_eq!((counts.embedding_hits, counts.embedding_misses), (0, 0));
+        embed(false).await.unwrap();
+        let counts = service.caches.counts();
+        assert_eq!((counts.embedding_hits, counts.embedding_misses), (0, 1));
+    }
+
+    #[tokio::test]
     async fn repeated_questions_and_texts_are_answered_from_the_caches() {
         let service = hash_encoder_service().with_caches(CacheOptions {
             entries: 100,
+            embedding_bytes: 1024 * 1024,
             ttl: Duration::from_secs(60),
         });
         let first = service
@@ -337,6 +369,7 @@ mod tests {
     async fn an_analysis_made_without_the_heads_vector_is_not_cached() {
         let service = service_over(Arc::new(FailingMiniLm)).with_caches(CacheOptions {
             entries: 100,
+            embedding_bytes: 1024 * 1024,
             ttl: Duration::from_secs(60),
         });
         assert!(service.analyzer.has_head());
@@ -364,6 +397,7 @@ mod tests {
             &service,
             Request::new(EmbedRequest {
                 texts: vec![question.to_string()],
+                documents: false,
             }),
         )
         .await

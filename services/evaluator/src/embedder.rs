@@ -92,6 +92,7 @@ impl AnalyzerEmbedder {
             .max_encoding_message_size(self.max_message_bytes);
         let mut request = tonic::Request::new(EmbedRequest {
             texts: inputs.texts().to_vec(),
+            documents: false,
         });
         request.set_timeout(self.timeout);
         let response = tokio::time::timeout(self.timeout, client.embed(request))

@@ -41,6 +41,7 @@ async fn start_analyzer(encoder: Option<Arc<dyn Encoder>>) -> String {
             max_batch: 32,
             window: Duration::from_micros(500),
             workers: 1,
+            max_queued: 64,
         },
     )
     .unwrap();

@@ -160,11 +160,11 @@ impl Gateway {
                 &request.question,
                 &plan,
                 query_vector.unwrap_or_default(),
+                k,
                 deadline,
             )
             .await?;
-        let top: Vec<_> = retrieved.ranked.iter().take(k as usize).cloned().collect();
-        let passages = build_context(&top, self.config.max_context_chars);
+        let passages = build_context(&retrieved.ranked, self.config.max_context_chars);
         let retrieval = RetrievalInfo {
             strategy: plan.strategy,
             shards_total: retrieved.shards_total,

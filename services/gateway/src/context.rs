@@ -48,7 +48,7 @@ fn truncate_at_word(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quarry_proto::v1::Candidate;
+    use crate::fan_out::Candidate;
 
     fn candidate(id: &str, text: &str) -> ShardedCandidate {
         ShardedCandidate {

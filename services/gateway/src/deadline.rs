@@ -50,6 +50,31 @@ impl Deadline {
     }
 }
 
+/// The time an operation of several phases has (a search: statistics, search, fetch),
+/// handed out phase by phase as shares of what is left, so that no phase can take it all.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    expires: tokio::time::Instant,
+}
+
+impl Budget {
+    pub fn new(total: Duration) -> Self {
+        Self {
+            expires: tokio::time::Instant::now() + total,
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.expires
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    /// `fraction` of the time left.
+    pub fn share(&self, fraction: f64) -> Duration {
+        self.remaining().mul_f64(fraction.clamp(0.0, 1.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

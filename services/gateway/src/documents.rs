@@ -4,12 +4,13 @@
 use futures::future::join_all;
 use quarry_proto::v1::{
     ClusterStatusResponse, DeleteRequest, DeleteResponse, Document, FetchRequest, Member,
-    ShardDeleteRequest, ShardInfoRequest,
+    ShardDeleteRequest,
 };
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
+use crate::shard_client::{ShardAnswer, ShardCall, ShardReply};
 use crate::shard_router::shard_for_document;
 use crate::validate::validate_id;
 
@@ -92,17 +93,19 @@ impl Gateway {
         let request = FetchRequest {
             ids: vec![id.to_string()],
         };
-        let fetched = self
-            .call_shard(
+        let answer = self
+            .shards
+            .call(
                 shard,
+                ShardCall::Fetch(request),
                 deadline.hop(self.shard_timeout()),
-                move |mut client| {
-                    let request = request.clone();
-                    async move { client.fetch(request).await }
-                },
             )
-            .await?
-            .value;
+            .await?;
+        let ShardReply::Fetch(fetched) = answer.reply else {
+            return Err(GatewayError::Internal(
+                "fetch answered another rpc".to_string(),
+            ));
+        };
         fetched
             .documents
             .into_iter()
@@ -118,12 +121,13 @@ impl Gateway {
         let shards = self.clients.shard_count();
         let timeout = deadline.hop(self.shard_timeout());
         let infos = (0..shards).map(|shard| async move {
-            self.call_shard(shard, timeout, |mut client| async move {
-                client.shard_info(ShardInfoRequest {}).await
-            })
-            .await
-            .map(|answer| (answer.value.num_docs, answer.value.num_vectors))
-            .map_err(|_| shard)
+            match self.shards.call(shard, ShardCall::ShardInfo, timeout).await {
+                Ok(ShardAnswer {
+                    reply: ShardReply::ShardInfo(info),
+                    ..
+                }) => Ok((info.num_docs, info.num_vectors)),
+                _ => Err(shard),
+            }
         });
         let mut num_docs = 0;
         let mut num_vectors = 0;

@@ -1,25 +1,53 @@
-//! The fan-out: ask every shard for its statistics of the query, sum them, then search every
-//! shard in parallel with the sums (so scores are shard-count independent), each call under
-//! a deadline and retried once on another replica; shards that do not answer are reported.
+//! The query path across shards, query then fetch: every shard answers ids and raw scores
+//! (keyword, vector and each entity sub-query's list, in one request); the gateway merges
+//! and fuses them and cuts to k; then it fetches the stored fields of those k only, one
+//! batched `Fetch` per shard that holds any of them.
+//!
+//! Keyword scores use cluster-wide BM25 statistics, so rankings do not depend on the shard
+//! count, without a statistics round trip per query in the steady state:
+//! - one shard: its own statistics are the cluster's; nothing is collected;
+//! - several: each shard's statistics of the query's terms are cached at the gateway by
+//!   query (`StatisticsCache`); a search sends the sums plus, to each shard, the statistics
+//!   it is assumed to have. A shard whose own differ (a write changed them) answers
+//!   `stale` with its current ones instead of searching; the gateway updates its cache and
+//!   searches every shard again with the new sums (a second round, at most one). A query
+//!   not in the cache collects statistics first (`CollectStats`), as before.
+//!
+//! Each phase gets a share of what is left of the retrieval's time (`Budget`), so that a
+//! slow statistics phase leaves time to search and a partial answer stays an answer.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-use futures::future::join_all;
-use quarry_kit::discovery::Member;
-use quarry_kit::metrics::code_name;
-use quarry_kit::telemetry::TracedChannel;
-use quarry_proto::v1::retriever_client::RetrieverClient;
+use moka::sync::Cache;
 use quarry_proto::v1::{
-    Candidate, CollectStatsRequest, CorpusStats, ShardSearchRequest, TermStats,
+    CollectStatsRequest, CorpusStats, FetchRequest, ShardSearchRequest, TermStats,
 };
-use tonic::{Response, Status};
-use tracing::field::Empty;
-use tracing::{warn, Instrument, Span};
+use tracing::warn;
 
-use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::deadline::Budget;
 use crate::metrics::metrics;
+use crate::shard_client::{ShardCall, ShardClient, ShardReply};
+
+/// Share of the time left that collecting statistics may take.
+const STATISTICS_SHARE: f64 = 0.25;
+/// Share of the time left that one search round may take; fetching gets the rest.
+const SEARCH_SHARE: f64 = 0.7;
+/// Bytes the statistics cache may hold (approximately: terms and counts).
+const STATISTICS_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Fetch calls to one shard for one query, at most (a reply that outgrows the message
+/// limit names the ids it left out, which are asked for again).
+const MAX_FETCH_ROUNDS: usize = 64;
+
+/// A ranked document at the gateway: id and score from the search, title and text once
+/// fetched.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Candidate {
+    pub doc_id: String,
+    pub score: f64,
+    pub title: String,
+    pub text: String,
+}
 
 /// A candidate with the shard it came from.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,9 +63,53 @@ pub struct FanOutRequest {
     pub keyword_k: u32,
     pub vector_k: u32,
     pub query_vector: Vec<f32>,
+    /// Keyword-only sub-queries searched in the same request, each cut to `sub_query_k`.
+    pub sub_queries: Vec<String>,
+    pub sub_query_k: u32,
 }
 
-/// What the fan-out gathered.
+impl FanOutRequest {
+    fn wants_keywords(&self) -> bool {
+        self.keyword_k > 0 || !self.sub_queries.is_empty()
+    }
+
+    /// The statistics cache key: the query and its sub-queries.
+    fn statistics_key(&self) -> String {
+        let mut key = self.query.clone();
+        for sub_query in &self.sub_queries {
+            key.push('\u{1f}');
+            key.push_str(sub_query);
+        }
+        key
+    }
+}
+
+/// Where the keyword statistics of a search came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatisticsSource {
+    /// No keyword search, or one shard (its own statistics are the cluster's).
+    #[default]
+    NotNeeded,
+    /// The cache, and every shard confirmed them.
+    Cached,
+    /// A `CollectStats` round trip.
+    Collected,
+    /// The cache, but some shard had changed: searched again with its new statistics.
+    Refreshed,
+}
+
+impl StatisticsSource {
+    pub fn metric_label(self) -> Option<&'static str> {
+        match self {
+            StatisticsSource::NotNeeded => None,
+            StatisticsSource::Cached => Some("cached"),
+            StatisticsSource::Collected => Some("collected"),
+            StatisticsSource::Refreshed => Some("refreshed"),
+        }
+    }
+}
+
+/// What the search phase gathered.
 #[derive(Debug, Default)]
 pub struct FanOutResult {
     pub shards_total: u32,
@@ -46,8 +118,11 @@ pub struct FanOutResult {
     pub keyword: Vec<ShardedCandidate>,
     /// Every shard's vector candidates, best first globally.
     pub vector: Vec<ShardedCandidate>,
+    /// Per sub-query, every shard's candidates, best first globally.
+    pub sub_queries: Vec<Vec<ShardedCandidate>>,
     /// Hedged shard calls.
     pub hedges: u32,
+    pub statistics: StatisticsSource,
 }
 
 impl FanOutResult {
@@ -56,301 +131,296 @@ impl FanOutResult {
     }
 }
 
-impl Gateway {
-    /// Searches every shard; keyword candidates are scored with cluster-wide statistics,
-    /// collected first (skipped when no keyword candidates are wanted).
-    pub(crate) async fn fan_out(&self, request: &FanOutRequest, timeout: Duration) -> FanOutResult {
-        let shards_total = self.clients.shard_count();
-        let mut shards_failed = Vec::new();
-        let mut hedges = 0;
-        let (answering, global) = if request.keyword_k > 0 {
-            let (answering, failed, global, statistics_hedges) =
-                self.collect_statistics(&request.query, timeout).await;
-            shards_failed = failed;
-            hedges += statistics_hedges;
-            (answering, Some(global))
+/// Each shard's statistics of a query's terms (index = shard), by query; bounded by bytes.
+pub struct StatisticsCache {
+    entries: Cache<String, Arc<Vec<CorpusStats>>>,
+}
+
+impl Default for StatisticsCache {
+    fn default() -> Self {
+        Self::new(STATISTICS_CACHE_BYTES)
+    }
+}
+
+impl StatisticsCache {
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            entries: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, value: &Arc<Vec<CorpusStats>>| {
+                    let terms: usize = value
+                        .iter()
+                        .flat_map(|stats| &stats.terms)
+                        .map(|term| term.term.len() + 16)
+                        .sum();
+                    (key.len() + terms + 16 * value.len()).min(u32::MAX as usize) as u32
+                })
+                .build(),
+        }
+    }
+
+    fn get(&self, key: &str, shards: u32) -> Option<Arc<Vec<CorpusStats>>> {
+        self.entries
+            .get(key)
+            .filter(|per_shard| per_shard.len() == shards as usize)
+    }
+
+    fn insert(&self, key: String, per_shard: Vec<CorpusStats>) {
+        self.entries.insert(key, Arc::new(per_shard));
+    }
+}
+
+/// Searches every shard for ids and scores (the module says how statistics are found).
+pub async fn search_shards(
+    client: &ShardClient,
+    cache: &StatisticsCache,
+    request: &FanOutRequest,
+    budget: Budget,
+) -> FanOutResult {
+    let shards_total = client.shard_count();
+    let mut failed: BTreeSet<u32> = BTreeSet::new();
+    let mut hedges = 0;
+    let mut asking: Vec<u32> = (0..shards_total).collect();
+    let mut statistics = StatisticsSource::NotNeeded;
+    // Each asked shard's statistics; the sums of these are the cluster's.
+    let mut per_shard: Option<Vec<CorpusStats>> = None;
+    let key = request.statistics_key();
+    if request.wants_keywords() && shards_total > 1 {
+        if let Some(cached) = cache.get(&key, shards_total) {
+            per_shard = Some(cached.as_ref().clone());
+            statistics = StatisticsSource::Cached;
         } else {
-            ((0..shards_total).collect(), None)
-        };
-        let search_calls = answering.into_iter().map(|shard| {
-            let shard_request = ShardSearchRequest {
-                query: request.query.clone(),
-                keyword_k: request.keyword_k,
-                vector_k: request.vector_k,
-                query_vector: request.query_vector.clone(),
-                global_stats: global.clone(),
-            };
-            async move {
-                let response = self
-                    .call_shard(shard, timeout, move |mut client| {
-                        let shard_request = shard_request.clone();
-                        async move { client.search(shard_request).await }
-                    })
-                    .await;
-                (shard, response)
+            let calls = asking
+                .iter()
+                .map(|shard| {
+                    let call = ShardCall::CollectStats(CollectStatsRequest {
+                        query: request.query.clone(),
+                        sub_queries: request.sub_queries.clone(),
+                    });
+                    (*shard, call)
+                })
+                .collect();
+            let phase = client
+                .call_each(calls, budget.share(STATISTICS_SHARE))
+                .await;
+            hedges += phase.hedges;
+            failed.extend(&phase.failed);
+            let mut collected = vec![CorpusStats::default(); shards_total as usize];
+            for (shard, reply) in phase.answered {
+                if let ShardReply::CollectStats(stats) = reply {
+                    collected[shard as usize] = stats;
+                }
             }
+            if phase.failed.is_empty() {
+                cache.insert(key.clone(), collected.clone());
+            }
+            asking.retain(|shard| !failed.contains(shard));
+            per_shard = Some(collected);
+            statistics = StatisticsSource::Collected;
+        }
+    }
+    let mut replies = Vec::new();
+    for round in 0..2 {
+        let expect = round == 0 && statistics == StatisticsSource::Cached;
+        let global = per_shard.as_ref().map(|per_shard| {
+            sum_statistics(asking.iter().map(|shard| &per_shard[*shard as usize]))
         });
-        let mut keyword = Vec::new();
-        let mut vector = Vec::new();
-        for (shard, outcome) in join_all(search_calls).await {
-            match outcome {
-                Ok(answer) => {
-                    hedges += answer.hedges;
-                    let response = answer.value;
-                    let tag = |candidate| ShardedCandidate { shard, candidate };
-                    keyword.extend(response.keyword.into_iter().map(tag));
-                    vector.extend(response.vector.into_iter().map(tag));
-                }
-                Err(error) => {
-                    warn!(shard, error = %error, "shard did not answer search");
-                    shards_failed.push(shard);
-                }
-            }
-        }
-        shards_failed.sort_unstable();
-        sort_best_first(&mut keyword);
-        sort_best_first(&mut vector);
-        let shards_answered = shards_total - shards_failed.len() as u32;
-        let gateway_metrics = metrics();
-        gateway_metrics.shards_asked.inc_by(u64::from(shards_total));
-        gateway_metrics
-            .shards_answered
-            .inc_by(u64::from(shards_answered));
-        FanOutResult {
-            shards_total,
-            shards_failed,
-            keyword,
-            vector,
-            hedges,
-        }
-    }
-
-    /// Every shard's statistics of the query, summed; returns the shards that answered,
-    /// those that did not, the sums, and the hedged calls.
-    async fn collect_statistics(
-        &self,
-        query: &str,
-        timeout: Duration,
-    ) -> (Vec<u32>, Vec<u32>, CorpusStats, u32) {
-        let stats_calls = (0..self.clients.shard_count()).map(|shard| {
-            let request = CollectStatsRequest {
-                query: query.to_string(),
+        let calls = asking
+            .iter()
+            .map(|shard| {
+                let expected_local_stats = match (&per_shard, expect) {
+                    (Some(per_shard), true) => Some(per_shard[*shard as usize].clone()),
+                    _ => None,
+                };
+                let call = ShardCall::Search(ShardSearchRequest {
+                    query: request.query.clone(),
+                    keyword_k: request.keyword_k,
+                    vector_k: request.vector_k,
+                    query_vector: request.query_vector.clone(),
+                    global_stats: global.clone(),
+                    sub_queries: request.sub_queries.clone(),
+                    sub_query_k: request.sub_query_k,
+                    expected_local_stats,
+                });
+                (*shard, call)
+            })
+            .collect();
+        let phase = client.call_each(calls, budget.share(SEARCH_SHARE)).await;
+        hedges += phase.hedges;
+        failed.extend(&phase.failed);
+        asking.retain(|shard| !failed.contains(shard));
+        let mut stale = false;
+        replies.clear();
+        for (shard, reply) in phase.answered {
+            let ShardReply::Search(response) = reply else {
+                continue;
             };
-            async move {
-                let stats = self
-                    .call_shard(shard, timeout, move |mut client| {
-                        let request = request.clone();
-                        async move { client.collect_stats(request).await }
-                    })
-                    .await;
-                (shard, stats)
-            }
-        });
-        let mut answering = Vec::new();
-        let mut failed = Vec::new();
-        let mut per_shard = Vec::new();
-        let mut hedges = 0;
-        for (shard, outcome) in join_all(stats_calls).await {
-            match outcome {
-                Ok(answer) => {
-                    answering.push(shard);
-                    hedges += answer.hedges;
-                    per_shard.push(answer.value);
+            if response.stale {
+                stale = true;
+                if let (Some(per_shard), Some(local)) = (per_shard.as_mut(), response.local_stats) {
+                    per_shard[shard as usize] = local;
                 }
-                Err(error) => {
-                    warn!(shard, error = %error, "shard did not answer statistics");
-                    failed.push(shard);
-                }
+            } else {
+                replies.push((shard, response));
             }
         }
-        (answering, failed, sum_statistics(&per_shard), hedges)
-    }
-
-    /// Calls one shard: the best replica first, hedged on the next one when it outlives the
-    /// shard's recent p95, then, on a failure another replica might not have, once more on a
-    /// replica not yet tried; each try under `timeout`.
-    pub(crate) async fn call_shard<T, F, Fut>(
-        &self,
-        shard: u32,
-        timeout: Duration,
-        call: F,
-    ) -> Result<ShardAnswer<T>, GatewayError>
-    where
-        F: Fn(RetrieverClient<TracedChannel>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
-    {
-        let replicas = self.selector.order(self.clients.shard_replicas(shard));
-        let Some(first_replica) = replicas.first() else {
-            return Err(GatewayError::NoMember { role: "retriever" });
-        };
-        let hedge_delay = match replicas.get(1) {
-            Some(_) if self.config.hedging => self.selector.hedge_delay(shard),
-            _ => None,
-        };
-        let mut hedges = 0;
-        let mut tried = 1;
-        // A first try has no span of its own: the replica's server span, a child of the
-        // request's, says all there is. Hedges and retries get one, to be told apart.
-        let first = self.attempt(shard, first_replica, timeout, &call);
-        let outcome = match hedge_delay {
-            None => first.await,
-            Some(delay) => {
-                tokio::pin!(first);
-                tokio::select! {
-                    outcome = &mut first => outcome,
-                    _ = tokio::time::sleep(delay) => {
-                        hedges += 1;
-                        metrics().hedges.inc();
-                        tried = 2;
-                        let second = self
-                            .attempt(shard, &replicas[1], timeout, &call)
-                            .instrument(attempt_span(shard, &replicas[1], true, false));
-                        tokio::pin!(second);
-                        first_success(first, second).await
-                    }
-                }
-            }
-        };
-        let error = match outcome {
-            Ok(value) => return Ok(ShardAnswer { value, hedges }),
-            Err(error) if !is_retryable(error.code()) => return Err(error),
-            Err(error) => error,
-        };
-        let Some(retry_replica) = replicas.get(tried) else {
-            return Err(error);
-        };
-        warn!(shard, error = %error, replica = retry_replica.replica, "retrying on another replica");
-        metrics().retries.inc();
-        let retry_span = attempt_span(shard, retry_replica, false, true);
-        retry_span.record("after_error", code_name(error.code()));
-        let value = self
-            .attempt(shard, retry_replica, timeout, &call)
-            .instrument(retry_span)
-            .await?;
-        Ok(ShardAnswer { value, hedges })
-    }
-
-    /// One call to one replica, counted as outstanding while it runs.
-    async fn attempt<T, F, Fut>(
-        &self,
-        shard: u32,
-        replica: &Member,
-        timeout: Duration,
-        call: &F,
-    ) -> Result<T, GatewayError>
-    where
-        F: Fn(RetrieverClient<TracedChannel>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
-    {
-        let client = self.clients.retriever(replica)?;
-        let _in_flight = self.selector.begin(&replica.address);
-        let started = Instant::now();
-        let outcome = match tokio::time::timeout(timeout, call(client)).await {
-            Ok(Ok(response)) => {
-                self.selector
-                    .record(shard, &replica.address, started.elapsed());
-                Ok(response.into_inner())
-            }
-            Ok(Err(status)) => Err(GatewayError::downstream("retriever", status)),
-            Err(_) => Err(GatewayError::downstream(
-                "retriever",
-                Status::deadline_exceeded(format!(
-                    "shard {shard} replica {} timed out",
-                    replica.replica
-                )),
-            )),
-        };
-        metrics()
-            .shard_call_duration
-            .with_label_values(&[&shard.to_string()])
-            .observe(started.elapsed().as_secs_f64());
-        // Only a hedge's or retry's own span is marked failed: a first try runs in the
-        // request's span, which may still succeed on another replica.
-        let span = Span::current();
-        let own_span = span.metadata().map(|metadata| metadata.name()) == Some(ATTEMPT_SPAN);
-        if let (Err(error), true) = (&outcome, own_span) {
-            span.record("otel.status_code", "ERROR");
-            span.record("error.code", code_name(error.code()));
+        if !stale {
+            break;
         }
-        outcome
+        if let Some(per_shard) = &per_shard {
+            if failed.is_empty() {
+                cache.insert(key.clone(), per_shard.clone());
+            }
+        }
+        statistics = StatisticsSource::Refreshed;
+    }
+    if let Some(source) = statistics.metric_label() {
+        metrics().statistics.with_label_values(&[source]).inc();
+    }
+    let mut keyword = Vec::new();
+    let mut vector = Vec::new();
+    let mut sub_queries: Vec<Vec<ShardedCandidate>> = vec![Vec::new(); request.sub_queries.len()];
+    for (shard, response) in replies {
+        let tag = |candidate: quarry_proto::v1::Candidate| ShardedCandidate {
+            shard,
+            candidate: Candidate {
+                doc_id: candidate.doc_id,
+                score: candidate.score,
+                ..Candidate::default()
+            },
+        };
+        keyword.extend(response.keyword.into_iter().map(tag));
+        vector.extend(response.vector.into_iter().map(tag));
+        for (list, merged) in response.sub_queries.into_iter().zip(sub_queries.iter_mut()) {
+            merged.extend(list.candidates.into_iter().map(tag));
+        }
+    }
+    sort_best_first(&mut keyword);
+    sort_best_first(&mut vector);
+    for list in &mut sub_queries {
+        sort_best_first(list);
+    }
+    let shards_failed: Vec<u32> = failed.into_iter().collect();
+    let gateway_metrics = metrics();
+    gateway_metrics.shards_asked.inc_by(u64::from(shards_total));
+    gateway_metrics
+        .shards_answered
+        .inc_by(u64::from(shards_total - shards_failed.len() as u32));
+    FanOutResult {
+        shards_total,
+        shards_failed,
+        keyword,
+        vector,
+        sub_queries,
+        hedges,
+        statistics,
     }
 }
 
-/// The name of a hedged or retried call's span.
-const ATTEMPT_SPAN: &str = "retriever.call";
-
-/// The client span of a hedged or retried call to one replica.
-fn attempt_span(shard: u32, replica: &Member, hedged: bool, retry: bool) -> Span {
-    tracing::info_span!(
-        ATTEMPT_SPAN,
-        otel.kind = "client",
-        otel.status_code = Empty,
-        shard,
-        replica = replica.replica,
-        hedged,
-        retry,
-        after_error = Empty,
-        error.code = Empty,
-    )
-}
-
-/// A shard's answer and how many hedged calls it took.
-pub struct ShardAnswer<T> {
-    pub value: T,
+/// The fetched hits and how the fetch went.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// The hits in their order, with title and text; a hit whose document is gone (deleted
+    /// since the search) or whose shard did not answer is left out.
+    pub hits: Vec<ShardedCandidate>,
+    pub shards_failed: Vec<u32>,
     pub hedges: u32,
 }
 
-/// The first of two calls to succeed; the other's failure only if both fail.
-async fn first_success<T>(
-    mut first: std::pin::Pin<&mut impl Future<Output = Result<T, GatewayError>>>,
-    mut second: std::pin::Pin<&mut impl Future<Output = Result<T, GatewayError>>>,
-) -> Result<T, GatewayError> {
-    tokio::select! {
-        outcome = &mut first => match outcome {
-            Ok(value) => Ok(value),
-            Err(_) => second.await,
-        },
-        outcome = &mut second => match outcome {
-            Ok(value) => Ok(value),
-            Err(_) => first.await,
-        },
+/// Fetches title and text of `hits`: one batched `Fetch` per shard holding any of them, all
+/// at once, under what is left of `budget`.
+pub async fn fetch_stored(
+    client: &ShardClient,
+    hits: Vec<ShardedCandidate>,
+    budget: Budget,
+) -> Fetched {
+    let mut wanted: HashMap<u32, Vec<String>> = HashMap::new();
+    for hit in &hits {
+        let ids = wanted.entry(hit.shard).or_default();
+        if !ids.contains(&hit.candidate.doc_id) {
+            ids.push(hit.candidate.doc_id.clone());
+        }
+    }
+    let mut stored: HashMap<(u32, String), (String, String)> = HashMap::new();
+    let mut failed = BTreeSet::new();
+    let mut hedges = 0;
+    for _ in 0..MAX_FETCH_ROUNDS {
+        if wanted.is_empty() {
+            break;
+        }
+        let calls = wanted
+            .drain()
+            .map(|(shard, ids)| (shard, ShardCall::Fetch(FetchRequest { ids })))
+            .collect();
+        let phase = client.call_each(calls, budget.remaining()).await;
+        hedges += phase.hedges;
+        failed.extend(phase.failed);
+        for (shard, reply) in phase.answered {
+            let ShardReply::Fetch(response) = reply else {
+                continue;
+            };
+            for document in response.documents {
+                stored.insert((shard, document.id), (document.title, document.text));
+            }
+            if !response.remaining_ids.is_empty() {
+                wanted.insert(shard, response.remaining_ids);
+            }
+        }
+    }
+    if !wanted.is_empty() {
+        warn!(
+            shards = wanted.len(),
+            "fetch rounds exhausted; hits left out"
+        );
+        failed.extend(wanted.keys());
+    }
+    let hits = hits
+        .into_iter()
+        .filter_map(|mut hit| {
+            let (title, text) = stored.get(&(hit.shard, hit.candidate.doc_id.clone()))?;
+            hit.candidate.title = title.clone();
+            hit.candidate.text = text.clone();
+            Some(hit)
+        })
+        .collect();
+    Fetched {
+        hits,
+        shards_failed: failed.into_iter().collect(),
+        hedges,
     }
 }
 
-/// Failures another replica might not have.
-fn is_retryable(code: tonic::Code) -> bool {
-    !matches!(
-        code,
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::NotFound
-    )
-}
-
 /// Sums shard statistics into cluster-wide ones.
-pub fn sum_statistics(per_shard: &[CorpusStats]) -> CorpusStats {
+pub fn sum_statistics<'a>(per_shard: impl IntoIterator<Item = &'a CorpusStats>) -> CorpusStats {
     let mut total = CorpusStats::default();
-    let mut doc_freqs: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut doc_freqs: std::collections::BTreeMap<&str, u64> = Default::default();
     for stats in per_shard {
         total.num_docs += stats.num_docs;
         total.total_num_tokens += stats.total_num_tokens;
         for term in &stats.terms {
-            *doc_freqs.entry(term.term.clone()).or_default() += term.doc_freq;
+            *doc_freqs.entry(term.term.as_str()).or_default() += term.doc_freq;
         }
     }
     total.terms = doc_freqs
         .into_iter()
-        .map(|(term, doc_freq)| TermStats { term, doc_freq })
+        .map(|(term, doc_freq)| TermStats {
+            term: term.to_string(),
+            doc_freq,
+        })
         .collect();
     total
 }
 
-/// Best score first; ties broken by id so that the order never depends on shard layout.
+/// Best score first, ties in the order every shard cuts by (`quarry_kit::ranking`), so
+/// that the merged order never depends on shard layout.
 pub fn sort_best_first(candidates: &mut [ShardedCandidate]) {
     candidates.sort_by(|left, right| {
-        right
-            .candidate
-            .score
-            .total_cmp(&left.candidate.score)
-            .then_with(|| left.candidate.doc_id.cmp(&right.candidate.doc_id))
+        quarry_kit::ranking::compare_best_first(
+            left.candidate.score,
+            &left.candidate.doc_id,
+            right.candidate.score,
+            &right.candidate.doc_id,
+        )
     });
 }
 
@@ -382,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn merge_order_is_by_score_then_id() {
+    fn merge_order_is_by_score_then_tie_key() {
         let candidate = |shard, id: &str, score| ShardedCandidate {
             shard,
             candidate: Candidate {
@@ -398,6 +468,12 @@ mod tests {
         ];
         sort_best_first(&mut merged);
         let ids: Vec<&str> = merged.iter().map(|c| c.candidate.doc_id.as_str()).collect();
-        assert_eq!(ids, ["c", "a", "b"]);
+        let (first_tied, second_tied) =
+            if quarry_kit::ranking::tie_key("a") < quarry_kit::ranking::tie_key("b") {
+                ("a", "b")
+            } else {
+                ("b", "a")
+            };
+        assert_eq!(ids, ["c", first_tied, second_tied]);
     }
 }

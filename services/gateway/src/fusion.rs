@@ -68,7 +68,7 @@ fn normalised_scores(candidates: &[ShardedCandidate]) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quarry_proto::v1::Candidate;
+    use crate::fan_out::Candidate;
 
     fn list(entries: &[(&str, f64)]) -> Vec<ShardedCandidate> {
         entries

@@ -6,25 +6,34 @@ use std::sync::Arc;
 use quarry_kit::config::GatewayConfig;
 
 use crate::cluster_clients::ClusterClients;
-use crate::replica_selector::ReplicaSelector;
+use crate::fan_out::StatisticsCache;
+use crate::shard_client::{GrpcShards, ShardClient};
 
 pub struct Gateway {
     pub(crate) config: GatewayConfig,
     pub(crate) cluster_name: String,
     pub(crate) clients: Arc<ClusterClients>,
-    pub(crate) selector: ReplicaSelector,
+    /// Every call to a retriever shard on the query path goes through it.
+    pub(crate) shards: ShardClient,
+    /// Each shard's BM25 statistics of recent queries (see `fan_out`).
+    pub(crate) statistics: StatisticsCache,
     /// Stamps every write (document or delete) with its version.
     pub(crate) versions: quarry_kit::VersionClock,
 }
 
 impl Gateway {
     pub fn new(config: GatewayConfig, cluster_name: String, clients: Arc<ClusterClients>) -> Self {
-        let selector = ReplicaSelector::new(config.replica_selection);
+        let shards = ShardClient::new(
+            Arc::new(GrpcShards::new(Arc::clone(&clients))),
+            config.replica_selection,
+            config.hedging,
+        );
         Self {
             config,
             cluster_name,
             clients,
-            selector,
+            shards,
+            statistics: StatisticsCache::default(),
             versions: quarry_kit::VersionClock::default(),
         }
     }

@@ -182,7 +182,7 @@ impl Gateway {
             .collect();
         let calls = chunks
             .into_iter()
-            .map(|texts| self.embed_texts(texts, limit));
+            .map(|texts| self.embed_texts(texts, true, limit));
         let mut calls = futures::StreamExt::buffered(
             futures::stream::iter(calls),
             self.config.embed_concurrency,
@@ -249,12 +249,20 @@ impl Gateway {
                     version: pending.version,
                 })
                 .collect();
+            let timeout = std::time::Duration::from_millis(self.config.write_timeout_ms);
             async move {
                 let mut client = self.clients.retriever(replica)?;
-                client
-                    .index(tokio_stream::iter(requests))
-                    .await
-                    .map_err(|status| GatewayError::downstream("retriever", status))
+                let mut request = tonic::Request::new(tokio_stream::iter(requests));
+                request.set_timeout(timeout);
+                match tokio::time::timeout(timeout, client.index(request)).await {
+                    Ok(outcome) => {
+                        outcome.map_err(|status| GatewayError::downstream("retriever", status))
+                    }
+                    Err(_) => Err(GatewayError::Unavailable(format!(
+                        "shard {shard} replica {} did not commit within {} ms",
+                        replica.replica, self.config.write_timeout_ms
+                    ))),
+                }
             }
         });
         let failure = join_all(writes)

@@ -15,10 +15,10 @@ mod gateway;
 mod ingest;
 pub mod metrics;
 mod plan;
-mod replica_selector;
 mod retrieve;
 mod search;
 mod service;
+mod shard_client;
 mod shard_router;
 mod validate;
 
@@ -26,4 +26,5 @@ pub use cluster_clients::ClusterClients;
 pub use error::GatewayError;
 pub use gateway::Gateway;
 pub use service::QuarryService;
+pub use shard_client::{ShardCall, ShardClient, ShardReply, Shards};
 pub use shard_router::{jump_consistent_hash, shard_for_document};

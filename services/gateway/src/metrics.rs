@@ -14,6 +14,8 @@ pub struct GatewayMetrics {
     pub retries: IntCounter,
     pub partial_results: IntCounter,
     pub shard_call_duration: HistogramVec,
+    pub statistics: IntCounterVec,
+    pub shard_reply_bytes: IntCounterVec,
     pub ingest_documents: IntCounterVec,
     pub ingest_bytes: IntCounter,
 }
@@ -47,6 +49,18 @@ pub fn metrics() -> &'static GatewayMetrics {
             &["shard"],
             &LATENCY_BUCKETS,
         ),
+        statistics: counter_vec(
+            "quarry_gateway_statistics_total",
+            "Keyword searches on several shards by where their BM25 statistics came from: \
+             cached (confirmed by every shard), collected (a CollectStats round trip) or \
+             refreshed (a shard had changed; searched again).",
+            &["source"],
+        ),
+        shard_reply_bytes: counter_vec(
+            "quarry_gateway_shard_reply_bytes_total",
+            "Bytes of the shard replies the gateway received (protobuf encoded), by rpc.",
+            &["rpc"],
+        ),
         ingest_documents: counter_vec(
             "quarry_gateway_ingest_documents_total",
             "Documents received by Ingest, by outcome (accepted or rejected).",
@@ -63,6 +77,12 @@ pub fn metrics() -> &'static GatewayMetrics {
 /// Registers the gateway's metrics so that the first scrape lists them at zero.
 pub fn register() {
     let metrics = metrics();
+    for rpc in ["collect_stats", "search", "fetch", "shard_info"] {
+        metrics.shard_reply_bytes.with_label_values(&[rpc]);
+    }
+    for source in ["cached", "collected", "refreshed"] {
+        metrics.statistics.with_label_values(&[source]);
+    }
     for outcome in ["accepted", "rejected"] {
         metrics.ingest_documents.with_label_values(&[outcome]);
     }

@@ -1,13 +1,13 @@
-//! Retrieval as a plan says: embed the query when vectors are wanted, fan the main query
-//! (and any entity sub-queries) out to every shard, cut each global list to its k, and fuse.
+//! Retrieval as a plan says: embed the query when vectors are wanted, search every shard for
+//! the main query and any entity sub-queries in one request each, cut each global list to
+//! its k, fuse, cut to the final k, and fetch those hits' stored fields.
 
-use futures::future::join_all;
 use quarry_proto::v1::EmbedRequest;
 use tonic::{Code, Request};
 
-use crate::deadline::Deadline;
+use crate::deadline::{Budget, Deadline};
 use crate::error::GatewayError;
-use crate::fan_out::{FanOutRequest, ShardedCandidate};
+use crate::fan_out::{fetch_stored, search_shards, FanOutRequest, ShardedCandidate};
 use crate::fusion::{fuse, WeightedList};
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
@@ -42,19 +42,23 @@ impl Gateway {
         deadline: Deadline,
     ) -> Result<Option<Vec<f32>>, GatewayError> {
         let limit = deadline.hop(self.hop_limit());
-        let vectors = self.embed_texts(vec![text.to_string()], limit).await?;
+        let vectors = self
+            .embed_texts(vec![text.to_string()], false, limit)
+            .await?;
         Ok(vectors.and_then(|vectors| vectors.into_iter().next()))
     }
 
-    /// Embeddings of `texts`, in order, within `timeout`, or `None` when the analyzer has no encoder.
+    /// Embeddings of `texts`, in order, within `timeout`, or `None` when the analyzer has no
+    /// encoder; `documents` when they are documents being ingested (never cached).
     pub(crate) async fn embed_texts(
         &self,
         texts: Vec<String>,
+        documents: bool,
         timeout: std::time::Duration,
     ) -> Result<Option<Vec<Vec<f32>>>, GatewayError> {
         let count = texts.len();
         let mut analyzer = self.clients.analyzer()?;
-        let mut request = Request::new(EmbedRequest { texts });
+        let mut request = Request::new(EmbedRequest { texts, documents });
         request.set_timeout(timeout);
         match analyzer.embed(request).await {
             Ok(response) => {
@@ -77,59 +81,42 @@ impl Gateway {
         }
     }
 
-    /// Runs the plan for `query`; `query_vector` is empty when the plan wants no vectors.
-    /// Records the strategy and whether the answer is partial on the current (server) span.
+    /// Runs the plan for `query` and returns its best `k` with their stored fields;
+    /// `query_vector` is empty when the plan wants no vectors. Records the strategy and
+    /// whether the answer is partial on the current (server) span.
     pub(crate) async fn retrieve(
         &self,
         query: &str,
         plan: &RetrievalPlan,
         query_vector: Vec<f32>,
+        k: u32,
         deadline: Deadline,
     ) -> Result<Retrieved, GatewayError> {
         tracing::Span::current().record("strategy", plan.strategy.as_str());
-        let timeout = deadline.hop(self.shard_timeout());
-        let main_request = FanOutRequest {
+        let budget = Budget::new(deadline.hop(self.shard_timeout()));
+        let sub_query_k = plan.keyword_k.max(1);
+        let request = FanOutRequest {
             query: query.to_string(),
             keyword_k: plan.keyword_k,
             vector_k: plan.vector_k,
             query_vector,
+            sub_queries: plan.sub_queries.clone(),
+            sub_query_k: if plan.sub_queries.is_empty() {
+                0
+            } else {
+                sub_query_k
+            },
         };
-        let sub_requests: Vec<FanOutRequest> = plan
+        let searched = search_shards(&self.shards, &self.statistics, &request, budget).await;
+        require_some_shard(&searched)?;
+        let keyword = top(&searched.keyword, plan.keyword_k);
+        let vector = top(&searched.vector, plan.vector_k);
+        let sub_keywords: Vec<&[ShardedCandidate]> = searched
             .sub_queries
             .iter()
-            .map(|sub_query| FanOutRequest {
-                query: sub_query.clone(),
-                keyword_k: plan.keyword_k.max(1),
-                ..FanOutRequest::default()
-            })
+            .map(|list| top(list, sub_query_k))
             .collect();
-        let (main, subs) = futures::join!(
-            self.fan_out(&main_request, timeout),
-            join_all(
-                sub_requests
-                    .iter()
-                    .map(|request| self.fan_out(request, timeout))
-            )
-        );
-        require_some_shard(&main)?;
-        let mut shards_failed = main.shards_failed.clone();
-        let keyword = top(&main.keyword, plan.keyword_k);
-        let vector = top(&main.vector, plan.vector_k);
-        let sub_keywords: Vec<&[ShardedCandidate]> = subs
-            .iter()
-            .map(|sub| top(&sub.keyword, plan.keyword_k.max(1)))
-            .collect();
-        for sub in &subs {
-            shards_failed.extend(&sub.shards_failed);
-        }
-        shards_failed.sort_unstable();
-        shards_failed.dedup();
-        let partial = !shards_failed.is_empty();
-        tracing::Span::current().record("partial", partial);
-        if partial {
-            metrics().partial_results.inc();
-        }
-        let ranked = if plan.vector_k == 0 && sub_keywords.is_empty() {
+        let mut ranked = if plan.vector_k == 0 && sub_keywords.is_empty() {
             keyword.to_vec()
         } else if plan.keyword_k == 0 && sub_keywords.is_empty() {
             vector.to_vec()
@@ -152,26 +139,28 @@ impl Gateway {
             }
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
-        let hedges = main.hedges + subs.iter().map(|sub| sub.hedges).sum::<u32>();
+        ranked.truncate(k as usize);
+        let fetched = fetch_stored(&self.shards, ranked, budget).await;
+        let mut shards_failed = searched.shards_failed.clone();
+        shards_failed.extend(&fetched.shards_failed);
+        shards_failed.sort_unstable();
+        shards_failed.dedup();
+        let partial = !shards_failed.is_empty();
+        let hedges = searched.hedges + fetched.hedges;
         let span = tracing::Span::current();
-        let fan_outs = std::iter::once(&main).chain(&subs);
-        span.record(
-            "shards_asked",
-            fan_outs
-                .clone()
-                .map(|fan_out| fan_out.shards_total)
-                .sum::<u32>(),
-        );
-        span.record(
-            "shards_answered",
-            fan_outs
-                .map(|fan_out| fan_out.shards_answered())
-                .sum::<u32>(),
-        );
+        span.record("partial", partial);
+        span.record("shards_asked", searched.shards_total);
+        span.record("shards_answered", searched.shards_answered());
         span.record("hedges", hedges);
+        if let Some(source) = searched.statistics.metric_label() {
+            span.record("statistics", source);
+        }
+        if partial {
+            metrics().partial_results.inc();
+        }
         Ok(Retrieved {
-            ranked,
-            shards_total: main.shards_total,
+            ranked: fetched.hits,
+            shards_total: searched.shards_total,
             shards_failed,
             hedges,
         })

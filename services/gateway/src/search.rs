@@ -34,13 +34,13 @@ impl Gateway {
                 &request.query,
                 &plan,
                 query_vector.unwrap_or_default(),
+                k,
                 deadline,
             )
             .await?;
         let hits = retrieved
             .ranked
             .iter()
-            .take(k as usize)
             .map(|sharded| Hit {
                 doc_id: sharded.candidate.doc_id.clone(),
                 score: sharded.candidate.score,

@@ -156,6 +156,9 @@ pub struct GatewayConfig {
     pub embed_concurrency: usize,
     /// Limit of one `Embed` call while ingesting (calls queue behind each other in the analyzer).
     pub embed_timeout_ms: u64,
+    /// How long one replica may take to commit one ingest batch before the batch is
+    /// rejected (`UNAVAILABLE`, so the client retries it).
+    pub write_timeout_ms: u64,
 }
 
 /// How a shard's replica is chosen.
@@ -202,6 +205,7 @@ impl Default for GatewayConfig {
             ingest_pipeline: 2,
             embed_concurrency: 4,
             embed_timeout_ms: 300_000,
+            write_timeout_ms: 60_000,
         }
     }
 }
@@ -267,8 +271,14 @@ pub struct AnalyzerConfig {
     /// Whether the forward pass's idle threads spin before sleeping. Off by default: under
     /// `quarry up` the spinning takes CPU from the other roles (see the README's Benchmarks).
     pub encoder_spinning: bool,
-    /// Most analyses and, separately, most embeddings kept in memory; 0 turns caching off.
+    /// Embedding requests that may wait for a worker; one more is answered
+    /// `RESOURCE_EXHAUSTED` at once.
+    pub embed_queue: usize,
+    /// Most analyses kept in memory; 0 turns both caches off.
     pub cache_entries: u64,
+    /// Most bytes of query embeddings kept in memory (documents being ingested are never
+    /// cached); 0 turns the embedding cache off.
+    pub embedding_cache_bytes: u64,
     /// How long a cached analysis or embedding stays, in seconds.
     pub cache_ttl_s: u64,
     pub openai: OpenAiEmbeddingsConfig,
@@ -288,7 +298,9 @@ impl Default for AnalyzerConfig {
             batch_workers: 1,
             encoder_threads: 0,
             encoder_spinning: false,
+            embed_queue: 512,
             cache_entries: 10_000,
+            embedding_cache_bytes: 32 * 1024 * 1024,
             cache_ttl_s: 600,
             openai: OpenAiEmbeddingsConfig::default(),
         }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc_body;
 pub mod metrics;
 pub mod openai;
+pub mod ranking;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

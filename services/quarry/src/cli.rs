@@ -142,6 +142,26 @@ pub enum BenchCommand {
     Tracing(TracingBenchArgs),
     /// Scheduling overhead: no-op steps through the scheduler with durable state in etcd.
     Scheduler(SchedulerBenchArgs),
+    /// One query across shards: latency by shard count, bytes from shards, in-process reference.
+    QueryPath(QueryPathArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryPathArgs {
+    /// A BEIR folder whose corpus to index and whose queries to run.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Shard counts to compare (each gets its own in-process cluster and the same corpus).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub shards: Vec<u32>,
+    /// Index only the first N documents (ingest embeds each one; latency is per query).
+    #[arg(long)]
+    pub limit_docs: Option<usize>,
+    /// Queries whose bytes under the former protocol are measured.
+    #[arg(long, default_value_t = 50)]
+    pub byte_queries: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -115,6 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_client_logging(&cli);
             bench::run_tracing_bench(args).await
         }
+        Command::Bench(BenchCommand::QueryPath(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_query_path_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Scheduler(args)) => {
             let config = load_config(&cli, Map::new())?;
             init_logging(config.log_format, "warn");

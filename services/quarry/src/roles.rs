@@ -23,7 +23,9 @@ use quarry_proto::v1::generator_server::GeneratorServer;
 use quarry_proto::v1::quarry_server::QuarryServer;
 use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
-use quarry_retriever::{recover, InjectedFault, RecoveryOptions, RetrieverService, Shard};
+#[cfg(feature = "test-hooks")]
+use quarry_retriever::InjectedFault;
+use quarry_retriever::{recover, RecoveryOptions, RetrieverService, Shard};
 use quarry_scheduler::{SchedulerNode, SchedulerService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -165,6 +167,7 @@ async fn build_role(
             let batching = batch_options(config);
             let caches = quarry_analyzer::CacheOptions {
                 entries: config.analyzer.cache_entries,
+                embedding_bytes: config.analyzer.embedding_cache_bytes,
                 ttl: std::time::Duration::from_secs(config.analyzer.cache_ttl_s),
             };
             let mut analyzer = AnalyzerService::new(encoder, batching)?.with_caches(caches);
@@ -197,17 +200,26 @@ async fn build_role(
             let shard = Arc::new(shard);
             stored_shard = Some(Arc::clone(&shard));
             quarry_retriever::metrics::register(shard_number, replica_number);
-            let mut retriever = RetrieverService::new(shard);
+            let retriever = RetrieverService::new(shard).with_message_limit(limit);
             let fault = &config.retriever.fault;
-            if fault.delay_ms > 0
+            let injects = fault.delay_ms > 0
                 && fault.rate > 0.0
                 && fault.shard == shard_number
-                && fault.replica == replica_number
-            {
-                retriever = retriever.with_fault(InjectedFault::new(
+                && fault.replica == replica_number;
+            #[cfg(feature = "test-hooks")]
+            let retriever = match injects {
+                true => retriever.with_fault(InjectedFault::new(
                     Duration::from_millis(fault.delay_ms),
                     fault.rate,
-                ));
+                )),
+                false => retriever,
+            };
+            #[cfg(not(feature = "test-hooks"))]
+            if injects {
+                anyhow::bail!(
+                    "retriever.fault injects delays, a test hook this build does not have \
+                     (build with --features test-hooks)"
+                );
             }
             let service = RetrieverServer::new(retriever)
                 .max_decoding_message_size(limit)
@@ -310,6 +322,7 @@ pub fn batch_options(config: &QuarryConfig) -> BatchOptions {
         workers,
         max_batch: config.analyzer.max_batch,
         window: Duration::from_micros(config.analyzer.batch_window_us),
+        max_queued: config.analyzer.embed_queue,
     }
 }
 

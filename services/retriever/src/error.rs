@@ -12,6 +12,9 @@ pub enum RetrieverError {
     Open { path: String, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A reply that would not fit the message limit; the message names the fields to lower.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 impl RetrieverError {
@@ -27,6 +30,7 @@ impl From<RetrieverError> for Status {
     fn from(error: RetrieverError) -> Self {
         let code = match &error {
             RetrieverError::InvalidArgument { .. } => Code::InvalidArgument,
+            RetrieverError::TooLarge(_) => Code::ResourceExhausted,
             RetrieverError::Index(_)
             | RetrieverError::Open { .. }
             | RetrieverError::Internal(_) => Code::Internal,

@@ -4,6 +4,8 @@
 //! `Retriever` service that wraps it, and peer recovery of a replica that (re)joins.
 
 mod error;
+#[cfg(feature = "fault-injection")]
+mod fault;
 pub mod metrics;
 mod ranking;
 mod recovery;
@@ -15,7 +17,9 @@ mod vectors;
 mod versions;
 
 pub use error::RetrieverError;
+#[cfg(feature = "fault-injection")]
+pub use fault::InjectedFault;
 pub use recovery::{catch_up, recover, CatchUpReport, RecoveryOptions};
-pub use service::{InjectedFault, RetrieverService};
+pub use service::RetrieverService;
 pub use shard::{IdVersion, Shard, ShardCandidate, StoredDocument};
 pub use statistics::CorpusStatistics;

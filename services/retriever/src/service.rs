@@ -2,23 +2,23 @@
 //! index work on tokio's blocking pool, and maps errors to gRPC codes.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+use prost::Message;
 use quarry_proto::v1::retriever_server::Retriever;
 use quarry_proto::v1::{
-    Candidate, CollectStatsRequest, CorpusStats, Document, DocumentVersion, ExportRequest,
-    FetchRequest, FetchResponse, IndexRequest, IndexResponse, ListVersionsRequest,
+    Candidate, CandidateList, CollectStatsRequest, CorpusStats, Document, DocumentVersion,
+    ExportRequest, FetchRequest, FetchResponse, IndexRequest, IndexResponse, ListVersionsRequest,
     ShardDeleteRequest, ShardDeleteResponse, ShardInfoRequest, ShardInfoResponse,
     ShardSearchRequest, ShardSearchResponse, TermStats,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, warn};
-use xxhash_rust::xxh3::xxh3_64;
+use tracing::debug;
 
 use crate::error::RetrieverError;
+#[cfg(feature = "fault-injection")]
+use crate::fault::InjectedFault;
 use crate::metrics::{metrics, replica_labels};
 use crate::shard::{Shard, ShardCandidate, StoredDocument};
 use crate::statistics::CorpusStatistics;
@@ -31,6 +31,12 @@ const MAX_SHARD_K: u32 = 10_000;
 const MAX_EXPORT_IDS: usize = 10_000;
 /// Versions or documents per streamed message batch.
 const STREAM_CHUNK: usize = 256;
+/// Most keyword sub-queries one search carries.
+const MAX_SUB_QUERIES: usize = 16;
+/// Most ids of one `Fetch` request.
+const MAX_FETCH_IDS: usize = 10_000;
+/// The message limit when none is set: tonic's default for decoding.
+const DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
 type Streamed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
@@ -38,42 +44,33 @@ type Streamed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status
 #[derive(Clone)]
 pub struct RetrieverService {
     shard: Arc<Shard>,
+    /// The largest reply this server may send; a reply that would outgrow it is cut or
+    /// refused, never dropped by the transport.
+    message_limit: usize,
+    #[cfg(feature = "fault-injection")]
     fault: Option<Arc<InjectedFault>>,
-}
-
-/// A delay added to a share of searches, for tests and benchmarks of tail latency.
-pub struct InjectedFault {
-    pub delay: Duration,
-    pub rate: f64,
-    calls: AtomicU64,
-}
-
-impl InjectedFault {
-    pub fn new(delay: Duration, rate: f64) -> Self {
-        Self {
-            delay,
-            rate: rate.clamp(0.0, 1.0),
-            calls: AtomicU64::new(0),
-        }
-    }
-
-    /// Whether this call is delayed: a hash of the call's number, so the share is exact
-    /// over many calls and the same in every run.
-    fn hits(&self) -> bool {
-        let call = self.calls.fetch_add(1, Ordering::Relaxed);
-        let draw = xxh3_64(&call.to_le_bytes()) as f64 / u64::MAX as f64;
-        draw < self.rate
-    }
 }
 
 impl RetrieverService {
     pub fn new(shard: Arc<Shard>) -> Self {
-        Self { shard, fault: None }
+        Self {
+            shard,
+            message_limit: DEFAULT_MESSAGE_LIMIT,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
+        }
+    }
+
+    /// The largest reply to send, as the server's `max_encoding_message_size`.
+    pub fn with_message_limit(mut self, bytes: usize) -> Self {
+        self.message_limit = bytes;
+        self
     }
 
     /// Delays a share of searches (tests and benchmarks only).
+    #[cfg(feature = "fault-injection")]
     pub fn with_fault(mut self, fault: InjectedFault) -> Self {
-        warn!(
+        tracing::warn!(
             delay_ms = fault.delay.as_millis() as u64,
             rate = fault.rate,
             "fault injection is on"
@@ -83,6 +80,7 @@ impl RetrieverService {
     }
 
     async fn maybe_delay(&self) {
+        #[cfg(feature = "fault-injection")]
         if let Some(fault) = &self.fault {
             if fault.hits() {
                 tokio::time::sleep(fault.delay).await;
@@ -110,9 +108,12 @@ impl Retriever for RetrieverService {
         request: Request<CollectStatsRequest>,
     ) -> Result<Response<CorpusStats>, Status> {
         self.maybe_delay().await;
-        let query = request.into_inner().query;
+        let request = request.into_inner();
+        check_sub_queries(&request.sub_queries)?;
         let statistics = self
-            .blocking(move |shard| shard.collect_statistics(&query))
+            .blocking(move |shard| {
+                shard.collect_statistics_of(&query_texts(&request.query, &request.sub_queries))
+            })
             .await?;
         Ok(Response::new(statistics_to_proto(&statistics)))
     }
@@ -142,38 +143,102 @@ impl Retriever for RetrieverService {
                 RetrieverError::invalid("query_vector", "is required when vector_k > 0").into(),
             );
         }
+        check_sub_queries(&request.sub_queries)?;
+        if request.sub_query_k > MAX_SHARD_K {
+            return Err(RetrieverError::invalid(
+                "sub_query_k",
+                format!("must be at most {MAX_SHARD_K}"),
+            )
+            .into());
+        }
         let span = tracing::Span::current();
         span.record("keyword_k", request.keyword_k);
         span.record("vector_k", request.vector_k);
         let global = request.global_stats.as_ref().map(statistics_from_proto);
-        let query = request.query;
-        let query_vector = request.query_vector;
-        let keyword_k = request.keyword_k as usize;
-        let vector_k = request.vector_k as usize;
-        let (keyword, vector) = self
+        let expected = request
+            .expected_local_stats
+            .as_ref()
+            .map(statistics_from_proto);
+        let (keyword_k, vector_k) = (request.keyword_k as usize, request.vector_k as usize);
+        let sub_query_k = request.sub_query_k as usize;
+        let outcome = self
             .blocking(move |shard| {
-                let keyword = shard.search_keyword(&query, keyword_k, global.as_ref())?;
+                if let Some(expected) = expected {
+                    let local = shard.collect_statistics_of(&query_texts(
+                        &request.query,
+                        &request.sub_queries,
+                    ))?;
+                    if local != expected {
+                        return Ok(SearchOutcome::Stale(local));
+                    }
+                }
+                let keyword = shard.search_keyword(&request.query, keyword_k, global.as_ref())?;
                 let vector = if vector_k > 0 {
-                    shard.search_vector(&query_vector, vector_k)?
+                    shard.search_vector(&request.query_vector, vector_k)?
                 } else {
                     Vec::new()
                 };
-                Ok((keyword, vector))
+                let mut sub_queries = Vec::with_capacity(request.sub_queries.len());
+                for sub_query in &request.sub_queries {
+                    sub_queries.push(shard.search_keyword(
+                        sub_query,
+                        sub_query_k,
+                        global.as_ref(),
+                    )?);
+                }
+                Ok(SearchOutcome::Ranked {
+                    keyword,
+                    vector,
+                    sub_queries,
+                })
             })
             .await?;
-        span.record("keyword_hits", keyword.len());
-        span.record("vector_hits", vector.len());
-        debug!(
-            shard = self.shard.shard(),
-            keyword = keyword.len(),
-            vector = vector.len(),
-            "shard searched"
-        );
-        Ok(Response::new(ShardSearchResponse {
-            shard: self.shard.shard(),
-            keyword: keyword.into_iter().map(candidate_to_proto).collect(),
-            vector: vector.into_iter().map(candidate_to_proto).collect(),
-        }))
+        let response = match outcome {
+            SearchOutcome::Stale(local) => {
+                span.record("stale", true);
+                debug!(
+                    shard = self.shard.shard(),
+                    "statistics changed; answered stale"
+                );
+                ShardSearchResponse {
+                    shard: self.shard.shard(),
+                    stale: true,
+                    local_stats: Some(statistics_to_proto(&local)),
+                    ..ShardSearchResponse::default()
+                }
+            }
+            SearchOutcome::Ranked {
+                keyword,
+                vector,
+                sub_queries,
+            } => {
+                span.record("keyword_hits", keyword.len());
+                span.record("vector_hits", vector.len());
+                ShardSearchResponse {
+                    shard: self.shard.shard(),
+                    keyword: keyword.into_iter().map(candidate_to_proto).collect(),
+                    vector: vector.into_iter().map(candidate_to_proto).collect(),
+                    sub_queries: sub_queries
+                        .into_iter()
+                        .map(|candidates| CandidateList {
+                            candidates: candidates.into_iter().map(candidate_to_proto).collect(),
+                        })
+                        .collect(),
+                    stale: false,
+                    local_stats: None,
+                }
+            }
+        };
+        let bytes = response.encoded_len();
+        if bytes > self.message_limit {
+            return Err(RetrieverError::TooLarge(format!(
+                "keyword_k, vector_k, sub_query_k: the reply would be {bytes} bytes, over the \
+                 message limit of {}",
+                self.message_limit
+            ))
+            .into());
+        }
+        Ok(Response::new(response))
     }
 
     async fn index(
@@ -230,10 +295,47 @@ impl Retriever for RetrieverService {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let ids = request.into_inner().ids;
-        let documents = self.blocking(move |shard| shard.fetch(&ids)).await?;
-        Ok(Response::new(FetchResponse {
-            documents: documents.into_iter().map(stored_to_proto).collect(),
-        }))
+        if ids.len() > MAX_FETCH_IDS {
+            return Err(RetrieverError::invalid(
+                "ids",
+                format!("at most {MAX_FETCH_IDS} per request"),
+            )
+            .into());
+        }
+        let limit = self.message_limit;
+        let reply = self
+            .blocking(move |shard| {
+                let mut reply = FetchResponse::default();
+                // Documents are loaded one at a time, so a reply that would outgrow the
+                // message limit stops early and names the ids left for another call.
+                for (position, id) in ids.iter().enumerate() {
+                    let Some(document) = shard.fetch(std::slice::from_ref(id))?.pop() else {
+                        continue;
+                    };
+                    let document = stored_to_proto(document);
+                    let added = document.encoded_len() + 8;
+                    let remaining_bytes: usize =
+                        ids[position..].iter().map(|id| id.len() + 4).sum();
+                    if !reply.documents.is_empty()
+                        && reply.encoded_len() + added + remaining_bytes > limit
+                    {
+                        reply.remaining_ids = ids[position..].to_vec();
+                        break;
+                    }
+                    reply.documents.push(document);
+                }
+                Ok(reply)
+            })
+            .await?;
+        if reply.encoded_len() > self.message_limit {
+            return Err(RetrieverError::TooLarge(format!(
+                "ids: document {:?} alone is larger than the message limit of {}",
+                reply.documents.first().map(|document| document.id.as_str()),
+                self.message_limit
+            ))
+            .into());
+        }
+        Ok(Response::new(reply))
     }
 
     async fn shard_info(
@@ -354,10 +456,35 @@ fn statistics_from_proto(stats: &CorpusStats) -> CorpusStatistics {
 fn candidate_to_proto(candidate: ShardCandidate) -> Candidate {
     Candidate {
         doc_id: candidate.doc_id,
-        title: candidate.title,
-        text: candidate.text,
         score: candidate.score,
     }
+}
+
+/// What one shard search found, or that the gateway's statistics of this shard are stale.
+enum SearchOutcome {
+    Stale(CorpusStatistics),
+    Ranked {
+        keyword: Vec<ShardCandidate>,
+        vector: Vec<ShardCandidate>,
+        sub_queries: Vec<Vec<ShardCandidate>>,
+    },
+}
+
+/// The main query and its sub-queries, whose terms one statistics answer covers.
+fn query_texts<'a>(query: &'a str, sub_queries: &'a [String]) -> Vec<&'a str> {
+    std::iter::once(query)
+        .chain(sub_queries.iter().map(String::as_str))
+        .collect()
+}
+
+fn check_sub_queries(sub_queries: &[String]) -> Result<(), RetrieverError> {
+    if sub_queries.len() > MAX_SUB_QUERIES {
+        return Err(RetrieverError::invalid(
+            "sub_queries",
+            format!("at most {MAX_SUB_QUERIES}"),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn stored_from_proto(
@@ -381,5 +508,140 @@ pub(crate) fn stored_to_proto(document: StoredDocument) -> Document {
         title: document.title,
         text: document.text,
         metadata: document.metadata.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service_over(documents: &[(&str, &str)], message_limit: usize) -> RetrieverService {
+        let directory = tempfile::tempdir().unwrap().keep();
+        let shard = Shard::open(&directory, 0, 0, 20_000_000).unwrap();
+        let stored: Vec<StoredDocument> = documents
+            .iter()
+            .map(|(id, text)| StoredDocument {
+                id: id.to_string(),
+                title: String::new(),
+                text: text.to_string(),
+                ..StoredDocument::default()
+            })
+            .collect();
+        shard.upsert(&stored).unwrap();
+        RetrieverService::new(Arc::new(shard)).with_message_limit(message_limit)
+    }
+
+    #[tokio::test]
+    async fn a_search_with_outdated_expected_statistics_answers_stale_without_searching() {
+        let service = service_over(
+            &[("a", "comets are icy"), ("b", "comets have tails")],
+            1 << 20,
+        );
+        let request = |expected: Option<CorpusStats>| ShardSearchRequest {
+            query: "comets".to_string(),
+            keyword_k: 10,
+            expected_local_stats: expected,
+            ..ShardSearchRequest::default()
+        };
+        let current = Retriever::collect_stats(
+            &service,
+            Request::new(CollectStatsRequest {
+                query: "comets".to_string(),
+                sub_queries: Vec::new(),
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        let fresh = Retriever::search(&service, Request::new(request(Some(current.clone()))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!fresh.stale);
+        assert_eq!(fresh.keyword.len(), 2);
+        let outdated = CorpusStats {
+            num_docs: current.num_docs - 1,
+            ..current.clone()
+        };
+        let stale = Retriever::search(&service, Request::new(request(Some(outdated))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stale.stale);
+        assert!(stale.keyword.is_empty());
+        assert_eq!(stale.local_stats, Some(current));
+    }
+
+    #[tokio::test]
+    async fn sub_queries_are_answered_in_the_same_search() {
+        let service = service_over(
+            &[
+                ("a", "comets are icy"),
+                ("b", "planets are round"),
+                ("c", "moons orbit planets"),
+            ],
+            1 << 20,
+        );
+        let response = Retriever::search(
+            &service,
+            Request::new(ShardSearchRequest {
+                query: "comets".to_string(),
+                keyword_k: 5,
+                sub_queries: vec!["planets".to_string(), "moons".to_string()],
+                sub_query_k: 5,
+                ..ShardSearchRequest::default()
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        let ids = |list: &[Candidate]| -> Vec<String> {
+            let mut ids: Vec<String> = list.iter().map(|hit| hit.doc_id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&response.keyword), ["a"]);
+        assert_eq!(response.sub_queries.len(), 2);
+        assert_eq!(ids(&response.sub_queries[0].candidates), ["b", "c"]);
+        assert_eq!(ids(&response.sub_queries[1].candidates), ["c"]);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_stops_at_the_message_limit_and_names_the_ids_left() {
+        let long = "word ".repeat(200);
+        let service = service_over(&[("a", &long), ("b", &long), ("c", &long)], 2_500);
+        let response = Retriever::fetch(
+            &service,
+            Request::new(FetchRequest {
+                ids: vec!["a".to_string(), "b".to_string(), "c".to_string()],
+            }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+        assert_eq!(response.documents.len(), 2);
+        assert_eq!(response.remaining_ids, ["c"]);
+        assert!(response.encoded_len() <= 2_500);
+
+        let tiny = service_over(&[("a", &long)], 100);
+        let error = Retriever::fetch(
+            &tiny,
+            Request::new(FetchRequest {
+                ids: vec!["a".to_string()],
+            }),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::ResourceExhausted);
+        let search = Retriever::search(
+            &tiny,
+            Request::new(ShardSearchRequest {
+                query: "word".to_string(),
+                keyword_k: 10,
+                ..ShardSearchRequest::default()
+            }),
+        )
+        .await;
+        assert!(search.is_ok(), "one id fits: {search:?}");
     }
 }

@@ -20,8 +20,8 @@ use tracing::{info, warn};
 
 use crate::error::RetrieverError;
 use crate::metrics::{metrics, replica_labels};
-use crate::ranking::{best_k_by_score_then_id, top_with_ties};
-use crate::schema::{build_schema, ShardFields};
+use crate::ranking::{best_k, top_with_ties, TopByScoreThenKey};
+use crate::schema::{build_schema, ShardFields, ID_FIELD, VECTOR_KEY_FIELD};
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
 use crate::vectors::{vector_key, VectorIndex};
 use crate::versions::Tombstones;
@@ -56,12 +56,10 @@ pub struct IdVersion {
     pub deleted: bool,
 }
 
-/// One ranked candidate with its raw score.
+/// One ranked candidate: its id and raw score (stored fields are fetched separately).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShardCandidate {
     pub doc_id: String,
-    pub title: String,
-    pub text: String,
     pub score: f64,
 }
 
@@ -94,10 +92,11 @@ impl Shard {
             path: index_dir.display().to_string(),
             reason,
         };
+        let (schema, fields) = build_schema();
+        let converted = convert_older_schema(data_dir, &schema, &fields)?;
         std::fs::create_dir_all(&index_dir).map_err(|error| open_error(error.to_string()))?;
         let directory =
             MmapDirectory::open(&index_dir).map_err(|error| open_error(error.to_string()))?;
-        let (schema, fields) = build_schema();
         let index = Index::open_or_create(directory, schema)?;
         let reader = index
             .reader_builder()
@@ -106,7 +105,11 @@ impl Shard {
         let writer = index.writer(writer_memory_bytes)?;
         let opstamp = index.load_metas()?.opstamp;
         let vectors_dir = data_dir.join("usearch");
-        let vectors = match VectorIndex::load_if_current(&vectors_dir, opstamp) {
+        let saved = match converted {
+            true => None,
+            false => VectorIndex::load_if_current(&vectors_dir, opstamp),
+        };
+        let vectors = match saved {
             Some(loaded) => loaded,
             None => {
                 let rebuilt = rebuild_vectors(&reader.searcher(), &fields, &vectors_dir)?;
@@ -339,6 +342,7 @@ impl Shard {
             top_with_ties(k, |limit| vectors.search(query, limit))?
         };
         let searcher = self.reader.searcher();
+        let mut ids = FastIds::default();
         let mut candidates = Vec::with_capacity(nearest.len());
         for (similarity, key) in nearest {
             let query = TermQuery::new(
@@ -349,15 +353,12 @@ impl Shard {
             let Some((_, address)) = top.first() else {
                 continue;
             };
-            let stored = self.to_stored(&searcher.doc(*address)?);
             candidates.push(ShardCandidate {
-                doc_id: stored.id,
-                title: stored.title,
-                text: stored.text,
+                doc_id: ids.id(&searcher, *address)?,
                 score: f64::from(similarity),
             });
         }
-        Ok(best_k_by_score_then_id(candidates, k))
+        Ok(best_k(candidates, k))
     }
 
     fn read_vectors(&self) -> Result<std::sync::RwLockReadGuard<'_, VectorIndex>, RetrieverError> {
@@ -465,6 +466,15 @@ impl Shard {
 
     /// This shard's statistics for the query's terms.
     pub fn collect_statistics(&self, query: &str) -> Result<CorpusStatistics, RetrieverError> {
+        self.collect_statistics_of(&[query])
+    }
+
+    /// This shard's statistics for the terms of every query (a main query and its
+    /// sub-queries, which one search request carries together).
+    pub fn collect_statistics_of(
+        &self,
+        queries: &[&str],
+    ) -> Result<CorpusStatistics, RetrieverError> {
         use tantivy::query::Bm25StatisticsProvider;
         let searcher = self.reader.searcher();
         let mut statistics = CorpusStatistics {
@@ -472,9 +482,16 @@ impl Shard {
             total_num_tokens: searcher.total_num_tokens(self.fields.body)?,
             ..CorpusStatistics::default()
         };
-        for term in self.query_terms(query)? {
-            let doc_freq = searcher.doc_freq(&Term::from_field_text(self.fields.body, &term))?;
-            statistics.doc_freqs.insert(term, doc_freq);
+        for query in queries {
+            for term in self.query_terms(query)? {
+                if statistics.doc_freqs.contains_key(&term) {
+                    continue;
+                }
+                let body_term = Term::from_field_text(self.fields.body, &term);
+                statistics
+                    .doc_freqs
+                    .insert(term, searcher.doc_freq(&body_term)?);
+            }
         }
         Ok(statistics)
     }
@@ -504,33 +521,30 @@ impl Shard {
             .collect();
         let query = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
-        let top_docs = top_with_ties(k, |limit| {
-            let collector = TopDocs::with_limit(limit).order_by_score();
-            match global {
-                Some(global) => {
-                    let provider = GlobalStatisticsProvider {
-                        global,
-                        local: &searcher,
-                        body: self.fields.body,
-                    };
-                    searcher.search_with_statistics_provider(&query, &collector, &provider)
-                }
-                None => searcher.search(&query, &collector),
+        let collector = TopByScoreThenKey {
+            limit: k,
+            key_field: VECTOR_KEY_FIELD,
+        };
+        let ranked = match global {
+            Some(global) => {
+                let provider = GlobalStatisticsProvider {
+                    global,
+                    local: &searcher,
+                    body: self.fields.body,
+                };
+                searcher.search_with_statistics_provider(&query, &collector, &provider)?
             }
-            .map_err(RetrieverError::from)
-        })?;
-        let mut candidates = Vec::with_capacity(top_docs.len());
-        for (score, address) in top_docs {
-            let document: TantivyDocument = searcher.doc(address)?;
-            let stored = self.to_stored(&document);
+            None => searcher.search(&query, &collector)?,
+        };
+        let mut ids = FastIds::default();
+        let mut candidates = Vec::with_capacity(ranked.len());
+        for hit in ranked {
             candidates.push(ShardCandidate {
-                doc_id: stored.id,
-                title: stored.title,
-                text: stored.text,
-                score: f64::from(score),
+                doc_id: ids.id(&searcher, hit.address)?,
+                score: f64::from(hit.score),
             });
         }
-        Ok(best_k_by_score_then_id(candidates, k))
+        Ok(candidates)
     }
 
     /// Distinct analysed terms of a query, as the body field indexes them.
@@ -640,6 +654,123 @@ fn stored_vector(document: &TantivyDocument, field: tantivy::schema::Field) -> V
         .chunks_exact(4)
         .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
         .collect()
+}
+
+/// Ids of hits read from the id column, one column reader per segment.
+#[derive(Default)]
+struct FastIds {
+    columns: HashMap<u32, tantivy::columnar::StrColumn>,
+    buffer: String,
+}
+
+impl FastIds {
+    fn id(&mut self, searcher: &Searcher, address: DocAddress) -> Result<String, RetrieverError> {
+        let column = match self.columns.entry(address.segment_ord) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let reader = searcher.segment_reader(address.segment_ord);
+                let column = reader.fast_fields().str(ID_FIELD)?.ok_or_else(|| {
+                    RetrieverError::Internal("the id fast field is missing".to_string())
+                })?;
+                entry.insert(column)
+            }
+        };
+        let ordinal = column
+            .term_ords(address.doc_id)
+            .next()
+            .ok_or_else(|| RetrieverError::Internal(format!("document {address:?} has no id")))?;
+        self.buffer.clear();
+        column
+            .ord_to_str(ordinal, &mut self.buffer)
+            .map_err(|error| RetrieverError::Internal(error.to_string()))?;
+        Ok(self.buffer.clone())
+    }
+}
+
+/// Converts an index written with an older schema (before the id and the vector key were
+/// fast fields) by re-adding its stored documents, vectors and versions into a new index:
+/// nothing is re-embedded. The new index is built beside the old one and swapped in by two
+/// renames; a crash between them is finished on the next start. Returns whether it converted.
+fn convert_older_schema(
+    data_dir: &Path,
+    schema: &tantivy::schema::Schema,
+    fields: &ShardFields,
+) -> Result<bool, RetrieverError> {
+    let current = data_dir.join("tantivy");
+    let previous = data_dir.join("tantivy.previous");
+    let converting = data_dir.join("tantivy.converting");
+    let io = |error: std::io::Error| RetrieverError::Open {
+        path: current.display().to_string(),
+        reason: error.to_string(),
+    };
+    if previous.exists() {
+        if current.exists() {
+            std::fs::remove_dir_all(&previous).map_err(io)?;
+        } else {
+            std::fs::rename(&previous, &current).map_err(io)?;
+        }
+    }
+    if !current.join("meta.json").exists() {
+        return Ok(false);
+    }
+    let old = Index::open_in_dir(&current)?;
+    if old.schema() == *schema {
+        return Ok(false);
+    }
+    info!(path = %current.display(), "converting the index to the current schema");
+    if converting.exists() {
+        std::fs::remove_dir_all(&converting).map_err(io)?;
+    }
+    std::fs::create_dir_all(&converting).map_err(io)?;
+    let old_schema = old.schema();
+    let old_field = |name: &str| old_schema.get_field(name).ok();
+    let (old_id, old_title, old_text, old_metadata, old_vector, old_version) = (
+        old_field("id"),
+        old_field("title"),
+        old_field("text"),
+        old_field("metadata"),
+        old_field("vector"),
+        old_field("version"),
+    );
+    let new = Index::create_in_dir(&converting, schema.clone())?;
+    let mut writer: IndexWriter = new.writer(50_000_000)?;
+    let searcher = old.reader()?.searcher();
+    let mut converted = 0u64;
+    for_each_live_document(&searcher, |document| {
+        let text = |field: Option<tantivy::schema::Field>| {
+            field
+                .map(|field| stored_text(document, field))
+                .unwrap_or_default()
+        };
+        let id = text(old_id);
+        let (title, body_text) = (text(old_title), text(old_text));
+        let mut added = TantivyDocument::default();
+        added.add_text(fields.id, &id);
+        added.add_text(fields.title, &title);
+        added.add_text(fields.text, &body_text);
+        added.add_text(fields.metadata, text(old_metadata));
+        added.add_text(fields.body, format!("{title} {body_text}"));
+        added.add_u64(fields.vector_key, vector_key(&id));
+        let vector = old_vector
+            .map(|field| stored_vector(document, field))
+            .unwrap_or_default();
+        added.add_bytes(fields.vector, &vector_to_bytes(&vector));
+        let version = old_version
+            .map(|field| stored_u64(document, field))
+            .unwrap_or_default();
+        added.add_u64(fields.version, version);
+        writer.add_document(added)?;
+        converted += 1;
+        Ok(())
+    })?;
+    writer.commit()?;
+    writer.wait_merging_threads()?;
+    drop(old);
+    std::fs::rename(&current, &previous).map_err(io)?;
+    std::fs::rename(&converting, &current).map_err(io)?;
+    std::fs::remove_dir_all(&previous).map_err(io)?;
+    info!(documents = converted, "index converted");
+    Ok(true)
 }
 
 /// Calls `visit` with every stored document that is not deleted.

@@ -214,33 +214,82 @@ fn a_vector_of_the_wrong_dimensions_is_refused_and_nothing_is_written() {
 }
 
 #[test]
-fn ties_at_the_cut_are_broken_by_id_not_by_index_order() {
+fn ties_at_the_cut_are_broken_by_the_tie_key_not_by_index_order() {
     let directory = tempfile::tempdir().unwrap();
     let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
-    let twins: Vec<StoredDocument> = ["e", "d", "c", "b", "a"]
-        .iter()
-        .map(|id| {
-            with_vector(
-                document(id, "Same", "identical text about comets"),
-                &[1.0, 0.0, 0.0],
-            )
-        })
-        .collect();
-    shard.upsert(&twins).unwrap();
+    let ids = ["e", "d", "c", "b", "a", "f", "g", "h"];
+    // Two commits, so the twins live in two segments and the collector merges them.
+    for half in ids.chunks(4) {
+        let twins: Vec<StoredDocument> = half
+            .iter()
+            .map(|id| {
+                with_vector(
+                    document(id, "Same", "identical text about comets"),
+                    &[1.0, 0.0, 0.0],
+                )
+            })
+            .collect();
+        shard.upsert(&twins).unwrap();
+    }
+    let mut expected: Vec<&str> = ids.to_vec();
+    expected.sort_by_key(|id| quarry_kit::ranking::tie_key(id));
+    expected.truncate(3);
     let keyword: Vec<String> = shard
-        .search_keyword("comets", 2, None)
+        .search_keyword("comets", 3, None)
         .unwrap()
         .into_iter()
         .map(|hit| hit.doc_id)
         .collect();
-    assert_eq!(keyword, ["a", "b"]);
+    assert_eq!(keyword, expected);
     let vector: Vec<String> = shard
-        .search_vector(&[1.0, 0.0, 0.0], 2)
+        .search_vector(&[1.0, 0.0, 0.0], 3)
         .unwrap()
         .into_iter()
         .map(|hit| hit.doc_id)
         .collect();
-    assert_eq!(vector, ["a", "b"]);
+    assert_eq!(vector, expected);
+}
+
+#[test]
+fn an_index_of_the_older_schema_is_converted_without_losing_anything() {
+    use tantivy::schema::{Schema, INDEXED, STORED, STRING, TEXT};
+    let directory = tempfile::tempdir().unwrap();
+    {
+        let mut builder = Schema::builder();
+        let id = builder.add_text_field("id", STRING | STORED);
+        let title = builder.add_text_field("title", STORED);
+        let text = builder.add_text_field("text", STORED);
+        let metadata = builder.add_text_field("metadata", STORED);
+        let body = builder.add_text_field("body", TEXT);
+        let vector = builder.add_bytes_field("vector", STORED);
+        let key = builder.add_u64_field("vector_key", INDEXED);
+        let version = builder.add_u64_field("version", STORED);
+        let index_dir = directory.path().join("tantivy");
+        std::fs::create_dir_all(&index_dir).unwrap();
+        let index = tantivy::Index::create_in_dir(&index_dir, builder.build()).unwrap();
+        let mut writer: tantivy::IndexWriter = index.writer(20_000_000).unwrap();
+        let mut old = tantivy::TantivyDocument::default();
+        old.add_text(id, "a");
+        old.add_text(title, "Comets");
+        old.add_text(text, "comets are icy bodies");
+        old.add_text(metadata, r#"{"year":"2020"}"#);
+        old.add_text(body, "Comets comets are icy bodies");
+        old.add_bytes(vector, &[0u8, 0, 128, 63, 0, 0, 0, 0]);
+        old.add_u64(key, crate::vectors::vector_key("a"));
+        old.add_u64(version, 7);
+        writer.add_document(old).unwrap();
+        writer.commit().unwrap();
+    }
+    let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+    assert_eq!(shard.search_keyword("icy", 5, None).unwrap()[0].doc_id, "a");
+    assert_eq!(shard.search_vector(&[1.0, 0.0], 1).unwrap()[0].doc_id, "a");
+    let fetched = shard.fetch(&["a".to_string()]).unwrap();
+    assert_eq!(fetched[0].version, 7);
+    assert_eq!(fetched[0].metadata["year"], "2020");
+    assert!(!directory.path().join("tantivy.previous").exists());
+    drop(shard);
+    let reopened = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+    assert_eq!(reopened.num_docs(), 1);
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! `EmbedBatcher`: embedding requests that arrive together share one `Encoder::encode` call,
 //! run on one of a few dedicated worker threads, and each caller gets back its own vectors
 //! in order. One worker gathers the next batch while the others encode theirs, so on a
-//! machine with several cores batches run side by side, each on one core.
+//! machine with several cores batches run side by side, each on one core. The queue is
+//! bounded: a request that finds it full is refused at once (`RESOURCE_EXHAUSTED`) rather
+//! than waiting behind work it would time out on, and a request whose caller has gone by
+//! the time it is gathered is dropped unencoded.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,8 @@ pub struct BatchOptions {
     pub window: Duration,
     /// Worker threads, hence batches encoded at the same time.
     pub workers: usize,
+    /// Requests that may wait for a worker; one more is refused at once.
+    pub max_queued: usize,
 }
 
 /// Counts of what the batcher has done since it started.
@@ -59,7 +64,8 @@ struct EmbedJob {
 /// Gathers concurrent embedding requests into batches for one encoder.
 pub struct EmbedBatcher {
     encoder: Arc<dyn Encoder>,
-    jobs: Sender<EmbedJob>,
+    jobs: SyncSender<EmbedJob>,
+    max_queued: usize,
     counters: Arc<BatchCounters>,
 }
 
@@ -77,7 +83,8 @@ impl EmbedBatcher {
     /// Starts the worker threads; they stop once the batcher is dropped and its queue is
     /// empty.
     pub fn start(encoder: Arc<dyn Encoder>, options: BatchOptions) -> Result<Self, AnalyzerError> {
-        let (jobs, queue) = mpsc::channel();
+        let max_queued = options.max_queued.max(1);
+        let (jobs, queue) = mpsc::sync_channel(max_queued);
         let counters = Arc::new(BatchCounters::default());
         let gatherer = Arc::new(Mutex::new(Gatherer {
             queue,
@@ -85,6 +92,7 @@ impl EmbedBatcher {
                 max_batch: options.max_batch.max(1),
                 window: options.window,
                 workers: options.workers.max(1),
+                max_queued,
             },
             held_over: None,
         }));
@@ -104,6 +112,7 @@ impl EmbedBatcher {
         Ok(Self {
             encoder,
             jobs,
+            max_queued,
             counters,
         })
     }
@@ -119,9 +128,24 @@ impl EmbedBatcher {
             return Ok(Vec::new());
         }
         let (reply, vectors) = oneshot::channel();
-        self.jobs
-            .send(EmbedJob { texts, reply })
-            .map_err(|_| AnalyzerError::Encoder("the embedding worker has stopped".to_string()))?;
+        match self.jobs.try_send(EmbedJob { texts, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                metrics()
+                    .embed_rejected
+                    .with_label_values(&["queue_full"])
+                    .inc();
+                return Err(AnalyzerError::Overloaded(format!(
+                    "the embedding queue is full ({} requests waiting); retry later",
+                    self.max_queued
+                )));
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(AnalyzerError::Encoder(
+                    "the embedding worker has stopped".to_string(),
+                ))
+            }
+        }
         vectors
             .await
             .map_err(|_| AnalyzerError::Encoder("the embedding worker has stopped".to_string()))?
@@ -173,9 +197,14 @@ impl Gatherer {
     /// Blocks for the first job, then gathers more until the batch is full, the window has
     /// passed, or the queue is closed. `None` once the queue is closed and empty.
     fn next_batch(&mut self) -> Option<Vec<EmbedJob>> {
-        let first = match self.held_over.take() {
-            Some(job) => job,
-            None => self.queue.recv().ok()?,
+        let first = loop {
+            let job = match self.held_over.take() {
+                Some(job) => job,
+                None => self.queue.recv().ok()?,
+            };
+            if !abandoned(&job) {
+                break job;
+            }
         };
         let deadline = Instant::now() + self.options.window;
         let mut texts = first.texts.len();
@@ -195,6 +224,9 @@ impl Gatherer {
                     }
                 }
             };
+            if abandoned(&next) {
+                continue;
+            }
             if texts + next.texts.len() > self.options.max_batch {
                 self.held_over = Some(next);
                 break;
@@ -204,6 +236,19 @@ impl Gatherer {
         }
         Some(batch)
     }
+}
+
+/// Whether the job's caller has gone (its request was cancelled or timed out): its texts
+/// are not encoded.
+fn abandoned(job: &EmbedJob) -> bool {
+    let gone = job.reply.is_closed();
+    if gone {
+        metrics()
+            .embed_rejected
+            .with_label_values(&["abandoned"])
+            .inc();
+    }
+    gone
 }
 
 impl BatchWorker {
@@ -285,6 +330,7 @@ fn same_error(error: &AnalyzerError) -> AnalyzerError {
         AnalyzerError::EncoderUnavailable(message) => {
             AnalyzerError::EncoderUnavailable(message.clone())
         }
+        AnalyzerError::Overloaded(message) => AnalyzerError::Overloaded(message.clone()),
     }
 }
 
@@ -335,7 +381,77 @@ mod tests {
             max_batch: 32,
             window: Duration::from_millis(1),
             workers: 2,
+            max_queued: 64,
         }
+    }
+
+    /// An encoder that holds every `encode` until released, recording the texts it encoded.
+    struct GatedEncoder {
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+        entered: AtomicUsize,
+        encoded: Mutex<Vec<String>>,
+    }
+
+    impl Encoder for GatedEncoder {
+        fn name(&self) -> String {
+            "gated".to_string()
+        }
+        fn dimensions(&self) -> usize {
+            2
+        }
+        fn encode(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, AnalyzerError> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let _ = self.gate.lock().unwrap().recv();
+            self.encoded.lock().unwrap().extend(texts.iter().cloned());
+            Ok(texts.iter().map(|_| vec![1.0, 0.0]).collect())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_refuses_at_once_and_abandoned_requests_are_not_encoded() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let encoder = Arc::new(GatedEncoder {
+            gate: Mutex::new(gate),
+            entered: AtomicUsize::new(0),
+            encoded: Mutex::new(Vec::new()),
+        });
+        let options = BatchOptions {
+            max_batch: 1,
+            window: Duration::ZERO,
+            workers: 1,
+            max_queued: 1,
+        };
+        let batcher = Arc::new(EmbedBatcher::start(encoder.clone(), options).unwrap());
+        let embed = |text: &str| {
+            let batcher = Arc::clone(&batcher);
+            let text = text.to_string();
+            tokio::spawn(async move { batcher.embed(vec![text]).await })
+        };
+        // "running" holds the only worker; "abandoned" then takes the one queue slot.
+        let running = embed("running");
+        while encoder.entered.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let abandoned = embed("abandoned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let refused = tokio::time::timeout(
+            Duration::from_secs(1),
+            batcher.embed(vec!["refused".to_string()]),
+        )
+        .await
+        .expect("a full queue answers at once");
+        assert!(
+            matches!(&refused, Err(AnalyzerError::Overloaded(message)) if message.contains("queue is full")),
+            "{refused:?}"
+        );
+        abandoned.abort();
+        let _ = abandoned.await;
+        release.send(()).unwrap();
+        assert!(running.await.unwrap().is_ok());
+        let next = embed("next");
+        release.send(()).unwrap();
+        assert!(next.await.unwrap().is_ok());
+        assert_eq!(*encoder.encoded.lock().unwrap(), ["running", "next"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -425,6 +541,7 @@ mod tests {
                         max_batch: 4,
                         window: Duration::ZERO,
                         workers,
+                        max_queued: 64,
                     },
                 )
                 .unwrap(),
@@ -451,6 +568,7 @@ mod tests {
                 max_batch: 2,
                 window: Duration::ZERO,
                 workers: 1,
+                max_queued: 64,
             },
         )
         .unwrap();

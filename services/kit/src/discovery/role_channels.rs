@@ -1,7 +1,8 @@
 //! `RoleChannels`: "a ready member of role R, and a channel to it". One lazily connected
 //! channel per member address, reused across calls; the ready members of a role are taken
 //! in turn. The gateway and the evaluator (for the analyzer's encoder) both use it. Every
-//! channel given carries the caller's trace context into its calls.
+//! channel given carries the caller's trace context into its calls. Channels of members that
+//! left are forgotten.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,6 +79,13 @@ impl RoleChannels {
             return Ok(traced(channel.clone()));
         }
         let channel = lazy_channel(address)?;
+        // Channels of members that left are dropped whenever a new one is made, so the cache
+        // holds at most the current members' (and this one).
+        {
+            let members = self.members.borrow();
+            channels
+                .retain(|cached, _| members.all().iter().any(|member| member.address == *cached));
+        }
         channels.insert(address.to_string(), channel.clone());
         Ok(traced(channel))
     }

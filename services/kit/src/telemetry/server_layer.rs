@@ -100,6 +100,8 @@ where
             shards_asked = Empty,
             shards_answered = Empty,
             hedges = Empty,
+            statistics = Empty,
+            stale = Empty,
             passages = Empty,
             confidence = Empty,
             cache_hit = Empty,

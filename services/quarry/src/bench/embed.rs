@@ -137,6 +137,7 @@ async fn embed_one(client: &mut AnalyzerClient<Channel>, text: &str) -> anyhow::
     let response = client
         .embed(EmbedRequest {
             texts: vec![text.to_string()],
+            documents: false,
         })
         .await
         .context("Embed")?;

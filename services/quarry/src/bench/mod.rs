@@ -8,11 +8,14 @@ mod analyzer;
 mod beir;
 pub mod dataset;
 mod embed;
+#[cfg(feature = "test-hooks")]
 mod first_token;
 mod local_etcd;
 pub mod metrics;
+mod query_path;
 mod scheduler;
 mod tail;
+#[cfg(feature = "test-hooks")]
 mod tracing_overhead;
 
 use std::path::Path;
@@ -23,13 +26,31 @@ use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
 
 use crate::cli::{
-    BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, SchedulerBenchArgs, TailArgs,
+    BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, QueryPathArgs, SchedulerBenchArgs, TailArgs,
     TracingBenchArgs,
 };
 use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
 pub use analyzer::run_analyzer_bench;
+
+pub async fn run_query_path_bench(
+    args: &QueryPathArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let mut dataset = Dataset::load(&args.dataset)?;
+    if let Some(limit) = args.limit_docs {
+        dataset.corpus.truncate(limit);
+    }
+    let report = query_path::run_query_path(query_path::QueryPathOptions {
+        dataset,
+        shard_counts: args.shards.clone(),
+        config,
+        byte_queries: args.byte_queries,
+    })
+    .await?;
+    print_and_save(&report, args.out.as_deref())
+}
 
 pub async fn run_beir_bench(args: &BeirArgs, config: QuarryConfig) -> anyhow::Result<()> {
     let mut dataset = Dataset::load(&args.dataset)?;
@@ -111,6 +132,7 @@ pub async fn run_embed_bench(args: &EmbedBenchArgs, config: QuarryConfig) -> any
     print_and_save(&report, args.out.as_deref())
 }
 
+#[cfg(feature = "test-hooks")]
 pub async fn run_first_token_bench(
     args: &FirstTokenArgs,
     config: QuarryConfig,
@@ -119,6 +141,7 @@ pub async fn run_first_token_bench(
     print_and_save(&report, args.out.as_deref())
 }
 
+#[cfg(feature = "test-hooks")]
 pub async fn run_tracing_bench(args: &TracingBenchArgs) -> anyhow::Result<()> {
     let dataset = Dataset::load(&args.dataset)?;
     let options = tracing_overhead::TracingBenchOptions {
@@ -128,6 +151,30 @@ pub async fn run_tracing_bench(args: &TracingBenchArgs) -> anyhow::Result<()> {
     };
     let report = tracing_overhead::run_tracing(&dataset, options).await?;
     print_and_save(&report, args.out.as_deref())
+}
+
+/// `bench first-token` measures against the fake chat server, a test hook.
+#[cfg(not(feature = "test-hooks"))]
+pub async fn run_first_token_bench(
+    _args: &FirstTokenArgs,
+    _config: QuarryConfig,
+) -> anyhow::Result<()> {
+    Err(without_test_hooks("bench first-token"))
+}
+
+/// `bench tracing` exports to the in-process OTLP receiver, a test hook.
+#[cfg(not(feature = "test-hooks"))]
+pub async fn run_tracing_bench(_args: &TracingBenchArgs) -> anyhow::Result<()> {
+    Err(without_test_hooks("bench tracing"))
+}
+
+/// The error of a benchmark that needs a hook only test and benchmark builds have.
+#[cfg(not(feature = "test-hooks"))]
+pub fn without_test_hooks(command: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{command} needs a build with the test hooks: cargo build --release -p quarry \
+         --features test-hooks (make bench does)"
+    )
 }
 
 pub async fn run_scheduler_bench(
