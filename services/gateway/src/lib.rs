@@ -24,6 +24,7 @@ mod validate;
 
 pub use cluster_clients::ClusterClients;
 pub use error::GatewayError;
+pub use fan_out::sum_statistics;
 pub use gateway::Gateway;
 pub use service::QuarryService;
 pub use shard_client::{ShardCall, ShardClient, ShardReply, Shards};

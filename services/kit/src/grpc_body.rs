@@ -4,8 +4,11 @@
 //! call (streaming ones included) when it really finishes.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
@@ -25,6 +28,8 @@ pub struct CompletionBody<B> {
     inner: B,
     code: Option<Code>,
     on_complete: Option<OnComplete>,
+    /// Where the bytes of data frames sent so far are added, when counted.
+    sent_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl<B> CompletionBody<B> {
@@ -34,7 +39,15 @@ impl<B> CompletionBody<B> {
             inner,
             code: header_code,
             on_complete: Some(on_complete),
+            sent_bytes: None,
         }
+    }
+
+    /// Adds the size of every data frame (as sent: compressed, if the call is) to `counter`
+    /// before `on_complete` runs.
+    pub fn counting_bytes(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.sent_bytes = Some(counter);
+        self
     }
 
     fn complete(&mut self, fallback: Code) {
@@ -59,6 +72,9 @@ where
         let polled = Pin::new(&mut this.inner).poll_frame(context);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(counter)) = (frame.data_ref(), &this.sent_bytes) {
+                    counter.fetch_add(data.remaining() as u64, Ordering::Relaxed);
+                }
                 if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
                     this.code = Some(code);
                     this.complete(code);

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::codec::CompressionEncoding;
 
 use anyhow::Context;
 use quarry_analyzer::{
@@ -221,9 +222,13 @@ async fn build_role(
                      (build with --features test-hooks)"
                 );
             }
+            // Replies are zstd-compressed for a caller that accepts it: the gateway does for
+            // `Fetch` (stored text), not for the small id lists of `Search`.
             let service = RetrieverServer::new(retriever)
                 .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit);
+                .max_encoding_message_size(limit)
+                .send_compressed(CompressionEncoding::Zstd)
+                .accept_compressed(CompressionEncoding::Zstd);
             (
                 Routes::new(service),
                 vec!["quarry.v1.Retriever"],

@@ -33,6 +33,9 @@ const MAX_EXPORT_IDS: usize = 10_000;
 const STREAM_CHUNK: usize = 256;
 /// Most keyword sub-queries one search carries.
 const MAX_SUB_QUERIES: usize = 16;
+/// Smallest `Fetch` reply sent compressed (when the caller accepts zstd): below it, a fresh
+/// zstd context costs more time than the bytes it saves.
+const COMPRESS_MIN_BYTES: usize = 16 * 1024;
 /// Most ids of one `Fetch` request.
 const MAX_FETCH_IDS: usize = 10_000;
 /// The message limit when none is set: tonic's default for decoding.
@@ -335,7 +338,12 @@ impl Retriever for RetrieverService {
             ))
             .into());
         }
-        Ok(Response::new(reply))
+        let compress = reply.encoded_len() >= COMPRESS_MIN_BYTES;
+        let mut response = Response::new(reply);
+        if !compress {
+            response.disable_compression();
+        }
+        Ok(response)
     }
 
     async fn shard_info(

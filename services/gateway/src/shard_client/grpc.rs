@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use quarry_kit::discovery::Member;
 use quarry_proto::v1::ShardInfoRequest;
+use tonic::codec::CompressionEncoding;
 use tonic::{Request, Status};
 
 use super::{ShardCall, ShardReply, Shards};
@@ -56,9 +57,15 @@ impl Shards for GrpcShards {
             ShardCall::Search(request) => {
                 ShardReply::Search(client.search(timed(request, timeout)).await?.into_inner())
             }
-            ShardCall::Fetch(request) => {
-                ShardReply::Fetch(client.fetch(timed(request, timeout)).await?.into_inner())
-            }
+            // Stored text compresses about threefold (the shard compresses only replies
+            // large enough to be worth it); ids and scores (`Search`) hardly at all.
+            ShardCall::Fetch(request) => ShardReply::Fetch(
+                client
+                    .accept_compressed(CompressionEncoding::Zstd)
+                    .fetch(timed(request, timeout))
+                    .await?
+                    .into_inner(),
+            ),
             ShardCall::ShardInfo => ShardReply::ShardInfo(
                 client
                     .shard_info(timed(ShardInfoRequest {}, timeout))

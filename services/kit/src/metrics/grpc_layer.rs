@@ -1,7 +1,8 @@
 //! `GrpcMetricsLayer`: the tower layer every role's server runs its calls through. It counts
 //! requests by service, method and status code, times them into a histogram (so p50/p95/p99
 //! are one `histogram_quantile` away) and keeps an in-flight gauge by service; a streaming
-//! call is timed until its response stream ends. Labels come only from Quarry's own service
+//! call is timed until its response stream ends; the bytes of every response body are
+//! counted as sent (after compression). Labels come only from Quarry's own service
 //! and method names, never from what a client makes up.
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use crate::grpc_body::{grpc_status, CompletionBody, OnComplete};
 /// The server-side gRPC metrics.
 pub struct GrpcServerMetrics {
     pub requests: IntCounterVec,
+    pub response_bytes: IntCounterVec,
     pub duration: HistogramVec,
     pub in_flight: IntGaugeVec,
 }
@@ -29,6 +31,12 @@ pub(super) fn metrics() -> &'static GrpcServerMetrics {
             "quarry_grpc_server_requests_total",
             "gRPC calls finished, by service, method and status code.",
             &["service", "method", "code"],
+        ),
+        response_bytes: counter_vec(
+            "quarry_grpc_server_response_bytes_total",
+            "Bytes of gRPC response bodies sent (framing included, after compression), by \
+             service and method.",
+            &["service", "method"],
         ),
         duration: histogram_vec(
             "quarry_grpc_server_request_duration_seconds",
@@ -147,11 +155,14 @@ where
         let in_flight = metrics().in_flight.with_label_values(&[&service]);
         in_flight.inc();
         let started = Instant::now();
+        let sent_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = std::sync::Arc::clone(&sent_bytes);
         // Settled exactly once: by the response body, by an error, or as CANCELLED when the
         // call is dropped before it answers (a client that hung up, a losing hedge).
         let mut pending = PendingCall(Some(Box::new(move |code| {
             in_flight.dec();
-            record(&service, &method, code, started);
+            let bytes = counted.load(std::sync::atomic::Ordering::Relaxed);
+            record(&service, &method, code, started, bytes);
         })));
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -164,7 +175,9 @@ where
             };
             let header_code = grpc_status(response.headers());
             let on_complete = pending.take();
-            Ok(response.map(|body| CompletionBody::new(body, header_code, on_complete)))
+            Ok(response.map(|body| {
+                CompletionBody::new(body, header_code, on_complete).counting_bytes(sent_bytes)
+            }))
         })
     }
 }
@@ -192,7 +205,7 @@ impl Drop for PendingCall {
     }
 }
 
-fn record(service: &str, method: &str, code: tonic::Code, started: Instant) {
+fn record(service: &str, method: &str, code: tonic::Code, started: Instant, bytes: u64) {
     // A method the service does not have: its name is the client's choice, not a label.
     let method = if code == tonic::Code::Unimplemented {
         "unknown"
@@ -208,6 +221,10 @@ fn record(service: &str, method: &str, code: tonic::Code, started: Instant) {
         .duration
         .with_label_values(&[service, method])
         .observe(started.elapsed().as_secs_f64());
+    metrics
+        .response_bytes
+        .with_label_values(&[service, method])
+        .inc_by(bytes);
 }
 
 #[cfg(test)]

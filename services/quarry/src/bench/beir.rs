@@ -11,13 +11,12 @@ use quarry_kit::config::QuarryConfig;
 use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{AskRequest, Fusion, SearchMode, SearchRequest};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::info;
 
 use super::dataset::Dataset;
 use super::metrics::{ndcg_at_k, percentile, recall_at_k};
-use crate::up::LocalCluster;
+use super::BenchCluster;
 
 /// Queries run untimed before each measured pass.
 const WARM_UP_QUERIES: usize = 10;
@@ -62,16 +61,11 @@ pub async fn run_beir(options: BeirOptions) -> anyhow::Result<Value> {
     let mut results = Vec::new();
     let mut top_tens_by_shards: Vec<(u32, TopTens)> = Vec::new();
     for &shards in &options.shard_counts {
-        let data_dir = tempfile::tempdir().context("temporary data directory")?;
-        let mut config = options.config.clone();
-        config.shards = shards;
-        config.data_dir = data_dir.path().to_path_buf();
-        config.listen = "127.0.0.1:0".to_string();
-        // Every pass repeats the same queries: with caches on, later passes would measure
-        // cache hits, not embeddings.
-        config.analyzer.cache_entries = 0;
-        let cluster = LocalCluster::start(&config, CancellationToken::new()).await?;
-        let mut client = connect(&cluster.gateway_address).await?;
+        let BenchCluster {
+            cluster,
+            mut client,
+            data_dir: _data_dir,
+        } = BenchCluster::start(&options.config, shards).await?;
 
         let started = Instant::now();
         let summary = client
@@ -310,13 +304,6 @@ fn compare_top_tens(by_shards: &[(u32, TopTens)]) -> Vec<Value> {
         }
     }
     comparisons
-}
-
-async fn connect(address: &str) -> anyhow::Result<QuarryClient<Channel>> {
-    let channel = Channel::from_shared(address.to_string())?.connect().await?;
-    Ok(QuarryClient::new(channel)
-        .max_decoding_message_size(256 * 1024 * 1024)
-        .max_encoding_message_size(256 * 1024 * 1024))
 }
 
 fn round1(value: f64) -> f64 {

@@ -22,8 +22,10 @@ use std::path::Path;
 
 use anyhow::Context;
 use quarry_kit::config::QuarryConfig;
+use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{Fusion, SearchMode};
 use serde_json::Value;
+use tonic::transport::Channel;
 
 use crate::cli::{
     BeirArgs, EmbedBenchArgs, FirstTokenArgs, ModeArg, QueryPathArgs, SchedulerBenchArgs, TailArgs,
@@ -33,6 +35,41 @@ use beir::{run_beir, BeirOptions, Setting};
 use dataset::Dataset;
 
 pub use analyzer::run_analyzer_bench;
+
+/// An in-process cluster of some shards on a fresh data directory, and a client of its
+/// gateway. The analyzer's caches are off: every pass repeats the same queries, and with
+/// caches later passes would measure cache hits, not embeddings.
+pub(crate) struct BenchCluster {
+    pub cluster: crate::up::LocalCluster,
+    pub client: QuarryClient<Channel>,
+    /// Removed when dropped, after the cluster stops.
+    pub data_dir: tempfile::TempDir,
+}
+
+impl BenchCluster {
+    pub async fn start(config: &QuarryConfig, shards: u32) -> anyhow::Result<Self> {
+        let data_dir = tempfile::tempdir().context("temporary data directory")?;
+        let mut config = config.clone();
+        config.shards = shards;
+        config.data_dir = data_dir.path().to_path_buf();
+        config.listen = "127.0.0.1:0".to_string();
+        config.analyzer.cache_entries = 0;
+        let cluster =
+            crate::up::LocalCluster::start(&config, tokio_util::sync::CancellationToken::new())
+                .await?;
+        let channel = Channel::from_shared(cluster.gateway_address.clone())?
+            .connect()
+            .await?;
+        let client = QuarryClient::new(channel)
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024);
+        Ok(Self {
+            cluster,
+            client,
+            data_dir,
+        })
+    }
+}
 
 pub async fn run_query_path_bench(
     args: &QueryPathArgs,

@@ -4,9 +4,10 @@
 //! several shards), the second reuses them — as hybrid k = 100 and as keyword k = 10.
 //! Printed beside them: the same keyword search in-process on one shard holding everything
 //! (search plus loading the hits, what the gateway returns), the bytes shards sent the
-//! gateway per hybrid query (from the gateway's own counter), and the bytes the former
-//! protocol would have sent for the same query — every candidate with its title and text,
-//! plus a statistics reply — measured by asking each shard directly.
+//! gateway per hybrid query (decoded, from the gateway's counter, and on the wire, from the
+//! retrievers' response-bytes counter: `Fetch` replies are zstd-compressed), and the bytes
+//! the former protocol sent for the same query — every candidate with its title and text,
+//! uncompressed, plus a statistics reply — measured by asking each shard directly.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -18,18 +19,17 @@ use quarry_proto::v1::analyzer_client::AnalyzerClient;
 use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::retriever_client::RetrieverClient;
 use quarry_proto::v1::{
-    ClusterStatusRequest, CollectStatsRequest, CorpusStats, EmbedRequest, SearchMode,
-    SearchRequest, ShardSearchRequest,
+    ClusterStatusRequest, CollectStatsRequest, EmbedRequest, SearchMode, SearchRequest,
+    ShardSearchRequest,
 };
 use quarry_retriever::{Shard, StoredDocument};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::info;
 
 use super::dataset::Dataset;
 use super::metrics::percentile;
-use crate::up::LocalCluster;
+use super::BenchCluster;
 
 pub struct QueryPathOptions {
     pub dataset: Dataset,
@@ -45,18 +45,12 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
     info!(p50_ms = in_process, "in-process keyword search measured");
     let mut by_shards = Vec::new();
     for &shards in &options.shard_counts {
-        let data_dir = tempfile::tempdir().context("temporary data directory")?;
-        let mut config = options.config.clone();
-        config.shards = shards;
-        config.data_dir = data_dir.path().to_path_buf();
-        config.listen = "127.0.0.1:0".to_string();
         // Every query is embedded each time, as a new question would be.
-        config.analyzer.cache_entries = 0;
-        let cluster = LocalCluster::start(&config, CancellationToken::new()).await?;
-        let channel = Channel::from_shared(cluster.gateway_address.clone())?
-            .connect()
-            .await?;
-        let mut client = QuarryClient::new(channel).max_decoding_message_size(64 << 20);
+        let BenchCluster {
+            cluster,
+            mut client,
+            data_dir: _data_dir,
+        } = BenchCluster::start(&options.config, shards).await?;
         let summary = client
             .ingest(tokio_stream::iter(dataset.corpus.clone()))
             .await
@@ -67,9 +61,14 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
         }
         info!(shards, docs = summary.accepted, "corpus ingested");
 
+        // Decoded bytes the gateway received per rpc, then the bytes the retrievers sent on
+        // the wire (after compression), per rpc.
         let search_bytes = || {
             let metric = &quarry_gateway::metrics::metrics().shard_reply_bytes;
-            ["collect_stats", "search", "fetch"].map(|rpc| metric.with_label_values(&[rpc]).get())
+            let decoded = ["collect_stats", "search", "fetch"]
+                .map(|rpc| metric.with_label_values(&[rpc]).get());
+            let sent = ["CollectStats", "Search", "Fetch"].map(retriever_bytes_sent);
+            [decoded, sent].concat()
         };
         let hybrid = |query: &str| SearchRequest {
             query: query.to_string(),
@@ -90,15 +89,23 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
         let after = search_bytes();
         let (keyword_cold, _) = timed_pass(&mut client, dataset, keyword).await?;
         let (keyword_warm, _) = timed_pass(&mut client, dataset, keyword).await?;
-        let per_query = |from: [u64; 3], to: [u64; 3]| {
-            let bytes: Vec<f64> = (0..3)
+        let per_query = |from: Vec<u64>, to: Vec<u64>| {
+            let bytes: Vec<f64> = (0..6)
                 .map(|rpc| (to[rpc] - from[rpc]) as f64 / dataset.queries.len() as f64)
                 .collect();
             json!({
-                "collect_stats": bytes[0].round(),
-                "search": bytes[1].round(),
-                "fetch": bytes[2].round(),
-                "total": (bytes[0] + bytes[1] + bytes[2]).round(),
+                "decoded": {
+                    "collect_stats": bytes[0].round(),
+                    "search": bytes[1].round(),
+                    "fetch": bytes[2].round(),
+                    "total": (bytes[0] + bytes[1] + bytes[2]).round(),
+                },
+                "on_the_wire": {
+                    "collect_stats": bytes[3].round(),
+                    "search": bytes[4].round(),
+                    "fetch": bytes[5].round(),
+                    "total": (bytes[3] + bytes[4] + bytes[5]).round(),
+                },
             })
         };
         let former = former_protocol_bytes(&mut client, dataset, options.byte_queries).await?;
@@ -114,7 +121,7 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
                 "cached_statistics": latency(&keyword_warm),
             },
             "hybrid_k100_shard_bytes_per_query": {
-                "cold_statistics": per_query(before, middle),
+                "cold_statistics": per_query(before, middle.clone()),
                 "cached_statistics": per_query(middle, after),
                 "former_protocol": former,
             },
@@ -137,11 +144,17 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
         }
         _ => Value::Null,
     };
-    let bytes_of = |shards: u32, what: &str| {
+    let bytes_of = |shards: u32, what: &str, kind: &str| {
         by_shards
             .iter()
             .find(|entry| entry["shards"] == shards)
-            .and_then(|entry| entry["hybrid_k100_shard_bytes_per_query"][what]["total"].as_f64())
+            .and_then(|entry| {
+                let bytes = &entry["hybrid_k100_shard_bytes_per_query"][what];
+                match what {
+                    "former_protocol" => bytes["total"].as_f64(),
+                    _ => bytes[kind]["total"].as_f64(),
+                }
+            })
     };
     Ok(json!({
         "dataset": dataset.name,
@@ -160,8 +173,9 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
                 "target": 1.25,
             },
             "shard_bytes_4_shards_former_over_now": {
-                "cold_statistics": ratio(bytes_of(4, "former_protocol"), bytes_of(4, "cold_statistics")),
-                "cached_statistics": ratio(bytes_of(4, "former_protocol"), bytes_of(4, "cached_statistics")),
+                "on_the_wire": ratio(bytes_of(4, "former_protocol", ""), bytes_of(4, "cached_statistics", "on_the_wire")),
+                "decoded": ratio(bytes_of(4, "former_protocol", ""), bytes_of(4, "cached_statistics", "decoded")),
+                "cold_statistics_on_the_wire": ratio(bytes_of(4, "former_protocol", ""), bytes_of(4, "cold_statistics", "on_the_wire")),
                 "target": 10.0,
             },
         },
@@ -304,7 +318,7 @@ async fn former_protocol_bytes(
             total += stats.encoded_len();
             per_shard.push(stats);
         }
-        let global = sum(&per_shard);
+        let global = quarry_gateway::sum_statistics(&per_shard);
         for retriever in retrievers.values_mut() {
             let response = retriever
                 .search(ShardSearchRequest {
@@ -338,21 +352,26 @@ async fn former_protocol_bytes(
     }))
 }
 
-fn sum(per_shard: &[CorpusStats]) -> CorpusStats {
-    let mut total = CorpusStats::default();
-    let mut doc_freqs: std::collections::BTreeMap<String, u64> = Default::default();
-    for stats in per_shard {
-        total.num_docs += stats.num_docs;
-        total.total_num_tokens += stats.total_num_tokens;
-        for term in &stats.terms {
-            *doc_freqs.entry(term.term.clone()).or_default() += term.doc_freq;
-        }
-    }
-    total.terms = doc_freqs
-        .into_iter()
-        .map(|(term, doc_freq)| quarry_proto::v1::TermStats { term, doc_freq })
-        .collect();
-    total
+/// Response bytes every retriever of this process has sent for `method`, on the wire.
+fn retriever_bytes_sent(method: &str) -> u64 {
+    quarry_kit::metrics::registry()
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "quarry_grpc_server_response_bytes_total")
+        .flat_map(|family| family.get_metric())
+        .filter(|metric| {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|pair| pair.name() == name)
+                    .map(|pair| pair.value().to_string())
+            };
+            label("service").as_deref() == Some("quarry.v1.Retriever")
+                && label("method").as_deref() == Some(method)
+        })
+        .map(|metric| metric.get_counter().get_value() as u64)
+        .sum()
 }
 
 fn round3(value: f64) -> f64 {
