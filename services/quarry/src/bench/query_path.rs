@@ -1,7 +1,9 @@
 //! `quarry bench query-path`: what one query costs across shards. For each shard count an
-//! in-process cluster is fed the same corpus, then every query runs twice through the
-//! gateway — the first pass finds no statistics cached (a `CollectStats` round trip on
-//! several shards), the second reuses them — as hybrid k = 100 and as keyword k = 10.
+//! in-process cluster is fed the same corpus and every query runs through the gateway once
+//! as keyword k = 10 — finding no statistics cached, so several shards pay a `CollectStats`
+//! round trip — and once as hybrid k = 100; then the clusters take turns, three rounds of
+//! a keyword and a hybrid pass each (statistics cached), so that the machine's drift over
+//! the run weighs on every shard count alike.
 //! Printed beside them: the same keyword search in-process on one shard holding everything
 //! (search plus loading the hits, what the gateway returns), the bytes shards sent the
 //! gateway per hybrid query (decoded, from the gateway's counter, and on the wire, from the
@@ -39,19 +41,53 @@ pub struct QueryPathOptions {
     pub byte_queries: usize,
 }
 
+/// Measured passes per cluster after the first; the clusters (and the in-process shard)
+/// take turns, pass by pass, so that a machine slowing down over the run weighs on every
+/// shard count alike.
+const ROUNDS: usize = 3;
+
+/// One cluster under measurement and what it measured.
+struct Measured {
+    shards: u32,
+    docs: u64,
+    bench: BenchCluster,
+    keyword_cold: Vec<f64>,
+    keyword: Vec<f64>,
+    hybrid_first: Vec<f64>,
+    hybrid: Vec<f64>,
+    /// Counter readings around the cold keyword pass, and summed over the measured hybrid
+    /// passes (`hybrid_queries` queries).
+    keyword_cold_bytes: Vec<u64>,
+    hybrid_bytes: Vec<u64>,
+    hybrid_queries: usize,
+    client_reply_bytes: f64,
+    former: Value,
+}
+
 pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> {
     let dataset = &options.dataset;
-    let in_process = in_process_keyword(dataset)?;
-    info!(p50_ms = in_process, "in-process keyword search measured");
-    let mut by_shards = Vec::new();
+    let in_process_shard = InProcessShard::open(dataset)?;
+    // A first pass warms the index; the measured ones take turns with the clusters.
+    in_process_shard.keyword_pass(dataset)?;
+    let mut in_process_latencies = Vec::new();
+    let hybrid = |query: &str| SearchRequest {
+        query: query.to_string(),
+        k: 100,
+        mode: SearchMode::Hybrid as i32,
+        ..SearchRequest::default()
+    };
+    let keyword = |query: &str| SearchRequest {
+        query: query.to_string(),
+        k: 10,
+        mode: SearchMode::Keyword as i32,
+        ..SearchRequest::default()
+    };
+    let mut clusters = Vec::new();
     for &shards in &options.shard_counts {
         // Every query is embedded each time, as a new question would be.
-        let BenchCluster {
-            cluster,
-            mut client,
-            data_dir: _data_dir,
-        } = BenchCluster::start(&options.config, shards).await?;
-        let summary = client
+        let mut bench = BenchCluster::start(&options.config, shards).await?;
+        let summary = bench
+            .client
             .ingest(tokio_stream::iter(dataset.corpus.clone()))
             .await
             .context("ingest")?
@@ -60,38 +96,54 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
             bail!("{} documents were rejected", summary.rejected);
         }
         info!(shards, docs = summary.accepted, "corpus ingested");
-
-        // Decoded bytes the gateway received per rpc, then the bytes the retrievers sent on
-        // the wire (after compression), per rpc.
-        let search_bytes = || {
-            let metric = &quarry_gateway::metrics::metrics().shard_reply_bytes;
-            let decoded = ["collect_stats", "search", "fetch"]
-                .map(|rpc| metric.with_label_values(&[rpc]).get());
-            let sent = ["CollectStats", "Search", "Fetch"].map(retriever_bytes_sent);
-            [decoded, sent].concat()
-        };
-        let hybrid = |query: &str| SearchRequest {
-            query: query.to_string(),
-            k: 100,
-            mode: SearchMode::Hybrid as i32,
-            ..SearchRequest::default()
-        };
-        let keyword = |query: &str| SearchRequest {
-            query: query.to_string(),
-            k: 10,
-            mode: SearchMode::Keyword as i32,
-            ..SearchRequest::default()
-        };
+        // The first pass finds no statistics cached (the keyword and hybrid forms of a
+        // query share them); every later pass reuses them.
         let before = search_bytes();
-        let (hybrid_cold, _) = timed_pass(&mut client, dataset, hybrid).await?;
-        let middle = search_bytes();
-        let (hybrid_warm, client_reply_bytes) = timed_pass(&mut client, dataset, hybrid).await?;
-        let after = search_bytes();
-        let (keyword_cold, _) = timed_pass(&mut client, dataset, keyword).await?;
-        let (keyword_warm, _) = timed_pass(&mut client, dataset, keyword).await?;
-        let per_query = |from: Vec<u64>, to: Vec<u64>| {
-            let bytes: Vec<f64> = (0..6)
-                .map(|rpc| (to[rpc] - from[rpc]) as f64 / dataset.queries.len() as f64)
+        let (keyword_cold, _) = timed_pass(&mut bench.client, dataset, keyword).await?;
+        let keyword_cold_bytes = difference(&before, &search_bytes());
+        let (hybrid_first, _) = timed_pass(&mut bench.client, dataset, hybrid).await?;
+        let former =
+            former_protocol_bytes(&mut bench.client, dataset, options.byte_queries).await?;
+        clusters.push(Measured {
+            shards,
+            docs: summary.accepted,
+            bench,
+            keyword_cold,
+            keyword: Vec::new(),
+            hybrid_first,
+            hybrid: Vec::new(),
+            keyword_cold_bytes,
+            hybrid_bytes: vec![0; 6],
+            hybrid_queries: 0,
+            client_reply_bytes: 0.0,
+            former,
+        });
+    }
+    for round in 0..ROUNDS {
+        in_process_latencies.extend(in_process_shard.keyword_pass(dataset)?);
+        for measured in &mut clusters {
+            let (latencies, _) = timed_pass(&mut measured.bench.client, dataset, keyword).await?;
+            measured.keyword.extend(latencies);
+            let before = search_bytes();
+            let (latencies, reply_bytes) =
+                timed_pass(&mut measured.bench.client, dataset, hybrid).await?;
+            let bytes = difference(&before, &search_bytes());
+            for (total, added) in measured.hybrid_bytes.iter_mut().zip(bytes) {
+                *total += added;
+            }
+            measured.hybrid_queries += latencies.len();
+            measured.hybrid.extend(latencies);
+            measured.client_reply_bytes = reply_bytes;
+            info!(round, shards = measured.shards, "round measured");
+        }
+    }
+    let in_process = percentile(&in_process_latencies, 50.0);
+    let mut by_shards = Vec::new();
+    for measured in clusters {
+        let per_query = |bytes: &[u64], queries: usize| {
+            let bytes: Vec<f64> = bytes
+                .iter()
+                .map(|bytes| *bytes as f64 / queries.max(1) as f64)
                 .collect();
             json!({
                 "decoded": {
@@ -108,29 +160,27 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
                 },
             })
         };
-        let former = former_protocol_bytes(&mut client, dataset, options.byte_queries).await?;
-        let entry = json!({
-            "shards": shards,
-            "docs": summary.accepted,
+        let queries = dataset.queries.len();
+        by_shards.push(json!({
+            "shards": measured.shards,
+            "docs": measured.docs,
             "hybrid_k100_ms": {
-                "cold_statistics": latency(&hybrid_cold),
-                "cached_statistics": latency(&hybrid_warm),
+                "first_pass": latency(&measured.hybrid_first),
+                "cached_statistics": latency(&measured.hybrid),
             },
             "keyword_k10_ms": {
-                "cold_statistics": latency(&keyword_cold),
-                "cached_statistics": latency(&keyword_warm),
+                "cold_statistics": latency(&measured.keyword_cold),
+                "cached_statistics": latency(&measured.keyword),
             },
             "hybrid_k100_shard_bytes_per_query": {
-                "cold_statistics": per_query(before, middle.clone()),
-                "cached_statistics": per_query(middle, after),
-                "former_protocol": former,
+                "cached_statistics": per_query(&measured.hybrid_bytes, measured.hybrid_queries),
+                "former_protocol": measured.former,
             },
-            "hybrid_k100_client_reply_bytes": client_reply_bytes.round(),
-        });
-        info!(shards, result = %entry, "shard count measured");
-        by_shards.push(entry);
-        drop(client);
-        cluster.stop().await?;
+            "keyword_k10_shard_bytes_per_query_cold_statistics":
+                per_query(&measured.keyword_cold_bytes, queries),
+            "hybrid_k100_client_reply_bytes": measured.client_reply_bytes.round(),
+        }));
+        measured.bench.cluster.stop().await?;
     }
     let p50 = |shards: u32, mode: &str, pass: &str| {
         by_shards
@@ -168,18 +218,35 @@ pub async fn run_query_path(options: QueryPathOptions) -> anyhow::Result<Value> 
                 "target": 1.3,
             },
             "hybrid_k100_8_over_1_shards_p50": {
-                "cold_statistics": ratio(p50(8, "hybrid_k100_ms", "cold_statistics"), p50(1, "hybrid_k100_ms", "cold_statistics")),
+                "first_pass": ratio(p50(8, "hybrid_k100_ms", "first_pass"), p50(1, "hybrid_k100_ms", "first_pass")),
                 "cached_statistics": ratio(p50(8, "hybrid_k100_ms", "cached_statistics"), p50(1, "hybrid_k100_ms", "cached_statistics")),
                 "target": 1.25,
             },
             "shard_bytes_4_shards_former_over_now": {
                 "on_the_wire": ratio(bytes_of(4, "former_protocol", ""), bytes_of(4, "cached_statistics", "on_the_wire")),
                 "decoded": ratio(bytes_of(4, "former_protocol", ""), bytes_of(4, "cached_statistics", "decoded")),
-                "cold_statistics_on_the_wire": ratio(bytes_of(4, "former_protocol", ""), bytes_of(4, "cold_statistics", "on_the_wire")),
                 "target": 10.0,
             },
         },
     }))
+}
+
+/// Decoded bytes the gateway has received per rpc (collect_stats, search, fetch), then the
+/// bytes the retrievers have sent on the wire (after compression), per rpc.
+fn search_bytes() -> Vec<u64> {
+    let metric = &quarry_gateway::metrics::metrics().shard_reply_bytes;
+    let decoded =
+        ["collect_stats", "search", "fetch"].map(|rpc| metric.with_label_values(&[rpc]).get());
+    let sent = ["CollectStats", "Search", "Fetch"].map(retriever_bytes_sent);
+    [decoded, sent].concat()
+}
+
+fn difference(before: &[u64], after: &[u64]) -> Vec<u64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(before, after)| after - before)
+        .collect()
 }
 
 /// Every query once, in order; latencies in ms and the mean client reply size.
@@ -213,39 +280,49 @@ fn latency(latencies: &[f64]) -> Value {
     })
 }
 
-/// BM25 top 10 plus loading those 10 documents, on one shard holding the whole corpus in
-/// this process: the median over two passes of every query (the first warms the index).
-fn in_process_keyword(dataset: &Dataset) -> anyhow::Result<f64> {
-    let directory = tempfile::tempdir()?;
-    let shard = Shard::open(directory.path(), 0, 0, 200_000_000)?;
-    let documents: Vec<StoredDocument> = dataset
-        .corpus
-        .iter()
-        .map(|document| StoredDocument {
-            id: document.id.clone(),
-            title: document.title.clone(),
-            text: document.text.clone(),
-            ..StoredDocument::default()
+/// One shard holding the whole corpus in this process: the reference a search through the
+/// gateway is compared with.
+struct InProcessShard {
+    shard: Shard,
+    _directory: tempfile::TempDir,
+}
+
+impl InProcessShard {
+    fn open(dataset: &Dataset) -> anyhow::Result<Self> {
+        let directory = tempfile::tempdir()?;
+        let shard = Shard::open(directory.path(), 0, 0, 200_000_000)?;
+        let documents: Vec<StoredDocument> = dataset
+            .corpus
+            .iter()
+            .map(|document| StoredDocument {
+                id: document.id.clone(),
+                title: document.title.clone(),
+                text: document.text.clone(),
+                ..StoredDocument::default()
+            })
+            .collect();
+        for chunk in documents.chunks(1000) {
+            shard.upsert(chunk)?;
+        }
+        Ok(Self {
+            shard,
+            _directory: directory,
         })
-        .collect();
-    for chunk in documents.chunks(1000) {
-        shard.upsert(chunk)?;
     }
-    let mut latencies = Vec::new();
-    for pass in 0..2 {
+
+    /// Every query once: BM25 top 10 plus loading those 10 documents (what the gateway
+    /// returns), in ms.
+    fn keyword_pass(&self, dataset: &Dataset) -> anyhow::Result<Vec<f64>> {
+        let mut latencies = Vec::with_capacity(dataset.queries.len());
         for query in &dataset.queries {
             let started = Instant::now();
-            let hits = shard.search_keyword(&query.text, 10, None)?;
+            let hits = self.shard.search_keyword(&query.text, 10, None)?;
             let ids: Vec<String> = hits.into_iter().map(|hit| hit.doc_id).collect();
-            let fetched = shard.fetch(&ids)?;
-            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
-            std::hint::black_box(fetched);
-            if pass == 1 {
-                latencies.push(elapsed);
-            }
+            std::hint::black_box(self.shard.fetch(&ids)?);
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         }
+        Ok(latencies)
     }
-    Ok(percentile(&latencies, 50.0))
 }
 
 /// Mean bytes per hybrid k = 100 query under the former protocol: a `CollectStats` reply
