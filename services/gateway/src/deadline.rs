@@ -37,7 +37,8 @@ impl Deadline {
 
     pub fn after(timeout: Option<Duration>) -> Self {
         Self {
-            expires: timeout.map(|timeout| Instant::now() + timeout),
+            // A timeout too far away to represent is no deadline at all.
+            expires: timeout.and_then(|timeout| Instant::now().checked_add(timeout)),
         }
     }
 
@@ -91,6 +92,11 @@ mod tests {
         assert_eq!(parse("2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse("x"), None);
+        let far = parse("18446744073709551615S");
+        assert_eq!(
+            Deadline::after(far).hop(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
         assert_eq!(parse("12q"), None);
         assert_eq!(client_timeout(&MetadataMap::new()), None);
     }

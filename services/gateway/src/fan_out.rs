@@ -33,6 +33,9 @@ use crate::shard_client::{ShardCall, ShardClient, ShardReply};
 const STATISTICS_SHARE: f64 = 0.25;
 /// Share of the time left that one search round may take; fetching gets the rest.
 const SEARCH_SHARE: f64 = 0.7;
+/// Share of the time left that the second search round (after a stale answer) may take:
+/// more than the first's, which already spent part of the budget.
+const REFRESH_SHARE: f64 = 0.85;
 /// Bytes the statistics cache may hold (approximately: terms and counts).
 const STATISTICS_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 /// Fetch calls to one shard for one query, at most (a reply that outgrows the message
@@ -245,7 +248,12 @@ pub async fn search_shards(
                 (*shard, call)
             })
             .collect();
-        let phase = client.call_each(calls, budget.share(SEARCH_SHARE)).await;
+        let share = if round == 0 {
+            SEARCH_SHARE
+        } else {
+            REFRESH_SHARE
+        };
+        let phase = client.call_each(calls, budget.share(share)).await;
         hedges += phase.hedges;
         failed.extend(&phase.failed);
         asking.retain(|shard| !failed.contains(shard));
@@ -348,9 +356,10 @@ pub async fn fetch_stored(
         if wanted.is_empty() {
             break;
         }
-        let calls = wanted
-            .drain()
-            .map(|(shard, ids)| (shard, ShardCall::Fetch(FetchRequest { ids })))
+        let asked: HashMap<u32, Vec<String>> = std::mem::take(&mut wanted);
+        let calls = asked
+            .iter()
+            .map(|(shard, ids)| (*shard, ShardCall::Fetch(FetchRequest { ids: ids.clone() })))
             .collect();
         let phase = client.call_each(calls, budget.remaining()).await;
         hedges += phase.hedges;
@@ -362,8 +371,20 @@ pub async fn fetch_stored(
             for document in response.documents {
                 stored.insert((shard, document.id), (document.title, document.text));
             }
-            if !response.remaining_ids.is_empty() {
-                wanted.insert(shard, response.remaining_ids);
+            // The ids a reply did not get to are the last `ids_left` asked; a reply that got
+            // to none of them is a failure, not a reason to ask forever.
+            let Some(ids) = asked.get(&shard) else {
+                continue;
+            };
+            let left = (response.ids_left as usize).min(ids.len());
+            match left {
+                0 => {}
+                left if left == ids.len() => {
+                    failed.insert(shard);
+                }
+                left => {
+                    wanted.insert(shard, ids[ids.len() - left..].to_vec());
+                }
             }
         }
     }

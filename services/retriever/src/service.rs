@@ -310,19 +310,16 @@ impl Retriever for RetrieverService {
             .blocking(move |shard| {
                 let mut reply = FetchResponse::default();
                 // Documents are loaded one at a time, so a reply that would outgrow the
-                // message limit stops early and names the ids left for another call.
+                // message limit stops early and says how many ids it left for another call.
                 for (position, id) in ids.iter().enumerate() {
                     let Some(document) = shard.fetch(std::slice::from_ref(id))?.pop() else {
                         continue;
                     };
                     let document = stored_to_proto(document);
-                    let added = document.encoded_len() + 8;
-                    let remaining_bytes: usize =
-                        ids[position..].iter().map(|id| id.len() + 4).sum();
-                    if !reply.documents.is_empty()
-                        && reply.encoded_len() + added + remaining_bytes > limit
-                    {
-                        reply.remaining_ids = ids[position..].to_vec();
+                    // The document, its field tag and length, and room for `ids_left`.
+                    let added = document.encoded_len() + 16;
+                    if !reply.documents.is_empty() && reply.encoded_len() + added > limit {
+                        reply.ids_left = (ids.len() - position) as u32;
                         break;
                     }
                     reply.documents.push(document);
@@ -628,7 +625,7 @@ mod tests {
         .unwrap()
         .into_inner();
         assert_eq!(response.documents.len(), 2);
-        assert_eq!(response.remaining_ids, ["c"]);
+        assert_eq!(response.ids_left, 1);
         assert!(response.encoded_len() <= 2_500);
 
         let tiny = service_over(&[("a", &long)], 100);

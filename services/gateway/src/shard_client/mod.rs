@@ -265,9 +265,15 @@ impl ShardClient {
         deadline: Instant,
     ) -> Result<ShardReply, GatewayError> {
         let rpc = call.rpc();
-        let _in_flight = self.balancer.begin(&replica.address);
         let started = Instant::now();
         let timeout = deadline.saturating_duration_since(started);
+        if timeout.is_zero() {
+            return Err(GatewayError::downstream(
+                "retriever",
+                Status::deadline_exceeded(format!("shard {shard}: no time left to call it")),
+            ));
+        }
+        let _in_flight = self.balancer.begin(&replica.address);
         let outcome =
             match tokio::time::timeout(timeout, self.shards.call(replica, call.clone(), timeout))
                 .await
@@ -288,7 +294,10 @@ impl ShardClient {
                     Err(GatewayError::downstream("retriever", status))
                 }
                 Err(_) => {
-                    self.balancer.record_failure(&replica.address);
+                    // A short limit says more about the caller's deadline than the replica.
+                    if timeout >= PENALISED_TIMEOUT {
+                        self.balancer.record_failure(&replica.address);
+                    }
                     Err(GatewayError::downstream(
                         "retriever",
                         Status::deadline_exceeded(format!(
@@ -313,6 +322,9 @@ impl ShardClient {
         outcome
     }
 }
+
+/// The shortest timed-out attempt that counts against its replica.
+const PENALISED_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The name of a hedged or retried call's span.
 const ATTEMPT_SPAN: &str = "retriever.call";
@@ -350,10 +362,15 @@ async fn first_success<T>(
     }
 }
 
-/// Failures another replica might not have.
+/// Failures another replica might not have. `RESOURCE_EXHAUSTED` is not one: a reply too
+/// large is too large everywhere, and a replica that sheds load asks for back-off, which a
+/// retry elsewhere would defeat.
 fn is_retryable(code: tonic::Code) -> bool {
     !matches!(
         code,
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition | tonic::Code::NotFound
+        tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::NotFound
+            | tonic::Code::ResourceExhausted
     )
 }

@@ -171,7 +171,7 @@ impl Shards for FakeShards {
                             ..Document::default()
                         })
                         .collect(),
-                    remaining_ids: request.ids[sent..].to_vec(),
+                    ids_left: (request.ids.len() - sent) as u32,
                 })
             }
             ShardCall::ShardInfo => ShardReply::ShardInfo(ShardInfoResponse::default()),
