@@ -3,6 +3,7 @@
 //! statistics, BM25 scoring with cluster-wide statistics and vector search; plus the tonic
 //! `Retriever` service that wraps it, and peer recovery of a replica that (re)joins.
 
+mod conversion;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;

@@ -2,11 +2,18 @@
 //! text, and one `body` field (title + " " + text, English-stemmed) that BM25 scores, as in
 //! the standard BEIR setup; plus the stored vector and its key, and the write's version (last writer wins).
 //! The id and the vector key are also fast fields (columns), so a search answers ids and
-//! breaks ties by key without loading any stored document.
+//! breaks ties by key without loading any stored document. Below: how stored values are
+//! encoded and read back, and the id column reader.
 
+use std::collections::HashMap;
+
+use tantivy::schema::Value;
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
 };
+use tantivy::{DocAddress, Searcher, TantivyDocument};
+
+use crate::error::RetrieverError;
 
 /// Tokenizer of the `body` field: simple split, lowercase, English stemmer.
 pub const BODY_TOKENIZER: &str = "en_stem";
@@ -59,4 +66,72 @@ pub fn build_schema() -> (Schema, ShardFields) {
         version,
     };
     (builder.build(), fields)
+}
+
+pub(crate) fn stored_text(document: &TantivyDocument, field: tantivy::schema::Field) -> String {
+    document
+        .get_first(field)
+        .and_then(|value| value.as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A stored u64 field; 0 when absent (documents written before versions existed).
+pub(crate) fn stored_u64(document: &TantivyDocument, field: tantivy::schema::Field) -> u64 {
+    document
+        .get_first(field)
+        .and_then(|value| value.as_u64())
+        .unwrap_or_default()
+}
+
+pub(crate) fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
+    vector
+        .iter()
+        .flat_map(|value| value.to_le_bytes())
+        .collect()
+}
+
+pub(crate) fn stored_vector(document: &TantivyDocument, field: tantivy::schema::Field) -> Vec<f32> {
+    let Some(bytes) = document.get_first(field).and_then(|value| value.as_bytes()) else {
+        return Vec::new();
+    };
+    bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+        .collect()
+}
+
+/// Ids of hits read from the id column, one column reader per segment.
+#[derive(Default)]
+pub(crate) struct FastIds {
+    columns: HashMap<u32, tantivy::columnar::StrColumn>,
+    buffer: String,
+}
+
+impl FastIds {
+    pub(crate) fn id(
+        &mut self,
+        searcher: &Searcher,
+        address: DocAddress,
+    ) -> Result<String, RetrieverError> {
+        let column = match self.columns.entry(address.segment_ord) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let reader = searcher.segment_reader(address.segment_ord);
+                let column = reader.fast_fields().str(ID_FIELD)?.ok_or_else(|| {
+                    RetrieverError::Internal("the id fast field is missing".to_string())
+                })?;
+                entry.insert(column)
+            }
+        };
+        let ordinal = column
+            .term_ords(address.doc_id)
+            .next()
+            .ok_or_else(|| RetrieverError::Internal(format!("document {address:?} has no id")))?;
+        self.buffer.clear();
+        column
+            .ord_to_str(ordinal, &mut self.buffer)
+            .map_err(|error| RetrieverError::Internal(error.to_string()))?;
+        Ok(self.buffer.clone())
+    }
 }

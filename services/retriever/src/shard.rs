@@ -12,16 +12,20 @@ use std::time::{Duration, Instant};
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{IndexRecordOption, Value};
+use tantivy::schema::IndexRecordOption;
 use tantivy::{
     DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
 };
 use tracing::{info, warn};
 
+use crate::conversion::convert_older_schema;
 use crate::error::RetrieverError;
 use crate::metrics::{metrics, replica_labels};
 use crate::ranking::{best_k, top_with_ties, TopByScoreThenKey};
-use crate::schema::{build_schema, ShardFields, ID_FIELD, VECTOR_KEY_FIELD};
+use crate::schema::{
+    build_schema, stored_text, stored_u64, stored_vector, vector_to_bytes, FastIds, ShardFields,
+    VECTOR_KEY_FIELD,
+};
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
 use crate::vectors::{vector_key, VectorIndex};
 use crate::versions::Tombstones;
@@ -623,158 +627,8 @@ impl Shard {
     }
 }
 
-fn stored_text(document: &TantivyDocument, field: tantivy::schema::Field) -> String {
-    document
-        .get_first(field)
-        .and_then(|value| value.as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// A stored u64 field; 0 when absent (documents written before versions existed).
-fn stored_u64(document: &TantivyDocument, field: tantivy::schema::Field) -> u64 {
-    document
-        .get_first(field)
-        .and_then(|value| value.as_u64())
-        .unwrap_or_default()
-}
-
-fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
-    vector
-        .iter()
-        .flat_map(|value| value.to_le_bytes())
-        .collect()
-}
-
-fn stored_vector(document: &TantivyDocument, field: tantivy::schema::Field) -> Vec<f32> {
-    let Some(bytes) = document.get_first(field).and_then(|value| value.as_bytes()) else {
-        return Vec::new();
-    };
-    bytes
-        .chunks_exact(4)
-        .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
-        .collect()
-}
-
-/// Ids of hits read from the id column, one column reader per segment.
-#[derive(Default)]
-struct FastIds {
-    columns: HashMap<u32, tantivy::columnar::StrColumn>,
-    buffer: String,
-}
-
-impl FastIds {
-    fn id(&mut self, searcher: &Searcher, address: DocAddress) -> Result<String, RetrieverError> {
-        let column = match self.columns.entry(address.segment_ord) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let reader = searcher.segment_reader(address.segment_ord);
-                let column = reader.fast_fields().str(ID_FIELD)?.ok_or_else(|| {
-                    RetrieverError::Internal("the id fast field is missing".to_string())
-                })?;
-                entry.insert(column)
-            }
-        };
-        let ordinal = column
-            .term_ords(address.doc_id)
-            .next()
-            .ok_or_else(|| RetrieverError::Internal(format!("document {address:?} has no id")))?;
-        self.buffer.clear();
-        column
-            .ord_to_str(ordinal, &mut self.buffer)
-            .map_err(|error| RetrieverError::Internal(error.to_string()))?;
-        Ok(self.buffer.clone())
-    }
-}
-
-/// Converts an index written with an older schema (before the id and the vector key were
-/// fast fields) by re-adding its stored documents, vectors and versions into a new index:
-/// nothing is re-embedded. The new index is built beside the old one and swapped in by two
-/// renames; a crash between them is finished on the next start. Returns whether it converted.
-fn convert_older_schema(
-    data_dir: &Path,
-    schema: &tantivy::schema::Schema,
-    fields: &ShardFields,
-) -> Result<bool, RetrieverError> {
-    let current = data_dir.join("tantivy");
-    let previous = data_dir.join("tantivy.previous");
-    let converting = data_dir.join("tantivy.converting");
-    let io = |error: std::io::Error| RetrieverError::Open {
-        path: current.display().to_string(),
-        reason: error.to_string(),
-    };
-    if previous.exists() {
-        if current.exists() {
-            std::fs::remove_dir_all(&previous).map_err(io)?;
-        } else {
-            std::fs::rename(&previous, &current).map_err(io)?;
-        }
-    }
-    if !current.join("meta.json").exists() {
-        return Ok(false);
-    }
-    let old = Index::open_in_dir(&current)?;
-    if old.schema() == *schema {
-        return Ok(false);
-    }
-    info!(path = %current.display(), "converting the index to the current schema");
-    if converting.exists() {
-        std::fs::remove_dir_all(&converting).map_err(io)?;
-    }
-    std::fs::create_dir_all(&converting).map_err(io)?;
-    let old_schema = old.schema();
-    let old_field = |name: &str| old_schema.get_field(name).ok();
-    let (old_id, old_title, old_text, old_metadata, old_vector, old_version) = (
-        old_field("id"),
-        old_field("title"),
-        old_field("text"),
-        old_field("metadata"),
-        old_field("vector"),
-        old_field("version"),
-    );
-    let new = Index::create_in_dir(&converting, schema.clone())?;
-    let mut writer: IndexWriter = new.writer(50_000_000)?;
-    let searcher = old.reader()?.searcher();
-    let mut converted = 0u64;
-    for_each_live_document(&searcher, |document| {
-        let text = |field: Option<tantivy::schema::Field>| {
-            field
-                .map(|field| stored_text(document, field))
-                .unwrap_or_default()
-        };
-        let id = text(old_id);
-        let (title, body_text) = (text(old_title), text(old_text));
-        let mut added = TantivyDocument::default();
-        added.add_text(fields.id, &id);
-        added.add_text(fields.title, &title);
-        added.add_text(fields.text, &body_text);
-        added.add_text(fields.metadata, text(old_metadata));
-        added.add_text(fields.body, format!("{title} {body_text}"));
-        added.add_u64(fields.vector_key, vector_key(&id));
-        let vector = old_vector
-            .map(|field| stored_vector(document, field))
-            .unwrap_or_default();
-        added.add_bytes(fields.vector, &vector_to_bytes(&vector));
-        let version = old_version
-            .map(|field| stored_u64(document, field))
-            .unwrap_or_default();
-        added.add_u64(fields.version, version);
-        writer.add_document(added)?;
-        converted += 1;
-        Ok(())
-    })?;
-    writer.commit()?;
-    writer.wait_merging_threads()?;
-    drop(old);
-    std::fs::rename(&current, &previous).map_err(io)?;
-    std::fs::rename(&converting, &current).map_err(io)?;
-    std::fs::remove_dir_all(&previous).map_err(io)?;
-    info!(documents = converted, "index converted");
-    Ok(true)
-}
-
 /// Calls `visit` with every stored document that is not deleted.
-fn for_each_live_document(
+pub(crate) fn for_each_live_document(
     searcher: &Searcher,
     mut visit: impl FnMut(&TantivyDocument) -> Result<(), RetrieverError>,
 ) -> Result<(), RetrieverError> {
