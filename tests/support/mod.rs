@@ -24,6 +24,32 @@ pub struct QuarryUp {
     child: Option<Child>,
     pub address: String,
     pub data_dir: PathBuf,
+    /// The CA a TLS gateway's certificate is checked against.
+    pub ca: Option<PathBuf>,
+}
+
+/// How a `quarry up` is started beyond the defaults.
+#[derive(Default)]
+pub struct UpOptions<'a> {
+    /// Extra flags (`--keys-file`, `--tls-cert`, ...).
+    pub args: Vec<String>,
+    /// Extra environment variables, set last.
+    pub env: Vec<(&'a str, &'a str)>,
+    /// Serve TLS: dial `https://localhost` trusting this CA.
+    pub ca: Option<PathBuf>,
+}
+
+/// A channel to `address`; over TLS trusting `ca` when it is `https://`.
+pub async fn dial(address: &str, ca: Option<&Path>) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Channel::from_shared(address.to_string()).unwrap();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).expect("read the CA");
+        endpoint = endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )?;
+    }
+    endpoint.connect().await
 }
 
 /// A free loopback port (the OS picks it; the listener is closed right away).
@@ -41,26 +67,41 @@ impl QuarryUp {
     /// Starts `quarry up` like [`QuarryUp::start`] with extra environment variables, set
     /// last so they override the defaults above (`QUARRY_GENERATOR__BACKEND=openai`, ...).
     pub async fn start_with_env(data_dir: &Path, shards: u32, env: &[(&str, &str)]) -> Self {
+        let options = UpOptions {
+            env: env.to_vec(),
+            ..UpOptions::default()
+        };
+        Self::start_with(data_dir, shards, options).await
+    }
+
+    /// Starts `quarry up` with extra flags and environment, over TLS when `options.ca` is set.
+    pub async fn start_with(data_dir: &Path, shards: u32, options: UpOptions<'_>) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_quarry"))
             .args(["up", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--shards", &shards.to_string()])
+            .args(&options.args)
             .env("RUST_LOG", "warn")
             .env("QUARRY_ANALYZER__ENCODER", "onnx")
             .env("QUARRY_ANALYZER__MODEL_DIR", MODEL_DIR)
             .env("QUARRY_ANALYZER__RUNTIME_LIBRARY", RUNTIME_LIBRARY)
             .env_remove("QUARRY_CONFIG")
-            .envs(env.iter().copied())
+            .envs(options.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start quarry up");
+        let address = match options.ca {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
         let up = Self {
             child: Some(child),
-            address: format!("http://127.0.0.1:{port}"),
+            address,
             data_dir: data_dir.to_path_buf(),
+            ca: options.ca,
         };
         up.wait_until_serving(Duration::from_secs(60)).await;
         up
@@ -69,11 +110,7 @@ impl QuarryUp {
     async fn wait_until_serving(&self, patience: Duration) {
         let started = Instant::now();
         loop {
-            if let Ok(channel) = Channel::from_shared(self.address.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
+            if let Ok(channel) = dial(&self.address, self.ca.as_deref()).await {
                 let reply = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: "quarry.v1.Quarry".to_string(),
@@ -94,9 +131,7 @@ impl QuarryUp {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.address.clone())
-            .unwrap()
-            .connect()
+        dial(&self.address, self.ca.as_deref())
             .await
             .expect("connect to the gateway")
     }

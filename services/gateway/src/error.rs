@@ -13,6 +13,8 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("no ready {role} in the cluster")]
     NoMember { role: &'static str },
     #[error("{role}: {status_message}")]
@@ -54,6 +56,7 @@ impl GatewayError {
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::NotFound(_) => Code::NotFound,
             GatewayError::NoMember { .. } | GatewayError::Unavailable(_) => Code::Unavailable,
+            GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             GatewayError::Downstream { code, .. } => *code,
             GatewayError::Internal(_) => Code::Internal,
         }

@@ -81,6 +81,7 @@ impl Gateway {
         // Full batches being embedded and written while the stream is read on: the next
         // batch is embedded while the last one commits on its shard.
         let pipeline = self.config.ingest_pipeline.max(1);
+        let idle = std::time::Duration::from_millis(self.config.ingest_idle_ms.max(1));
         let mut in_flight = FuturesUnordered::new();
         // A broken stream ends the call with its error, but only after the batches already
         // sent on have finished on every replica (cancelling one could leave replicas apart).
@@ -91,7 +92,14 @@ impl Gateway {
                     tally.merge(batch_tally);
                     continue;
                 }
-                message = documents.next(), if in_flight.len() < pipeline => message,
+                message = tokio::time::timeout(idle, documents.next()), if in_flight.len() < pipeline => message,
+            };
+            let Ok(message) = message else {
+                failure = Some(GatewayError::DeadlineExceeded(format!(
+                    "ingest stream idle: no document for {} ms (gateway.ingest_idle_ms)",
+                    idle.as_millis()
+                )));
+                break;
             };
             let Some(message) = message else {
                 break;

@@ -10,6 +10,7 @@ mod deadline;
 mod documents;
 mod error;
 mod fan_out;
+pub mod front;
 mod fusion;
 mod gateway;
 mod ingest;

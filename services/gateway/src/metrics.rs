@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use quarry_kit::metrics::{counter, counter_vec, histogram_vec, LATENCY_BUCKETS};
 
 pub struct GatewayMetrics {
@@ -18,6 +18,11 @@ pub struct GatewayMetrics {
     pub shard_reply_bytes: IntCounterVec,
     pub ingest_documents: IntCounterVec,
     pub ingest_bytes: IntCounter,
+    pub auth: IntCounterVec,
+    pub calls_by_key: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub admitted: IntGaugeVec,
+    pub key_reload_errors: IntCounter,
 }
 
 /// The gateway's metrics, registered on first use (`register` lists them from the start).
@@ -70,6 +75,37 @@ pub fn metrics() -> &'static GatewayMetrics {
             "quarry_gateway_ingest_bytes_total",
             "Bytes of document id, title and text received by Ingest.",
         ),
+        auth: counter_vec(
+            "quarry_gateway_auth_total",
+            "Calls checked against the API keys, by outcome: ok, missing, malformed, unknown, \
+             expired, revoked, denied (a valid key without the scope or collection).",
+            &["outcome"],
+        ),
+        calls_by_key: counter_vec(
+            "quarry_gateway_calls_by_key_total",
+            "Calls admitted, by API key id (never the secret) and method class.",
+            &["key_id", "class"],
+        ),
+        rejected: counter_vec(
+            "quarry_gateway_admission_rejected_total",
+            "Calls answered RESOURCE_EXHAUSTED at once, by method class and reason \
+             (concurrency: the class was at its limit; rate: the key's rate was spent).",
+            &["class", "reason"],
+        ),
+        admitted: quarry_kit::metrics::register(
+            IntGaugeVec::new(
+                Opts::new(
+                    "quarry_gateway_admitted_in_flight",
+                    "Calls admitted and not yet finished, by method class.",
+                ),
+                &["class"],
+            )
+            .expect("valid metric name"),
+        ),
+        key_reload_errors: counter(
+            "quarry_gateway_key_reload_errors_total",
+            "Times the API keys could not be re-read (the last good keys stayed in force).",
+        ),
     });
     &METRICS
 }
@@ -85,5 +121,11 @@ pub fn register() {
     }
     for outcome in ["accepted", "rejected"] {
         metrics.ingest_documents.with_label_values(&[outcome]);
+    }
+    for class in crate::front::Class::ALL {
+        metrics.admitted.with_label_values(&[class.name()]);
+        for reason in ["concurrency", "rate"] {
+            metrics.rejected.with_label_values(&[class.name(), reason]);
+        }
     }
 }

@@ -37,6 +37,14 @@ pub struct QuarryConfig {
     pub generator: GeneratorConfig,
     pub evaluator: EvaluatorConfig,
     pub scheduler: SchedulerConfig,
+    /// API keys on the gateway's public API.
+    pub auth: AuthConfig,
+    /// TLS on the gateway's public API.
+    pub tls: TlsConfig,
+    /// Admission control on the gateway: concurrency per method class, default deadlines.
+    pub admission: AdmissionConfig,
+    /// Lets a gateway listen on a non-loopback address with neither TLS nor API keys.
+    pub insecure: bool,
 }
 
 impl Default for QuarryConfig {
@@ -58,7 +66,129 @@ impl Default for QuarryConfig {
             generator: GeneratorConfig::default(),
             evaluator: EvaluatorConfig::default(),
             scheduler: SchedulerConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            admission: AdmissionConfig::default(),
+            insecure: false,
         }
+    }
+}
+
+/// API keys: where the gateway reads them, how often, and the rate each key may call at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// A JSON-lines file of keys (`quarry keys create --file`), e.g. a mounted Kubernetes
+    /// Secret; re-read every `reload_ms`.
+    pub keys_file: Option<PathBuf>,
+    /// Keys kept in etcd under `/quarry/<cluster>/keys/` (`quarry keys create --etcd`),
+    /// read from `discovery.etcd` every `reload_ms`.
+    pub etcd_keys: bool,
+    /// How often keys are re-read: an added or revoked key takes effect within this.
+    pub reload_ms: u64,
+    /// Calls per second each key may make (a token bucket per key id); 0: unlimited.
+    pub rate_per_key: f64,
+    /// Calls a key may make at once beyond its rate (the bucket's size).
+    pub burst_per_key: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys_file: None,
+            etcd_keys: false,
+            reload_ms: 500,
+            rate_per_key: 0.0,
+            burst_per_key: 100,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether any key source is configured (then every call needs a key).
+    pub fn enabled(&self) -> bool {
+        self.keys_file.is_some() || self.etcd_keys
+    }
+}
+
+/// A server certificate and key (PEM), re-read from disk every `reload_ms`, so a renewed
+/// certificate is served to new connections without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub reload_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            reload_ms: 1000,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// Admission on the gateway. Each method class has a concurrency limit: a call beyond it is
+/// answered `RESOURCE_EXHAUSTED` at once, with a retry pushback, instead of queueing. A
+/// limit of 0 is derived from the machine's cores. Calls that send no `grpc-timeout` get
+/// their class's default deadline.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AdmissionConfig {
+    /// Search, GetDocument, ClusterStatus at once (0: 8 per core).
+    pub search: usize,
+    /// Ask and AskStream at once (0: 2 per core).
+    pub ask: usize,
+    /// Ingest streams and Deletes at once (0: 2 per core).
+    pub ingest: usize,
+    /// Workflow calls at once, watches included (0: 64).
+    pub workflows: usize,
+    pub search_deadline_ms: u64,
+    pub ask_deadline_ms: u64,
+    pub workflows_deadline_ms: u64,
+    /// Delete's default deadline (Ingest is bounded by `gateway.ingest_idle_ms` instead).
+    pub write_deadline_ms: u64,
+    /// Largest request message the public API accepts (internal hops take
+    /// `server.max_message_bytes`).
+    pub max_request_bytes: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            search: 0,
+            ask: 0,
+            ingest: 0,
+            workflows: 0,
+            search_deadline_ms: 10_000,
+            ask_deadline_ms: 60_000,
+            workflows_deadline_ms: 10_000,
+            write_deadline_ms: 60_000,
+            max_request_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// The limits with 0 replaced by their core-derived defaults: (search, ask, ingest, workflows).
+    pub fn limits(&self) -> [usize; 4] {
+        let cores = std::thread::available_parallelism().map_or(2, |cores| cores.get());
+        let or = |value: usize, default: usize| if value == 0 { default } else { value };
+        [
+            or(self.search, 8 * cores),
+            or(self.ask, 2 * cores),
+            or(self.ingest, 2 * cores),
+            or(self.workflows, 64),
+        ]
     }
 }
 
@@ -159,6 +289,8 @@ pub struct GatewayConfig {
     /// How long one replica may take to commit one ingest batch before the batch is
     /// rejected (`UNAVAILABLE`, so the client retries it).
     pub write_timeout_ms: u64,
+    /// An ingest stream that sends no document for this long is closed (DEADLINE_EXCEEDED).
+    pub ingest_idle_ms: u64,
 }
 
 /// How a shard's replica is chosen.
@@ -206,6 +338,7 @@ impl Default for GatewayConfig {
             embed_concurrency: 4,
             embed_timeout_ms: 300_000,
             write_timeout_ms: 60_000,
+            ingest_idle_ms: 30_000,
         }
     }
 }
@@ -440,6 +573,9 @@ pub struct SchedulerConfig {
     /// Enables the `test` agent role (sleeps, fails on purpose, records its runs): for the
     /// scheduler's own tests only, never in production.
     pub test_roles: bool,
+    /// API key the agents send to a gateway that requires keys (set it from the
+    /// environment: `QUARRY_SCHEDULER__GATEWAY_API_KEY`); needs the `read` scope.
+    pub gateway_api_key: Option<String>,
 }
 
 impl Default for SchedulerConfig {
@@ -454,6 +590,7 @@ impl Default for SchedulerConfig {
             max_backoff_ms: 30_000,
             max_steps: 10_000,
             test_roles: false,
+            gateway_api_key: None,
         }
     }
 }
@@ -568,6 +705,27 @@ impl QuarryConfig {
     }
 
     fn validate(&self) -> Result<(), KitError> {
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(KitError::Config(
+                "tls.cert and tls.key go together: set both or neither".to_string(),
+            ));
+        }
+        if !(self.auth.rate_per_key.is_finite() && self.auth.rate_per_key >= 0.0) {
+            return Err(KitError::Config(format!(
+                "auth.rate_per_key must be 0 or more, got {}",
+                self.auth.rate_per_key
+            )));
+        }
+        if self.auth.reload_ms == 0 || self.tls.reload_ms == 0 || self.auth.burst_per_key == 0 {
+            return Err(KitError::Config(
+                "auth.reload_ms, auth.burst_per_key and tls.reload_ms must be positive".to_string(),
+            ));
+        }
+        if self.auth.etcd_keys && self.discovery.etcd.is_empty() {
+            return Err(KitError::Config(
+                "auth.etcd_keys needs discovery.etcd (--etcd)".to_string(),
+            ));
+        }
         if self.shards == 0 || self.shards > 1024 {
             return Err(KitError::Config(format!(
                 "shards must be within 1..=1024, got {}",

@@ -1,6 +1,7 @@
 //! What every Quarry role shares: layered configuration, member discovery, the gRPC server
 //! bootstrap (health, reflection, graceful shutdown, tracing and metrics layers), logging and
-//! OpenTelemetry, Prometheus metrics, text utilities and the write-version clock.
+//! OpenTelemetry, Prometheus metrics, TLS with certificate reload, text utilities and the
+//! write-version clock.
 
 pub mod config;
 pub mod discovery;
@@ -13,6 +14,7 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod version_clock;
 
 pub use config::QuarryConfig;

@@ -4,13 +4,14 @@
 //! NOT_SERVING, finishes in-flight calls, then returns.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
 use tonic_health::ServingStatus;
 use tracing::info;
 
@@ -38,6 +39,8 @@ pub struct RoleServer {
     pub service_names: Vec<&'static str>,
     /// A retriever's shard and replica, for its spans.
     pub shard_replica: Option<(u32, u32)>,
+    /// Serve TLS with this configuration (the gateway's public API), else plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Serves the role on `listener` until `shutdown` is cancelled, then drains in-flight calls.
@@ -88,21 +91,31 @@ pub async fn serve(
             .await;
         info!(role, "draining in-flight calls");
     };
-    // Small request/response messages must not wait for Nagle's algorithm.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    info!(role, address = %local_address, "serving");
+    info!(role, address = %local_address, tls = role_server.tls.is_some(), "serving");
     let mut builder = Server::builder();
     if config.request_timeout_ms > 0 {
         builder = builder.timeout(Duration::from_millis(config.request_timeout_ms));
     }
-    builder
+    let router = builder
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .layer(GrpcMetricsLayer)
         .layer(trace_layer)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, drain)
-        .await
-        .map_err(|error| KitError::Serve(error.to_string()))?;
+        .add_routes(routes);
+    let served = match role_server.tls {
+        Some(tls) => {
+            let stop_accepting = CancellationToken::new();
+            let incoming = crate::tls::incoming(listener, tls, stop_accepting.clone());
+            let served = router.serve_with_incoming_shutdown(incoming, drain).await;
+            stop_accepting.cancel();
+            served
+        }
+        None => {
+            // Small request/response messages must not wait for Nagle's algorithm.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, drain).await
+        }
+    };
+    served.map_err(|error| KitError::Serve(error.to_string()))?;
     info!(role, "stopped");
     Ok(())
 }
@@ -112,11 +125,37 @@ pub fn dial_address(address: SocketAddr) -> String {
     format!("http://{address}")
 }
 
-/// A channel to another member that connects on first use and reconnects after failures.
+/// A channel to another member that connects on first use and reconnects after failures;
+/// an `https://` address is dialled over TLS, trusting the system's roots.
 pub fn lazy_channel(address: &str) -> Result<Channel, KitError> {
-    let endpoint = Endpoint::from_shared(address.to_string())
+    Ok(endpoint(address, None)?.connect_lazy())
+}
+
+/// An endpoint for `address`; `https://` uses TLS and trusts `ca` (a PEM file) when given,
+/// else the system's roots.
+pub fn endpoint(address: &str, ca: Option<&std::path::Path>) -> Result<Endpoint, KitError> {
+    let mut endpoint = Endpoint::from_shared(address.to_string())
         .map_err(|error| KitError::Config(format!("bad address {address:?}: {error}")))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+    if address.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|error| {
+                    KitError::Config(format!("reading the CA {}: {error}", path.display()))
+                })?;
+                tls.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|error| KitError::Config(format!("TLS for {address}: {error}")))?;
+    } else if ca.is_some() {
+        return Err(KitError::Config(format!(
+            "a CA was given for {address}, which is not https://"
+        )));
+    }
+    Ok(endpoint)
 }

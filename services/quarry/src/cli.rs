@@ -52,6 +52,75 @@ pub enum Command {
     /// Multi-step agent workflows: submit, run a template, watch, get, cancel.
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// API keys of the gateway: create (the key is shown once), list, revoke.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Makes a key and prints it once; only its hash is stored.
+    Create(KeysCreateArgs),
+    /// Every stored key: id, scopes, collections, expiry, revoked (never a secret).
+    List(KeyStoreArgs),
+    /// Revokes a key: gateways refuse it within `auth.reload_ms`.
+    Revoke(KeysRevokeArgs),
+}
+
+/// Where the keys are kept: a file, or etcd.
+#[derive(Debug, Args)]
+pub struct KeyStoreArgs {
+    /// A JSON-lines key file (mount it into gateways, e.g. as a Kubernetes Secret).
+    #[arg(long, conflicts_with = "etcd", required_unless_present = "etcd")]
+    pub file: Option<PathBuf>,
+    /// etcd endpoints, comma-separated: keys under /quarry/<cluster>/keys/.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    #[arg(long, default_value = "quarry")]
+    pub cluster: String,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreateArgs {
+    /// read (Search, Ask, GetDocument, workflow reads), write (Ingest, Delete, workflow
+    /// submit and cancel), admin (everything, ClusterStatus included).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub scopes: Vec<String>,
+    /// Collections the key may use (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub collections: Vec<String>,
+    /// Lifetime, e.g. 90d, 12h, 30m (default: no expiry).
+    #[arg(long)]
+    pub expires: Option<String>,
+    /// A note for whoever reads `keys list`.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[command(flatten)]
+    pub store: KeyStoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysRevokeArgs {
+    pub id: String,
+    #[command(flatten)]
+    pub store: KeyStoreArgs,
+}
+
+/// TLS and API keys of the gateway's public API.
+#[derive(Debug, Args)]
+pub struct SecurityArgs {
+    /// The gateway's TLS certificate chain (PEM); re-read when it changes.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The gateway's TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// API keys (a JSON-lines file from `quarry keys create --file`); every call then needs one.
+    #[arg(long)]
+    pub keys_file: Option<PathBuf>,
+    /// Serve a gateway on a non-loopback address with neither TLS nor API keys.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -345,6 +414,8 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 #[derive(Debug, Args)]
@@ -364,13 +435,21 @@ pub struct UpArgs {
     /// Serve Prometheus metrics of every role of this process on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The gateway.
+    /// The gateway: http://HOST:PORT, or https://HOST:PORT for TLS.
     #[arg(long, env = "QUARRY_ADDR", default_value = "http://127.0.0.1:7700")]
     pub addr: String,
+    /// An API key, sent as `authorization: Bearer <key>`.
+    #[arg(long, env = "QUARRY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// gateway, instead of the system's.
+    #[arg(long, env = "QUARRY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Print the response as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,22 +1,57 @@
 //! Client commands: `ingest`, `search`, `ask` and `status` against a gateway.
 
 use anyhow::{bail, Context};
+use quarry_kit::server::endpoint;
 use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{ask_chunk, AskRequest, ClusterStatusRequest, SearchMode, SearchRequest};
 use tokio_stream::StreamExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
 use crate::cli::{AskArgs, ClientArgs, IngestArgs, ModeArg, SearchArgs, StatusArgs};
 use crate::jsonl::parse_documents;
 use crate::output;
 
-pub(crate) async fn connect(client: &ClientArgs) -> anyhow::Result<QuarryClient<Channel>> {
-    let channel = Channel::from_shared(client.addr.clone())
-        .with_context(|| format!("bad address {:?}", client.addr))?
+/// A client of the gateway that sends the API key, if any, with every call.
+pub(crate) type GatewayClient = QuarryClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <key>` to every request.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub(crate) fn new(api_key: Option<&str>) -> anyhow::Result<Self> {
+        let value = api_key
+            .map(|key| MetadataValue::try_from(format!("Bearer {}", key.trim())))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("--api-key: not a valid header value"))?;
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub(crate) async fn connect(client: &ClientArgs) -> anyhow::Result<GatewayClient> {
+    let channel = endpoint(&client.addr, client.tls_ca.as_deref())?
         .connect()
         .await
         .with_context(|| format!("cannot reach the gateway at {}", client.addr))?;
-    Ok(QuarryClient::new(channel)
+    let bearer = Bearer::new(client.api_key.as_deref())?;
+    Ok(QuarryClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024))
 }

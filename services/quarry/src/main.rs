@@ -3,7 +3,9 @@
 mod bench;
 mod cli;
 mod client;
+mod front_door;
 mod jsonl;
+mod keys;
 mod output;
 mod roles;
 mod search_batch;
@@ -125,6 +127,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_scheduler_bench(args, config).await
         }
+        Command::Keys(command) => {
+            init_client_logging(&cli);
+            keys::run(command).await
+        }
         Command::Workflow(command) => {
             init_client_logging(&cli);
             match command {
@@ -200,8 +206,22 @@ fn load_config(cli: &Cli, mut flags: Map<String, Value>) -> anyhow::Result<Quarr
     )?)
 }
 
+/// The TLS and API key flags, shaped like the configuration file.
+fn security_overrides(args: &cli::SecurityArgs, flags: &mut Map<String, Value>) {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        flags.insert("tls".to_string(), json!({ "cert": cert, "key": key }));
+    }
+    if let Some(keys_file) = &args.keys_file {
+        flags.insert("auth".to_string(), json!({ "keys_file": keys_file }));
+    }
+    if args.insecure {
+        flags.insert("insecure".to_string(), json!(true));
+    }
+}
+
 fn serve_overrides(args: &ServeArgs) -> Map<String, Value> {
     let mut flags = Map::new();
+    security_overrides(&args.security, &mut flags);
     if let Some(listen) = &args.listen {
         flags.insert("listen".to_string(), json!(listen));
     }
@@ -235,6 +255,7 @@ fn serve_overrides(args: &ServeArgs) -> Map<String, Value> {
 
 fn up_overrides(args: &UpArgs) -> Map<String, Value> {
     let mut flags = Map::new();
+    security_overrides(&args.security, &mut flags);
     if let Some(listen) = &args.listen {
         flags.insert("listen".to_string(), json!(listen));
     }

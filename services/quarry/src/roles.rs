@@ -13,11 +13,13 @@ use quarry_analyzer::{
     OpenAiEncoder,
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
+use quarry_gateway::front::FrontDoorLayer;
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
 use quarry_kit::config::{EncoderKind, QuarryConfig};
 use quarry_kit::discovery::{Discovery, Member, Role, RoleChannels};
 use quarry_kit::server::{dial_address, serve, RoleServer};
+use quarry_kit::tls::{CertFiles, ReloadingCert};
 use quarry_proto::v1::analyzer_server::AnalyzerServer;
 use quarry_proto::v1::evaluator_server::EvaluatorServer;
 use quarry_proto::v1::generator_server::GeneratorServer;
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tower::Layer;
 
 /// How long a stopping scheduler may take to resign its leadership.
 const SCHEDULER_STOP_PATIENCE: Duration = Duration::from_secs(3);
@@ -65,12 +68,20 @@ pub async fn start_role(
         shutdown,
     } = launch;
     let local_address = listener.local_addr().context("listener address")?;
+    if role == Role::Gateway {
+        crate::front_door::check_exposure(&config, local_address)?;
+    }
+    let scheme = match role == Role::Gateway && config.tls.enabled() {
+        true => "https",
+        false => "http",
+    };
     let address = match &config.advertise {
         Some(advertise) if advertise.starts_with("http") => advertise.clone(),
-        Some(advertise) => format!("http://{advertise}"),
+        Some(advertise) => format!("{scheme}://{advertise}"),
         None if local_address.ip().is_unspecified() => {
             anyhow::bail!("listening on {local_address}: set --advertise to the address other members should dial")
         }
+        None if scheme == "https" => format!("https://{local_address}"),
         None => dial_address(local_address),
     };
     let BuiltRole {
@@ -158,10 +169,17 @@ async fn build_role(
             let clients = Arc::new(ClusterClients::new(discovery, limit));
             let gateway = Gateway::new(config.gateway.clone(), config.cluster.clone(), clients);
             quarry_gateway::metrics::register();
+            // The public API takes smaller requests than the roles take from each other.
             let service = QuarryServer::new(QuarryService::new(Arc::new(gateway)))
-                .max_decoding_message_size(limit)
+                .max_decoding_message_size(config.admission.max_request_bytes.min(limit))
                 .max_encoding_message_size(limit);
-            (Routes::new(service), vec!["quarry.v1.Quarry"], 0, 0)
+            let door = crate::front_door::build(config, shutdown).await?;
+            (
+                Routes::new(FrontDoorLayer(door).layer(service)),
+                vec!["quarry.v1.Quarry"],
+                0,
+                0,
+            )
         }
         Role::Analyzer => {
             let encoder = build_encoder(config)?;
@@ -270,11 +288,23 @@ async fn build_role(
             (Routes::new(service), vec!["quarry.v1.Scheduler"], 0, 0)
         }
     };
+    let tls = match (role, &config.tls.cert, &config.tls.key) {
+        (Role::Gateway, Some(cert), Some(key)) => {
+            let files = CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            };
+            let reload = Duration::from_millis(config.tls.reload_ms);
+            Some(ReloadingCert::start(files, reload, shutdown.clone())?.server_config())
+        }
+        _ => None,
+    };
     let role_server = RoleServer {
         role: role.as_str(),
         routes,
         service_names,
         shard_replica: (role == Role::Retriever).then_some((shard, replica)),
+        tls,
     };
     Ok(BuiltRole {
         role_server,

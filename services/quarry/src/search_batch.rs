@@ -6,22 +6,19 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Context;
-use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{SearchMode, SearchRequest};
 use serde_json::Value;
-use tonic::transport::Channel;
 
 use crate::bench::dataset::trec_lines;
 use crate::cli::{ModeArg, SearchBatchArgs};
+use crate::client::connect;
 
 pub async fn search_batch(args: &SearchBatchArgs) -> anyhow::Result<()> {
     let content = std::fs::read_to_string(&args.queries)
         .with_context(|| format!("reading {}", args.queries.display()))?;
-    let channel = Channel::from_shared(args.client.addr.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the gateway at {}", args.client.addr))?;
-    let mut client = QuarryClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+    let mut client = connect(&args.client)
+        .await?
+        .max_decoding_message_size(256 * 1024 * 1024);
     let mode = match args.mode {
         ModeArg::Keyword => SearchMode::Keyword,
         ModeArg::Semantic => SearchMode::Semantic,

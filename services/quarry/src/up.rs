@@ -53,8 +53,19 @@ impl LocalCluster {
             tasks: JoinSet::new(),
             shutdown: shutdown.clone(),
         };
-        for (role, role_config, listen) in launches {
+        for (role, mut role_config, listen) in launches {
             let listener = bind(&listen).await?;
+            // Listening on every interface (in a container, say): the roles of this process
+            // dial each other on loopback.
+            let local = listener.local_addr()?;
+            if local.ip().is_unspecified() && role_config.advertise.is_none() {
+                let loopback: std::net::IpAddr = match local {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                };
+                role_config.advertise =
+                    Some(std::net::SocketAddr::new(loopback, local.port()).to_string());
+            }
             let (address, task) = start_role(RoleLaunch {
                 role,
                 config: role_config,

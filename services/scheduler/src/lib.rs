@@ -61,12 +61,15 @@ pub async fn start_node(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<std::sync::Arc<SchedulerNode>, SchedulerError> {
     let limit = config.server.max_message_bytes;
-    let agents = std::sync::Arc::new(Agents::new(
-        cluster,
-        limit,
-        config.scheduler.test_roles,
-        config.data_dir.clone(),
-    ));
+    let agents = std::sync::Arc::new(
+        Agents::new(
+            cluster,
+            limit,
+            config.scheduler.test_roles,
+            config.data_dir.clone(),
+        )
+        .with_gateway_key(config.scheduler.gateway_api_key.as_deref()),
+    );
     let options = node::NodeOptions {
         agents,
         settings: engine_settings(&config.scheduler),

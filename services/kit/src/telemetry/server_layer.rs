@@ -86,6 +86,8 @@ where
             rpc.grpc.status_code = Empty,
             error.code = Empty,
             role = self.server.role,
+            // The API key the gateway's front door admitted the call with (its id only).
+            key_id = Empty,
             shard = Empty,
             replica = Empty,
             // What the handler records about the request (see `record_request`).

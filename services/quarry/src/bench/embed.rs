@@ -57,6 +57,7 @@ pub async fn run_embed(options: EmbedBenchOptions, config: &QuarryConfig) -> any
         routes: Routes::new(AnalyzerServer::from_arc(Arc::clone(&analyzer))),
         service_names: vec!["quarry.v1.Analyzer"],
         shard_replica: None,
+        tls: None,
     };
     let server = tokio::spawn({
         let server_config = config.server.clone();

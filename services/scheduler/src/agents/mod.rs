@@ -75,6 +75,8 @@ pub struct Agents {
     max_message_bytes: usize,
     test_roles: bool,
     data_dir: PathBuf,
+    /// `authorization` sent to a gateway that requires API keys.
+    gateway_key: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Agents {
@@ -89,7 +91,23 @@ impl Agents {
             max_message_bytes,
             test_roles,
             data_dir,
+            gateway_key: None,
         }
+    }
+
+    /// Calls the gateway with this API key (`scheduler.gateway_api_key`).
+    pub fn with_gateway_key(mut self, key: Option<&str>) -> Self {
+        self.gateway_key = key.and_then(|key| format!("Bearer {}", key.trim()).parse().ok());
+        self
+    }
+
+    /// A request to the gateway, carrying the API key when there is one.
+    fn gateway_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(key) = &self.gateway_key {
+            request.metadata_mut().insert("authorization", key.clone());
+        }
+        request
     }
 
     /// Runs one attempt of a step.

@@ -13,12 +13,12 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
     let topic = topic_of(&context.input)?;
     let hits = agents
         .gateway()?
-        .search(SearchRequest {
+        .search(agents.gateway_request(SearchRequest {
             query: topic.clone(),
             k: SOURCES,
             mode: SearchMode::Hybrid as i32,
             fusion: 0,
-        })
+        }))
         .await
         .map_err(|status| AgentError::downstream("gateway search", status))?
         .into_inner()

@@ -9,11 +9,11 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
     let question = topic_of(&context.input)?;
     let answer = agents
         .gateway()?
-        .ask(AskRequest {
+        .ask(agents.gateway_request(AskRequest {
             question: question.clone(),
             k: 0,
             mode: SearchMode::Hybrid as i32,
-        })
+        }))
         .await
         .map_err(|status| AgentError::downstream("gateway ask", status))?
         .into_inner();
