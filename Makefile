@@ -184,6 +184,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench embed --dataset $(DATASET) --texts 2000 --concurrency 32 --out bench/results/embed.json
 	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
 	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
+	$(RELEASE) bench overload --dataset $(DATASET) --seconds 60 --factor 10 --out bench/results/overload.json
 
 bench-analyzer: model
 	cargo build --release -p quarry $(HOOKS)

@@ -388,12 +388,15 @@ async fn tls_serves_trusting_clients_only_and_reloads_a_swapped_certificate() {
         directory.path().join("key.pem"),
     );
     first.issue(&cert, &key);
+    let health_port = free_port();
     let options = UpOptions {
         args: vec![
             "--tls-cert".into(),
             cert.to_str().unwrap().into(),
             "--tls-key".into(),
             key.to_str().unwrap().into(),
+            "--health-listen".into(),
+            format!("127.0.0.1:{health_port}"),
         ],
         env: vec![FAST_ENCODER],
         ca: Some(first.ca.clone()),
@@ -426,6 +429,26 @@ async fn tls_serves_trusting_clients_only_and_reloads_a_swapped_certificate() {
     assert!(
         dial(&quarry.address, Some(&second.ca)).await.is_err(),
         "a client trusting another CA was served"
+    );
+
+    // Kubernetes' probes (plaintext gRPC) get health, and only health, on their own port.
+    support::wait_for_health(
+        &format!("http://127.0.0.1:{health_port}"),
+        "quarry.v1.Quarry",
+        Duration::from_secs(5),
+    )
+    .await;
+    let probe_channel = dial(&format!("http://127.0.0.1:{health_port}"), None)
+        .await
+        .unwrap();
+    let unimplemented = QuarryClient::new(probe_channel)
+        .search(search_request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        unimplemented.code(),
+        Code::Unimplemented,
+        "the probe port serves the API"
     );
 
     // A certificate swapped on disk is served to new connections within 2 s.

@@ -46,12 +46,14 @@ def flag(args, name):
     return args[args.index(name) + 1]
 
 
-def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd):
+def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd, gateway_probe=7702):
     code, text, error = render(helm, chart, settings)
     assert code == 0, f"helm template {settings} failed: {error}"
     docs = manifests(text)
     for doc in docs:
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        # cert-manager's Certificate is a custom resource the Kubernetes schema does not know.
+        if not doc["apiVersion"].startswith("cert-manager.io/"):
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
     statefulsets = by_kind(docs, "StatefulSet")
     deployments = by_kind(docs, "Deployment")
@@ -94,7 +96,10 @@ def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd)
         assert flag(args, "--metrics-addr") == "0.0.0.0:9464"
         env = {entry["name"] for entry in container["env"]}
         assert "POD_IP" in env
-        assert container["readinessProbe"]["grpc"]["port"] == 7700
+        role = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        probe = gateway_probe if role == "gateway" else 7700
+        assert container["readinessProbe"]["grpc"]["port"] == probe, (role, container["readinessProbe"])
+        assert container["livenessProbe"]["grpc"]["port"] == probe
         init = workload["spec"]["template"]["spec"]["initContainers"][0]["args"]
         assert init[:2] == ["cluster", "create"] and flag(init, "--shards") == str(shards)
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
@@ -137,12 +142,88 @@ def main():
     assert "value" not in env["OPENAI_API_KEY"], "the key itself never sits in a manifest"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector:4317"
 
+    check_gateway_security(helm, chart, docs)
+
     # Refusals with a clear message rather than a broken release.
     code, _, error = render(helm, chart, ["etcd.enabled=false"])
     assert code != 0 and "etcd.endpoints" in error, error
     code, _, error = render(helm, chart, ["generator.backend=openai"])
     assert code != 0 and "generator.openai.baseUrl" in error, error
-    print("helm chart: 2 value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+    code, _, error = render(helm, chart, ["gateway.tls.mode=none"])
+    assert code != 0 and "gateway.insecure" in error, error
+    code, _, error = render(helm, chart, ["gateway.tls.mode=existingSecret"])
+    assert code != 0 and "gateway.tls.existingSecret" in error, error
+    code, _, error = render(helm, chart, ["gateway.tls.mode=certManager"])
+    assert code != 0 and "issuerRef.name" in error, error
+    print("helm chart: 7 value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+
+
+def gateway(docs):
+    return quarry_container(by_kind(docs, "Deployment")["rel-quarry-gateway"])
+
+
+def check_gateway_security(helm, chart, default_docs):
+    """TLS modes, API keys and the refusal of an open gateway, as rendered."""
+    # generate (the default): a CA and certificate in a kept Secret, mounted; probes on the
+    # plaintext health port; the scheduler trusts the CA for the Service's name.
+    secret = by_kind(default_docs, "Secret")["rel-quarry-gateway-tls"]
+    assert secret["type"] == "kubernetes.io/tls"
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    args = gateway(default_docs)["args"]
+    assert flag(args, "--tls-cert") == "/etc/quarry/tls/tls.crt"
+    assert flag(args, "--health-listen") == "0.0.0.0:7702"
+    assert "--insecure" not in args
+    scheduler = quarry_container(by_kind(default_docs, "Deployment")["rel-quarry-scheduler"])
+    env = {entry["name"]: entry.get("value") for entry in scheduler["env"]}
+    assert env["QUARRY_TLS__CA"] == "/etc/quarry/gateway-ca/ca.crt"
+    assert env["QUARRY_TLS__SERVER_NAME"] == "rel-quarry-gateway"
+
+    # An existing Secret, keys from a Secret and from etcd, the agents' key.
+    docs = check(
+        helm,
+        chart,
+        [
+            "gateway.tls.mode=existingSecret",
+            "gateway.tls.existingSecret=my-tls",
+            "gateway.apiKeys.existingSecret=quarry-keys",
+            "gateway.apiKeys.etcd=true",
+            "gateway.agentKeySecret.name=agent-key",
+        ],
+        2, 2, "http://rel-quarry-etcd:2379", True,
+    )
+    assert "rel-quarry-gateway-tls" not in by_kind(docs, "Secret")
+    workload = by_kind(docs, "Deployment")["rel-quarry-gateway"]
+    volumes = {volume["name"]: volume["secret"]["secretName"] for volume in workload["spec"]["template"]["spec"]["volumes"]}
+    assert volumes == {"tls": "my-tls", "keys": "quarry-keys"}, volumes
+    args = gateway(docs)["args"]
+    assert flag(args, "--keys-file") == "/etc/quarry/keys/keys.jsonl"
+    env = {entry["name"]: entry for entry in gateway(docs)["env"]}
+    assert env["QUARRY_AUTH__ETCD_KEYS"]["value"] == "true"
+    scheduler = quarry_container(by_kind(docs, "Deployment")["rel-quarry-scheduler"])
+    env = {entry["name"]: entry for entry in scheduler["env"]}
+    assert env["QUARRY_SCHEDULER__GATEWAY_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "agent-key"
+
+    # cert-manager: a Certificate filling the same Secret name.
+    docs = check(
+        helm,
+        chart,
+        ["gateway.tls.mode=certManager", "gateway.tls.certManager.issuerRef.name=letsencrypt"],
+        2, 2, "http://rel-quarry-etcd:2379", True,
+    )
+    certificate = by_kind(docs, "Certificate")["rel-quarry-gateway-tls"]
+    assert certificate["spec"]["secretName"] == "rel-quarry-gateway-tls"
+    assert "rel-quarry-gateway.default.svc" in certificate["spec"]["dnsNames"]
+    assert certificate["spec"]["issuerRef"]["name"] == "letsencrypt"
+
+    # Plaintext, only when told so: no TLS flags, probes on the gRPC port.
+    docs = check(helm, chart, ["gateway.tls.mode=none", "gateway.insecure=true"], 2, 2,
+                 "http://rel-quarry-etcd:2379", True, gateway_probe=7700)
+    args = gateway(docs)["args"]
+    assert "--insecure" in args and "--tls-cert" not in args
+    docs = check(helm, chart, ["gateway.tls.mode=none", "gateway.apiKeys.existingSecret=k"], 2, 2,
+                 "http://rel-quarry-etcd:2379", True, gateway_probe=7700)
+    assert "--insecure" not in gateway(docs)["args"]
 
 
 if __name__ == "__main__":

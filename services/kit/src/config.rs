@@ -119,6 +119,15 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub reload_ms: u64,
+    /// The CA members trust when they dial a TLS gateway (the scheduler's agents do); the
+    /// system's roots when unset.
+    pub ca: Option<PathBuf>,
+    /// The name a TLS gateway's certificate is checked for when members dial it by address
+    /// (its Kubernetes Service's name, say); the address's host when unset.
+    pub server_name: Option<String>,
+    /// Where a TLS gateway also serves its health alone in plaintext (Kubernetes' gRPC
+    /// probes speak no TLS), e.g. `0.0.0.0:7702`; none by default.
+    pub health_listen: Option<String>,
 }
 
 impl Default for TlsConfig {
@@ -127,6 +136,9 @@ impl Default for TlsConfig {
             cert: None,
             key: None,
             reload_ms: 1000,
+            ca: None,
+            server_name: None,
+            health_listen: None,
         }
     }
 }
@@ -146,7 +158,8 @@ impl TlsConfig {
 pub struct AdmissionConfig {
     /// Search, GetDocument, ClusterStatus at once (0: 8 per core).
     pub search: usize,
-    /// Ask and AskStream at once (0: 2 per core).
+    /// Ask and AskStream at once (0: one per two cores, at least one — an Ask keeps about
+    /// two cores busy: the encoder's forward pass runs on every core).
     pub ask: usize,
     /// Ingest streams and Deletes at once (0: 2 per core).
     pub ingest: usize,
@@ -185,7 +198,7 @@ impl AdmissionConfig {
         let or = |value: usize, default: usize| if value == 0 { default } else { value };
         [
             or(self.search, 8 * cores),
-            or(self.ask, 2 * cores),
+            or(self.ask, (cores / 2).max(1)),
             or(self.ingest, 2 * cores),
             or(self.workflows, 64),
         ]

@@ -41,6 +41,9 @@ pub struct RoleServer {
     pub shard_replica: Option<(u32, u32)>,
     /// Serve TLS with this configuration (the gateway's public API), else plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Also serve `grpc.health.v1.Health` alone, in plaintext, here: Kubernetes' gRPC
+    /// probes do not speak TLS.
+    pub health_listener: Option<TcpListener>,
 }
 
 /// Serves the role on `listener` until `shutdown` is cancelled, then drains in-flight calls.
@@ -67,6 +70,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|error| KitError::Serve(error.to_string()))?;
+    let health_only = role_server.health_listener.map(|listener| {
+        let health_service = health_service.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Server::builder()
+                .add_service(health_service)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+        })
+    });
     let routes = role_server
         .routes
         .add_service(health_service)
@@ -116,6 +130,9 @@ pub async fn serve(
         }
     };
     served.map_err(|error| KitError::Serve(error.to_string()))?;
+    if let Some(health_only) = health_only {
+        let _ = health_only.await;
+    }
     info!(role, "stopped");
     Ok(())
 }
@@ -128,12 +145,17 @@ pub fn dial_address(address: SocketAddr) -> String {
 /// A channel to another member that connects on first use and reconnects after failures;
 /// an `https://` address is dialled over TLS, trusting the system's roots.
 pub fn lazy_channel(address: &str) -> Result<Channel, KitError> {
-    Ok(endpoint(address, None)?.connect_lazy())
+    Ok(endpoint(address, None, None)?.connect_lazy())
 }
 
 /// An endpoint for `address`; `https://` uses TLS and trusts `ca` (a PEM file) when given,
-/// else the system's roots.
-pub fn endpoint(address: &str, ca: Option<&std::path::Path>) -> Result<Endpoint, KitError> {
+/// else the system's roots, and checks the certificate for `server_name` when given (a pod
+/// dialled by IP whose certificate names its Service), else the address's host.
+pub fn endpoint(
+    address: &str,
+    ca: Option<&std::path::Path>,
+    server_name: Option<&str>,
+) -> Result<Endpoint, KitError> {
     let mut endpoint = Endpoint::from_shared(address.to_string())
         .map_err(|error| KitError::Config(format!("bad address {address:?}: {error}")))?
         .connect_timeout(Duration::from_secs(3))
@@ -149,6 +171,9 @@ pub fn endpoint(address: &str, ca: Option<&std::path::Path>) -> Result<Endpoint,
             }
             None => tls.with_native_roots(),
         };
+        if let Some(name) = server_name {
+            tls = tls.domain_name(name);
+        }
         endpoint = endpoint
             .tls_config(tls)
             .map_err(|error| KitError::Config(format!("TLS for {address}: {error}")))?;

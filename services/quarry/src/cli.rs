@@ -115,6 +115,9 @@ pub struct SecurityArgs {
     /// The gateway's TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// With TLS: also serve plaintext gRPC health alone here, for Kubernetes probes.
+    #[arg(long, requires = "tls_cert")]
+    pub health_listen: Option<String>,
     /// API keys (a JSON-lines file from `quarry keys create --file`); every call then needs one.
     #[arg(long)]
     pub keys_file: Option<PathBuf>,
@@ -213,6 +216,29 @@ pub enum BenchCommand {
     Scheduler(SchedulerBenchArgs),
     /// One query across shards: latency by shard count, bytes from shards, in-process reference.
     QueryPath(QueryPathArgs),
+    /// Asks offered at a multiple of measured capacity: admitted latency, refusals, memory, recovery.
+    Overload(OverloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OverloadArgs {
+    /// A BEIR folder whose corpus to index and whose queries to ask.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Documents indexed.
+    #[arg(long, default_value_t = 1000)]
+    pub limit_docs: usize,
+    /// Length of the overload, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
+    /// Offered load as a multiple of measured capacity.
+    #[arg(long, default_value_t = 10.0)]
+    pub factor: f64,
+    /// Each Ask's deadline.
+    #[arg(long, default_value_t = 3000)]
+    pub deadline_ms: u64,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -46,7 +46,7 @@ impl Interceptor for Bearer {
 }
 
 pub(crate) async fn connect(client: &ClientArgs) -> anyhow::Result<GatewayClient> {
-    let channel = endpoint(&client.addr, client.tls_ca.as_deref())?
+    let channel = endpoint(&client.addr, client.tls_ca.as_deref(), None)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the gateway at {}", client.addr))?;

@@ -122,6 +122,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_query_path_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Overload(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_overload_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Scheduler(args)) => {
             let config = load_config(&cli, Map::new())?;
             init_logging(config.log_format, "warn");
@@ -209,7 +214,11 @@ fn load_config(cli: &Cli, mut flags: Map<String, Value>) -> anyhow::Result<Quarr
 /// The TLS and API key flags, shaped like the configuration file.
 fn security_overrides(args: &cli::SecurityArgs, flags: &mut Map<String, Value>) {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        flags.insert("tls".to_string(), json!({ "cert": cert, "key": key }));
+        let mut tls = json!({ "cert": cert, "key": key });
+        if let Some(health) = &args.health_listen {
+            tls["health_listen"] = json!(health);
+        }
+        flags.insert("tls".to_string(), tls);
     }
     if let Some(keys_file) = &args.keys_file {
         flags.insert("auth".to_string(), json!({ "keys_file": keys_file }));

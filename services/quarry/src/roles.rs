@@ -276,7 +276,10 @@ async fn build_role(
         Role::Scheduler => {
             // The agents reach the other roles the way the gateway does; the node leads
             // (or follows) until shutdown.
-            let cluster = Arc::new(RoleChannels::new(discovery));
+            let cluster = Arc::new(
+                RoleChannels::new(discovery)
+                    .with_tls(config.tls.ca.clone(), config.tls.server_name.clone()),
+            );
             let node =
                 quarry_scheduler::start_node(config, address, Some(cluster), shutdown.clone())
                     .await
@@ -299,12 +302,17 @@ async fn build_role(
         }
         _ => None,
     };
+    let health_listener = match (&tls, &config.tls.health_listen) {
+        (Some(_), Some(address)) => Some(quarry_kit::server::bind(address).await?),
+        _ => None,
+    };
     let role_server = RoleServer {
         role: role.as_str(),
         routes,
         service_names,
         shard_replica: (role == Role::Retriever).then_some((shard, replica)),
         tls,
+        health_listener,
     };
     Ok(BuiltRole {
         role_server,

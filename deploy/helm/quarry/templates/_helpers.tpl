@@ -70,14 +70,16 @@ app.kubernetes.io/component: {{ .role }}
   containerPort: {{ .Values.ports.metrics }}
 {{- end -}}
 
+{{/* Probes of a role: call with (dict "root" $ "port" N); port defaults to gRPC's. */}}
 {{- define "quarry.probes" -}}
+{{- $port := .port | default .root.Values.ports.grpc -}}
 readinessProbe:
   grpc:
-    port: {{ .Values.ports.grpc }}
+    port: {{ $port }}
   periodSeconds: 5
 livenessProbe:
   grpc:
-    port: {{ .Values.ports.grpc }}
+    port: {{ $port }}
   initialDelaySeconds: 10
   periodSeconds: 10
 {{- end -}}
@@ -101,4 +103,47 @@ livenessProbe:
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ .Values.ports.metrics | quote }}
 prometheus.io/path: /metrics
+{{- end -}}
+
+{{/* The Secret holding the gateway's certificate (tls.crt, tls.key), or "" for plaintext. */}}
+{{- define "quarry.gatewayTlsSecret" -}}
+{{- $tls := .Values.gateway.tls -}}
+{{- if or (eq $tls.mode "generate") (eq $tls.mode "certManager") -}}
+{{- printf "%s-gateway-tls" (include "quarry.fullname" .) -}}
+{{- else if eq $tls.mode "existingSecret" -}}
+{{- required "gateway.tls.existingSecret must name a kubernetes.io/tls Secret when gateway.tls.mode is existingSecret" $tls.existingSecret -}}
+{{- else if ne $tls.mode "none" -}}
+{{- fail (printf "gateway.tls.mode %q is unknown (generate, existingSecret, certManager, none)" $tls.mode) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* DNS names of the gateway's certificate. */}}
+{{- define "quarry.gatewayDnsNames" -}}
+{{- $service := printf "%s-gateway" (include "quarry.fullname" .) -}}
+{{- $names := list $service (printf "%s.%s" $service .Release.Namespace) (printf "%s.%s.svc" $service .Release.Namespace) (printf "%s.%s.svc.cluster.local" $service .Release.Namespace) -}}
+{{- toJson (concat $names .Values.gateway.tls.extraDnsNames) -}}
+{{- end -}}
+
+{{/* Flags of the gateway's public API: TLS, keys, and the refusal of an open gateway. */}}
+{{- define "quarry.gatewayArgs" -}}
+{{- $secret := include "quarry.gatewayTlsSecret" . -}}
+{{- $keys := or .Values.gateway.apiKeys.existingSecret .Values.gateway.apiKeys.etcd -}}
+{{- if and (not $secret) (not $keys) (not .Values.gateway.insecure) -}}
+{{- fail "gateway.tls.mode is none and no API keys are set: anyone reaching the gateway could read and delete every document. Set gateway.apiKeys.existingSecret (or gateway.apiKeys.etcd), a TLS mode, or gateway.insecure=true" -}}
+{{- end -}}
+{{- if $secret }}
+- --tls-cert
+- /etc/quarry/tls/tls.crt
+- --tls-key
+- /etc/quarry/tls/tls.key
+- --health-listen
+- "0.0.0.0:{{ .Values.ports.health }}"
+{{- end }}
+{{- if .Values.gateway.apiKeys.existingSecret }}
+- --keys-file
+- /etc/quarry/keys/keys.jsonl
+{{- end }}
+{{- if .Values.gateway.insecure }}
+- --insecure
+{{- end }}
 {{- end -}}

@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use super::{Discovery, MemberSet, Role};
 use crate::error::KitError;
-use crate::server::lazy_channel;
+use crate::server::endpoint;
 use crate::telemetry::{traced, TracedChannel};
 
 /// Why no channel could be given.
@@ -33,6 +33,10 @@ pub struct RoleChannels {
     members: watch::Receiver<MemberSet>,
     channels: Mutex<HashMap<String, Channel>>,
     next_instance: AtomicUsize,
+    /// The CA an `https://` member's certificate is checked against (else the system's),
+    /// and the name it must carry (else the address's host).
+    ca: Option<std::path::PathBuf>,
+    server_name: Option<String>,
 }
 
 impl RoleChannels {
@@ -43,7 +47,17 @@ impl RoleChannels {
             members,
             channels: Mutex::new(HashMap::new()),
             next_instance: AtomicUsize::new(0),
+            ca: None,
+            server_name: None,
         }
+    }
+
+    /// Trusts `ca` (a PEM file) for members served over TLS (a TLS gateway), whose
+    /// certificates name `server_name` when given.
+    pub fn with_tls(mut self, ca: Option<std::path::PathBuf>, server_name: Option<String>) -> Self {
+        self.ca = ca;
+        self.server_name = server_name;
+        self
     }
 
     pub fn discovery(&self) -> &Arc<dyn Discovery> {
@@ -78,7 +92,11 @@ impl RoleChannels {
         if let Some(channel) = channels.get(address) {
             return Ok(traced(channel.clone()));
         }
-        let channel = lazy_channel(address)?;
+        let ca = self
+            .ca
+            .as_deref()
+            .filter(|_| address.starts_with("https://"));
+        let channel = endpoint(address, ca, self.server_name.as_deref())?.connect_lazy();
         // Channels of members that left are dropped whenever a new one is made, so the cache
         // holds at most the current members' (and this one).
         {

@@ -58,6 +58,7 @@ pub async fn run_embed(options: EmbedBenchOptions, config: &QuarryConfig) -> any
         service_names: vec!["quarry.v1.Analyzer"],
         shard_replica: None,
         tls: None,
+        health_listener: None,
     };
     let server = tokio::spawn({
         let server_config = config.server.clone();

@@ -2,7 +2,8 @@
 //! ingest and query speed on a BEIR dataset), `tail` (tail latency with a slow replica,
 //! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
 //! one at a time against concurrent, batched), `scheduler` (no-op steps per second with
-//! durable state in etcd) and `tracing` (query throughput with span export off and on).
+//! durable state in etcd), `tracing` (query throughput with span export off and on),
+//! `query-path` (latency and bytes by shard count) and `overload` (Asks at 10× capacity).
 
 mod analyzer;
 mod beir;
@@ -12,6 +13,7 @@ mod embed;
 mod first_token;
 mod local_etcd;
 pub mod metrics;
+mod overload;
 mod query_path;
 mod scheduler;
 mod tail;
@@ -69,6 +71,23 @@ impl BenchCluster {
             data_dir,
         })
     }
+}
+
+pub async fn run_overload_bench(
+    args: &crate::cli::OverloadArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let mut dataset = Dataset::load(&args.dataset)?;
+    dataset.corpus.truncate(args.limit_docs);
+    let report = overload::run_overload(overload::OverloadOptions {
+        dataset,
+        config,
+        seconds: args.seconds,
+        factor: args.factor,
+        deadline: std::time::Duration::from_millis(args.deadline_ms),
+    })
+    .await?;
+    print_and_save(&report, args.out.as_deref())
 }
 
 pub async fn run_query_path_bench(
