@@ -29,6 +29,6 @@ impl From<AnalyzerError> for Status {
             AnalyzerError::EncoderUnavailable(_) => Code::Unavailable,
             AnalyzerError::Overloaded(_) => Code::ResourceExhausted,
         };
-        Status::new(code, error.to_string())
+        Status::new(code, quarry_kit::error::bounded_message(error.to_string()))
     }
 }

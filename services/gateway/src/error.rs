@@ -65,6 +65,7 @@ impl GatewayError {
 
 impl From<GatewayError> for Status {
     fn from(error: GatewayError) -> Self {
-        Status::new(error.code(), error.to_string())
+        let message = quarry_kit::error::bounded_message(error.to_string());
+        Status::new(error.code(), message)
     }
 }

@@ -19,6 +19,6 @@ impl From<GeneratorError> for Status {
             GeneratorError::InvalidArgument { .. } => Code::InvalidArgument,
             GeneratorError::Backend(chat_error) => chat_error.code(),
         };
-        Status::new(code, error.to_string())
+        Status::new(code, quarry_kit::error::bounded_message(error.to_string()))
     }
 }

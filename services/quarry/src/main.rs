@@ -4,6 +4,8 @@ mod bench;
 mod cli;
 mod client;
 mod front_door;
+#[cfg(test)]
+mod fuzz_tests;
 mod jsonl;
 mod keys;
 mod output;

@@ -35,6 +35,6 @@ impl From<RetrieverError> for Status {
             | RetrieverError::Open { .. }
             | RetrieverError::Internal(_) => Code::Internal,
         };
-        Status::new(code, error.to_string())
+        Status::new(code, quarry_kit::error::bounded_message(error.to_string()))
     }
 }

@@ -28,7 +28,7 @@ use crate::schema::{
 };
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
 use crate::vectors::{vector_key, VectorIndex};
-use crate::versions::Tombstones;
+use crate::versions::{wall_clock_us, Delete, Tombstones};
 use quarry_kit::VersionClock;
 
 /// How often, at most, the vector index is saved while writes go on (it is also saved on
@@ -403,18 +403,26 @@ impl Shard {
             if stored.is_some() {
                 present += 1;
             }
-            effective.push((id.clone(), *version));
+            effective.push(Delete {
+                id: id.clone(),
+                version: *version,
+                absent: stored.is_none(),
+            });
         }
-        self.lock_tombstones()?.record(&effective)?;
-        for (id, _) in &effective {
-            writer.delete_term(Term::from_field_text(self.fields.id, id));
+        {
+            let mut tombstones = self.lock_tombstones()?;
+            tombstones.record(&effective)?;
+            tombstones.expire(wall_clock_us())?;
+        }
+        for delete in &effective {
+            writer.delete_term(Term::from_field_text(self.fields.id, &delete.id));
         }
         let opstamp = self.commit(&mut writer)?;
         self.reader.reload()?;
         {
             let mut vectors = self.write_vectors()?;
-            for (id, _) in &effective {
-                vectors.remove(id)?;
+            for delete in &effective {
+                vectors.remove(&delete.id)?;
             }
         }
         drop(writer);

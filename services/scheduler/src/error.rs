@@ -27,7 +27,7 @@ pub enum SchedulerError {
 
 impl From<SchedulerError> for Status {
     fn from(error: SchedulerError) -> Self {
-        let message = error.to_string();
+        let message = quarry_kit::error::bounded_message(error.to_string());
         match error {
             SchedulerError::Forwarded(status) => status,
             SchedulerError::InvalidArgument(_) => Status::invalid_argument(message),

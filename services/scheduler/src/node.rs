@@ -50,11 +50,24 @@ pub struct SchedulerNode {
     done: CancellationToken,
 }
 
+/// Longest workflow id accepted (the scheduler's own are 26 characters).
+const MAX_ID_CHARS: usize = 128;
+
 fn invalid_id(id: &str) -> Result<(), SchedulerError> {
     if id.trim().is_empty() {
         return Err(SchedulerError::InvalidArgument(
             "id must not be empty".to_string(),
         ));
+    }
+    // Never echoed back: an error message travels in a header of bounded size.
+    if id.chars().count() > MAX_ID_CHARS
+        || !id
+            .chars()
+            .all(|character| character.is_ascii_alphanumeric() || "-_".contains(character))
+    {
+        return Err(SchedulerError::InvalidArgument(format!(
+            "id: not a workflow id (at most {MAX_ID_CHARS} letters, digits, '-' or '_')"
+        )));
     }
     Ok(())
 }

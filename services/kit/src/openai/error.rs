@@ -40,6 +40,9 @@ impl ChatError {
 
 impl From<ChatError> for Status {
     fn from(error: ChatError) -> Self {
-        Status::new(error.code(), error.to_string())
+        Status::new(
+            error.code(),
+            crate::error::bounded_message(error.to_string()),
+        )
     }
 }
