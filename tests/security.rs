@@ -3,7 +3,8 @@
 //! take effect within 2 s without a restart or a dropped call; TLS serves the certificate on
 //! disk (reloaded when it changes) to clients that trust its CA only; a gateway reachable
 //! from other machines needs TLS, keys or `--insecure`; and a full method class is refused
-//! at once with a retry pushback.
+//! at once with a retry pushback; between the roles, mutual TLS checks the cluster's CA
+//! and the caller's role, required or permissive, with plaintext probes beside it.
 
 mod support;
 
@@ -12,11 +13,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use quarry_proto::v1::quarry_client::QuarryClient;
+use quarry_proto::v1::retriever_client::RetrieverClient;
 use quarry_proto::v1::{
     AskRequest, CancelWorkflowRequest, ClusterStatusRequest, DeleteRequest, Document,
     GetDocumentRequest, GetWorkflowRequest, ListWorkflowsRequest, SearchMode, SearchRequest,
     SubmitWorkflowRequest, WatchWorkflowRequest,
 };
+use quarry_proto::v1::{ShardDeleteRequest, ShardInfoRequest};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use support::{dial, document, free_port, quarry_command, QuarryUp, UpOptions};
 use tokio_stream::wrappers::ReceiverStream;
@@ -585,4 +588,382 @@ async fn a_full_class_is_refused_at_once_and_an_idle_ingest_stream_is_closed() {
         })
         .await;
     assert!(deleted.is_ok(), "{deleted:?}");
+}
+
+/// `quarry certs ca` into `directory/name`.
+fn make_ca(directory: &Path, name: &str) -> PathBuf {
+    let out = directory.join(name);
+    quarry_command(&["certs", "ca", "--out", out.to_str().unwrap()]);
+    out
+}
+
+/// `quarry certs issue`: `(cert, key)` naming `roles` of cluster `quarry`.
+fn issue(ca: &Path, out: &Path, name: &str, roles: &str) -> (PathBuf, PathBuf) {
+    quarry_command(&[
+        "certs",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--name",
+        name,
+        "--roles",
+        roles,
+    ]);
+    (
+        out.join(format!("{name}.pem")),
+        out.join(format!("{name}-key.pem")),
+    )
+}
+
+/// A channel to a role at `address` over mutual TLS, presenting `identity` (or none).
+async fn dial_role(
+    address: &str,
+    role: &str,
+    ca: &Path,
+    identity: Option<&(PathBuf, PathBuf)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(ca).unwrap(),
+        ))
+        .domain_name(format!("{role}.quarry.quarry"));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    Channel::from_shared(address.replace("http://", "https://"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+async fn shard_info(channel: Channel) -> Result<(), tonic::Status> {
+    RetrieverClient::new(channel)
+        .shard_info(ShardInfoRequest {})
+        .await
+        .map(drop)
+}
+
+async fn shard_delete(channel: Channel) -> Result<(), tonic::Status> {
+    RetrieverClient::new(channel)
+        .delete(ShardDeleteRequest {
+            ids: vec!["a1".into()],
+            version: 0,
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_between_roles_checks_the_ca_and_the_callers_role() {
+    let directory = tempfile::tempdir().unwrap();
+    let certs = directory.path().join("certs");
+    let ca = make_ca(directory.path(), "ca");
+    let other_ca = make_ca(directory.path(), "other-ca");
+    // `quarry up` runs every role in one process: one certificate naming them all.
+    let node = issue(&ca, &certs, "node", "all");
+    let gateway = issue(&ca, &certs, "gateway", "gateway");
+    let evaluator = issue(&ca, &certs, "evaluator", "evaluator");
+    let stranger = issue(&other_ca, &certs, "stranger", "gateway");
+    let ca_pem = ca.join("ca.pem");
+
+    for mode in ["required", "permissive"] {
+        let env = vec![
+            FAST_ENCODER,
+            ("QUARRY_INTERNAL_TLS__MODE", mode),
+            ("QUARRY_INTERNAL_TLS__CA", ca_pem.to_str().unwrap()),
+            ("QUARRY_INTERNAL_TLS__CERT", node.0.to_str().unwrap()),
+            ("QUARRY_INTERNAL_TLS__KEY", node.1.to_str().unwrap()),
+        ];
+        let options = UpOptions {
+            env,
+            ..UpOptions::default()
+        };
+        let quarry = QuarryUp::start_with(&directory.path().join(mode), 2, options).await;
+        let mut client = quarry.client().await;
+
+        // Every hop of an Ask goes over mutual TLS (or, permissive, may).
+        let summary = client
+            .ingest(tokio_stream::iter(vec![document(
+                "a1",
+                "Penicillin",
+                "Fleming discovered penicillin",
+            )]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(summary.accepted, 1, "{mode}");
+        let answer = client
+            .ask(AskRequest {
+                question: "who discovered penicillin".into(),
+                k: 2,
+                mode: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.sources, ["a1"], "{mode}");
+
+        let status = client
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let retriever = status
+            .members
+            .iter()
+            .find(|member| member.role == "retriever")
+            .unwrap()
+            .address
+            .clone();
+
+        // A gateway's certificate reads and writes; an evaluator's may not touch a retriever.
+        let as_gateway = dial_role(&retriever, "retriever", &ca_pem, Some(&gateway))
+            .await
+            .unwrap();
+        assert!(shard_info(as_gateway).await.is_ok(), "{mode}");
+        let as_evaluator = dial_role(&retriever, "retriever", &ca_pem, Some(&evaluator))
+            .await
+            .unwrap();
+        let refused = shard_delete(as_evaluator.clone()).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::PermissionDenied,
+            "{mode}: {refused:?}"
+        );
+        assert_eq!(
+            shard_info(as_evaluator).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        // A certificate from another CA never gets through the handshake.
+        let foreign = async {
+            let channel = dial_role(&retriever, "retriever", &ca_pem, Some(&stranger)).await?;
+            Ok::<_, Box<dyn std::error::Error>>(shard_info(channel).await?)
+        };
+        assert!(
+            foreign.await.is_err(),
+            "{mode}: a certificate from another CA was served"
+        );
+
+        let plaintext = async {
+            let channel = dial(&retriever, None).await?;
+            Ok::<_, Box<dyn std::error::Error>>(shard_info(channel).await?)
+        };
+        let anonymous = async {
+            let channel = dial_role(&retriever, "retriever", &ca_pem, None).await?;
+            Ok::<_, Box<dyn std::error::Error>>(shard_info(channel).await?)
+        };
+        match mode {
+            "required" => {
+                assert!(plaintext.await.is_err(), "a plaintext call was served");
+                assert!(
+                    anonymous.await.is_err(),
+                    "a call without a certificate was served"
+                );
+            }
+            _ => {
+                // The rolling step: members not yet on TLS still get through.
+                assert!(plaintext.await.is_ok(), "permissive refused plaintext");
+                assert!(
+                    anonymous.await.is_ok(),
+                    "permissive refused TLS without a certificate"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_that_requires_mutual_tls_still_answers_plaintext_probes() {
+    let directory = tempfile::tempdir().unwrap();
+    let ca = make_ca(directory.path(), "ca");
+    let node = issue(&ca, &directory.path().join("certs"), "analyzer", "analyzer");
+    let (port, health_port) = (free_port(), free_port());
+    let mut analyzer = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "serve",
+            "analyzer",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("QUARRY_ANALYZER__ENCODER", "hash")
+        .env("QUARRY_INTERNAL_TLS__MODE", "required")
+        .env("QUARRY_INTERNAL_TLS__CA", ca.join("ca.pem"))
+        .env("QUARRY_INTERNAL_TLS__CERT", &node.0)
+        .env("QUARRY_INTERNAL_TLS__KEY", &node.1)
+        .env(
+            "QUARRY_INTERNAL_TLS__HEALTH_LISTEN",
+            format!("127.0.0.1:{health_port}"),
+        )
+        .env("RUST_LOG", "error")
+        .env_remove("QUARRY_CONFIG")
+        .spawn()
+        .unwrap();
+    support::wait_for_health(
+        &format!("http://127.0.0.1:{health_port}"),
+        "quarry.v1.Analyzer",
+        Duration::from_secs(30),
+    )
+    .await;
+    let plaintext = async {
+        let channel = dial(&format!("http://127.0.0.1:{port}"), None).await?;
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        Ok::<_, Box<dyn std::error::Error>>(
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(request)
+                .await?,
+        )
+    };
+    let served = plaintext.await;
+    let _ = analyzer.kill();
+    let _ = analyzer.wait();
+    assert!(served.is_err(), "the mutual-TLS port answered plaintext");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_kept_in_etcd_over_tls_take_effect_without_a_restart() {
+    let directory = tempfile::tempdir().unwrap();
+    let ca = make_ca(directory.path(), "ca");
+    let certs = directory.path().join("certs");
+    quarry_command(&[
+        "certs",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--out",
+        certs.to_str().unwrap(),
+        "--name",
+        "etcd",
+        "--san",
+        "127.0.0.1,localhost",
+    ]);
+    quarry_command(&[
+        "certs",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--out",
+        certs.to_str().unwrap(),
+        "--name",
+        "client",
+        "--san",
+        "quarry-client",
+    ]);
+    let etcd = support::etcd::Etcd::start_tls(
+        ca.join("ca.pem"),
+        certs.join("etcd.pem"),
+        certs.join("etcd-key.pem"),
+    );
+    let ca_pem = ca.join("ca.pem");
+    let (client_cert, client_key) = (certs.join("client.pem"), certs.join("client-key.pem"));
+    let etcd_tls = [
+        ("QUARRY_DISCOVERY__ETCD_CA", ca_pem.to_str().unwrap()),
+        ("QUARRY_DISCOVERY__ETCD_CERT", client_cert.to_str().unwrap()),
+        ("QUARRY_DISCOVERY__ETCD_KEY", client_key.to_str().unwrap()),
+    ];
+    let quarry = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_quarry"))
+            .args(args)
+            .envs(etcd_tls)
+            .env_remove("QUARRY_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "quarry {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    // Without the client certificate etcd refuses; with it the cluster is created.
+    let refused = Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "cluster",
+            "create",
+            "--etcd",
+            &etcd.endpoint,
+            "--shards",
+            "1",
+        ])
+        .env("QUARRY_DISCOVERY__ETCD_CA", &ca_pem)
+        .env_remove("QUARRY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "etcd took a client without a certificate"
+    );
+    quarry(&[
+        "cluster",
+        "create",
+        "--etcd",
+        &etcd.endpoint,
+        "--shards",
+        "1",
+    ]);
+    let first = quarry(&[
+        "keys",
+        "create",
+        "--etcd",
+        &etcd.endpoint,
+        "--scopes",
+        "read",
+    ]);
+
+    let mut env: Vec<(&str, &str)> = etcd_tls.to_vec();
+    env.extend([FAST_ENCODER, ("QUARRY_AUTH__ETCD_KEYS", "true")]);
+    let etcd_args = vec!["--etcd".to_string(), etcd.endpoint.clone()];
+    let data = directory.path().join("shard");
+    let mut retriever_args = etcd_args.clone();
+    retriever_args.extend([
+        "--data-dir".to_string(),
+        data.to_str().unwrap().to_string(),
+        "--shard".into(),
+        "0".into(),
+    ]);
+    let _analyzer = support::Served::start_with_env("analyzer", &etcd_args, &env).await;
+    let _retriever = support::Served::start_with_env("retriever", &retriever_args, &env).await;
+    let gateway = support::Served::start_with_env("gateway", &etcd_args, &env).await;
+    let mut client = QuarryClient::new(dial(&gateway.address, None).await.unwrap());
+
+    let searched = within(Duration::from_secs(10), || {
+        let (mut client, first) = (client.clone(), first.clone());
+        async move { call(&mut client, "Search", Some(&first)).await == Code::Ok }
+    })
+    .await;
+    eprintln!("searched with a key from etcd after {searched:?}");
+    assert_eq!(
+        call(&mut client, "Search", None).await,
+        Code::Unauthenticated
+    );
+
+    let second = quarry(&[
+        "keys",
+        "create",
+        "--etcd",
+        &etcd.endpoint,
+        "--scopes",
+        "read",
+    ]);
+    let took = within(Duration::from_secs(2), || {
+        let (mut client, second) = (client.clone(), second.clone());
+        async move { call(&mut client, "Search", Some(&second)).await == Code::Ok }
+    })
+    .await;
+    eprintln!("a key added in etcd took effect in {took:?}");
+    quarry(&["keys", "revoke", key_id(&first), "--etcd", &etcd.endpoint]);
+    let took = within(Duration::from_secs(2), || {
+        let (mut client, first) = (client.clone(), first.clone());
+        async move { call(&mut client, "Search", Some(&first)).await == Code::Unauthenticated }
+    })
+    .await;
+    eprintln!("a key revoked in etcd took effect in {took:?}");
+    assert_eq!(call(&mut client, "Search", Some(&second)).await, Code::Ok);
 }

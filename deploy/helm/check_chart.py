@@ -46,7 +46,8 @@ def flag(args, name):
     return args[args.index(name) + 1]
 
 
-def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd, gateway_probe=7702):
+def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd, gateway_probe=7702,
+          role_probe=7700):
     code, text, error = render(helm, chart, settings)
     assert code == 0, f"helm template {settings} failed: {error}"
     docs = manifests(text)
@@ -97,7 +98,7 @@ def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd,
         env = {entry["name"] for entry in container["env"]}
         assert "POD_IP" in env
         role = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
-        probe = gateway_probe if role == "gateway" else 7700
+        probe = gateway_probe if role == "gateway" else role_probe
         assert container["readinessProbe"]["grpc"]["port"] == probe, (role, container["readinessProbe"])
         assert container["livenessProbe"]["grpc"]["port"] == probe
         init = workload["spec"]["template"]["spec"]["initContainers"][0]["args"]
@@ -143,6 +144,7 @@ def main():
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector:4317"
 
     check_gateway_security(helm, chart, docs)
+    check_internal_tls(helm, chart)
 
     # Refusals with a clear message rather than a broken release.
     code, _, error = render(helm, chart, ["etcd.enabled=false"])
@@ -155,7 +157,38 @@ def main():
     assert code != 0 and "gateway.tls.existingSecret" in error, error
     code, _, error = render(helm, chart, ["gateway.tls.mode=certManager"])
     assert code != 0 and "issuerRef.name" in error, error
-    print("helm chart: 7 value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+    code, _, error = render(helm, chart, ["internalTls.mode=on"])
+    assert code != 0 and "internalTls.mode" in error, error
+    code, _, error = render(helm, chart, ["internalTls.mode=required", "internalTls.certificates=existingSecret"])
+    assert code != 0 and "internalTls.existingSecret" in error, error
+    print("helm chart: 10 value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+
+
+def check_internal_tls(helm, chart):
+    """Mutual TLS between the roles: off by default; permissive and required render a kept
+    CA and one certificate per role, each role mounting its own, probes on the health port."""
+    for mode in ["permissive", "required"]:
+        docs = check(helm, chart, [f"internalTls.mode={mode}"], 2, 2, "http://rel-quarry-etcd:2379", True,
+                     role_probe=7702)
+        secret = by_kind(docs, "Secret")["rel-quarry-internal-tls"]
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        expected = {"ca.crt"} | {f"{role}.{part}" for role in ROLES + ["retriever"] for part in ["crt", "key"]}
+        assert set(secret["data"]) == expected, set(secret["data"])
+        workloads = list(by_kind(docs, "Deployment").values()) + [
+            workload for name, workload in by_kind(docs, "StatefulSet").items() if "-shard-" in name
+        ]
+        for workload in workloads:
+            role = workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+            container = quarry_container(workload)
+            env = {entry["name"]: entry.get("value") for entry in container["env"]}
+            assert env["QUARRY_INTERNAL_TLS__MODE"] == mode, (role, env)
+            assert env["QUARRY_INTERNAL_TLS__CERT"] == "/etc/quarry/internal-tls/tls.crt"
+            volumes = {volume["name"]: volume for volume in workload["spec"]["template"]["spec"]["volumes"]}
+            items = {item["key"]: item["path"] for item in volumes["internal-tls"]["secret"]["items"]}
+            assert items == {"ca.crt": "ca.crt", f"{role}.crt": "tls.crt", f"{role}.key": "tls.key"}, items
+    # Off (the default): nothing of it.
+    code, text, _ = render(helm, chart, [])
+    assert "QUARRY_INTERNAL_TLS" not in text and "internal-tls" not in text
 
 
 def gateway(docs):

@@ -14,6 +14,8 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     data_dir: tempfile::TempDir,
+    /// Serve clients over TLS: (CA, server certificate, key); client certificates required.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 fn ensure_installed() {
@@ -55,17 +57,43 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             data_dir: tempfile::tempdir().expect("etcd data dir"),
+            tls: None,
         };
         etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
         etcd.launch();
         etcd
     }
 
+    /// An etcd that serves clients over TLS only and requires a client certificate from `ca`.
+    pub fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        ensure_installed();
+        let mut etcd = Self {
+            child: None,
+            endpoint: String::new(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: tempfile::tempdir().expect("etcd data dir"),
+            tls: Some((ca, cert, key)),
+        };
+        etcd.endpoint = format!("https://127.0.0.1:{}", etcd.client_port);
+        etcd.launch();
+        etcd
+    }
+
     fn launch(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data: PathBuf = self.data_dir.path().join("etcd");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some((ca, cert, key)) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=quarry-test")
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={client}"))

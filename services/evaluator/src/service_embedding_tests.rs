@@ -70,6 +70,7 @@ async fn service_with_analyzer_at(
                 version: "test".to_string(),
                 ready: true,
                 recovering: false,
+                internal_tls: Default::default(),
             })
             .await
             .unwrap();

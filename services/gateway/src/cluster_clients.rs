@@ -29,6 +29,15 @@ impl ClusterClients {
         }
     }
 
+    /// Dials the other roles with mutual TLS when `client` is set (`internal_tls`).
+    pub fn with_internal_tls(
+        mut self,
+        client: Option<Arc<quarry_kit::mtls::InternalTlsClient>>,
+    ) -> Self {
+        self.channels = self.channels.with_internal_tls(client);
+        self
+    }
+
     pub fn shard_count(&self) -> u32 {
         self.channels.discovery().shard_count()
     }

@@ -45,6 +45,8 @@ pub struct QuarryConfig {
     pub admission: AdmissionConfig,
     /// Lets a gateway listen on a non-loopback address with neither TLS nor API keys.
     pub insecure: bool,
+    /// Mutual TLS between the roles.
+    pub internal_tls: InternalTlsConfig,
 }
 
 impl Default for QuarryConfig {
@@ -70,6 +72,7 @@ impl Default for QuarryConfig {
             tls: TlsConfig::default(),
             admission: AdmissionConfig::default(),
             insecure: false,
+            internal_tls: InternalTlsConfig::default(),
         }
     }
 }
@@ -205,6 +208,49 @@ impl AdmissionConfig {
     }
 }
 
+/// Mutual TLS between the roles, switched on without downtime in three steps: every member
+/// `permissive` (servers take TLS and plaintext; clients dial TLS to members that take it),
+/// then every member `required` (TLS only, a certificate from the cluster's CA naming an
+/// allowed role on every call).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InternalTlsMode {
+    #[default]
+    Off,
+    Permissive,
+    Required,
+}
+
+/// This member's certificate and the cluster's CA, as PEM files. The certificate names the
+/// member's role and cluster: DNS name `<role>.<cluster>.quarry` (`quarry certs issue`
+/// writes one; so does the Helm chart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct InternalTlsConfig {
+    pub mode: InternalTlsMode,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// How often the certificate files are checked for a renewal.
+    pub reload_ms: u64,
+    /// Where a role also serves its health alone in plaintext for Kubernetes' gRPC probes
+    /// (they present no certificate), e.g. `0.0.0.0:7702`.
+    pub health_listen: Option<String>,
+}
+
+impl Default for InternalTlsConfig {
+    fn default() -> Self {
+        Self {
+            mode: InternalTlsMode::Off,
+            ca: None,
+            cert: None,
+            key: None,
+            reload_ms: 1000,
+            health_listen: None,
+        }
+    }
+}
+
 /// Where members find each other.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -213,6 +259,15 @@ pub struct DiscoveryConfig {
     pub etcd: Vec<String>,
     /// TTL of a member's lease: a member that dies leaves the member set this long after.
     pub lease_ttl_s: i64,
+    /// etcd over TLS: the CA that signed etcd's certificate (PEM); endpoints are then
+    /// `https://`.
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate and key for etcd's `--client-cert-auth`.
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user (etcd's `auth enable`); its password from `QUARRY_DISCOVERY__ETCD_PASSWORD`.
+    pub etcd_user: Option<String>,
+    pub etcd_password: Option<String>,
 }
 
 impl Default for DiscoveryConfig {
@@ -220,6 +275,11 @@ impl Default for DiscoveryConfig {
         Self {
             etcd: Vec::new(),
             lease_ttl_s: 10,
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
+            etcd_user: None,
+            etcd_password: None,
         }
     }
 }
@@ -732,6 +792,15 @@ impl QuarryConfig {
         if self.auth.reload_ms == 0 || self.tls.reload_ms == 0 || self.auth.burst_per_key == 0 {
             return Err(KitError::Config(
                 "auth.reload_ms, auth.burst_per_key and tls.reload_ms must be positive".to_string(),
+            ));
+        }
+        let internal = &self.internal_tls;
+        if internal.mode != InternalTlsMode::Off
+            && (internal.ca.is_none() || internal.cert.is_none() || internal.key.is_none())
+        {
+            return Err(KitError::Config(
+                "internal_tls.mode permissive or required needs internal_tls.ca, internal_tls.cert and internal_tls.key"
+                    .to_string(),
             ));
         }
         if self.auth.etcd_keys && self.discovery.etcd.is_empty() {

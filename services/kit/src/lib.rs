@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod error;
 pub mod grpc_body;
 pub mod metrics;
+pub mod mtls;
 pub mod openai;
 pub mod ranking;
 pub mod server;

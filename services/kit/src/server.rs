@@ -44,6 +44,9 @@ pub struct RoleServer {
     /// Also serve `grpc.health.v1.Health` alone, in plaintext, here: Kubernetes' gRPC
     /// probes do not speak TLS.
     pub health_listener: Option<TcpListener>,
+    /// Mutual TLS with the other roles (`internal_tls`), and the cluster whose role
+    /// certificates may call.
+    pub internal_tls: Option<(crate::mtls::InternalTlsServer, String)>,
 }
 
 /// Serves the role on `listener` until `shutdown` is cancelled, then drains in-flight calls.
@@ -105,25 +108,48 @@ pub async fn serve(
             .await;
         info!(role, "draining in-flight calls");
     };
-    info!(role, address = %local_address, tls = role_server.tls.is_some(), "serving");
+    info!(
+        role,
+        address = %local_address,
+        tls = role_server.tls.is_some(),
+        internal_tls = role_server.internal_tls.is_some(),
+        "serving"
+    );
     let mut builder = Server::builder();
     if config.request_timeout_ms > 0 {
         builder = builder.timeout(Duration::from_millis(config.request_timeout_ms));
     }
+    let (internal_tls, peer_roles) = match role_server.internal_tls {
+        Some((server, cluster)) => (
+            Some(server),
+            Some(crate::mtls::PeerRoleLayer {
+                cluster: cluster.into(),
+            }),
+        ),
+        None => (None, None),
+    };
     let router = builder
         .concurrency_limit_per_connection(config.concurrency_limit_per_connection)
         .layer(GrpcMetricsLayer)
         .layer(trace_layer)
+        .layer(tower::util::option_layer(peer_roles))
         .add_routes(routes);
-    let served = match role_server.tls {
-        Some(tls) => {
+    let served = match (role_server.tls, internal_tls) {
+        (_, Some(internal)) => {
+            let stop_accepting = CancellationToken::new();
+            let incoming = internal.incoming(listener, stop_accepting.clone());
+            let served = router.serve_with_incoming_shutdown(incoming, drain).await;
+            stop_accepting.cancel();
+            served
+        }
+        (Some(tls), None) => {
             let stop_accepting = CancellationToken::new();
             let incoming = crate::tls::incoming(listener, tls, stop_accepting.clone());
             let served = router.serve_with_incoming_shutdown(incoming, drain).await;
             stop_accepting.cancel();
             served
         }
-        None => {
+        (None, None) => {
             // Small request/response messages must not wait for Nagle's algorithm.
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
             router.serve_with_incoming_shutdown(incoming, drain).await

@@ -55,6 +55,50 @@ pub enum Command {
     /// API keys of the gateway: create (the key is shown once), list, revoke.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Certificates: a cluster CA, role certificates for mutual TLS, a gateway certificate.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Writes a new CA (ca.pem, ca-key.pem) into a directory.
+    Ca(CertsCaArgs),
+    /// Writes a certificate and key signed by the CA: for roles (mutual TLS) and/or names.
+    Issue(CertsIssueArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsCaArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The CA's common name.
+    #[arg(long, default_value = "quarry cluster CA")]
+    pub name: String,
+    #[arg(long, default_value_t = 3650)]
+    pub days: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsIssueArgs {
+    /// The directory `certs ca` wrote.
+    #[arg(long)]
+    pub ca: PathBuf,
+    /// Writes <NAME>.pem and <NAME>-key.pem here.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub name: String,
+    /// Roles the certificate names (`<role>.<cluster>.quarry`), or `all` (`quarry up`).
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    #[arg(long, default_value = "quarry")]
+    pub cluster: String,
+    /// Further DNS names or IP addresses (a gateway's public names).
+    #[arg(long, value_delimiter = ',')]
+    pub san: Vec<String>,
+    #[arg(long, default_value_t = 825)]
+    pub days: u32,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use quarry_gateway::front::key_store::{KeyLocation, KeyRing};
 use quarry_gateway::front::{FrontDoor, KeyRates};
 use quarry_kit::config::QuarryConfig;
+use quarry_kit::discovery::EtcdAccess;
 use tokio_util::sync::CancellationToken;
 
 /// How often idle keys' rate buckets are forgotten.
@@ -22,7 +23,7 @@ pub fn key_locations(config: &QuarryConfig) -> Vec<KeyLocation> {
     }
     if config.auth.etcd_keys {
         locations.push(KeyLocation::Etcd {
-            endpoints: config.discovery.etcd.clone(),
+            access: EtcdAccess::from_config(&config.discovery),
             cluster: config.cluster.clone(),
         });
     }

@@ -6,9 +6,12 @@ use anyhow::Context;
 use quarry_gateway::front::key_store::KeyLocation;
 use quarry_gateway::front::keys::{generate, now_s, parse_lifetime, ApiKey, Scope};
 
+use quarry_kit::config::DiscoveryConfig;
+use quarry_kit::discovery::EtcdAccess;
+
 use crate::cli::{KeyStoreArgs, KeysCommand};
 
-pub async fn run(command: &KeysCommand) -> anyhow::Result<()> {
+pub async fn run(command: &KeysCommand, discovery: &DiscoveryConfig) -> anyhow::Result<()> {
     match command {
         KeysCommand::Create(args) => {
             let mut scopes = Vec::new();
@@ -36,7 +39,7 @@ pub async fn run(command: &KeysCommand) -> anyhow::Result<()> {
                 args.description.clone(),
             )
             .context("no randomness from the operating system")?;
-            location(&args.store)
+            location(&args.store, discovery)
                 .put(&new.key)
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -49,14 +52,17 @@ pub async fn run(command: &KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::List(store) => {
-            let keys = location(store).load().await.map_err(anyhow::Error::msg)?;
+            let keys = location(store, discovery)
+                .load()
+                .await
+                .map_err(anyhow::Error::msg)?;
             for key in keys {
                 println!("{}", describe(&key));
             }
             Ok(())
         }
         KeysCommand::Revoke(args) => {
-            let store = location(&args.store);
+            let store = location(&args.store, discovery);
             let keys = store.load().await.map_err(anyhow::Error::msg)?;
             let key = keys
                 .into_iter()
@@ -75,11 +81,12 @@ pub async fn run(command: &KeysCommand) -> anyhow::Result<()> {
     }
 }
 
-fn location(store: &KeyStoreArgs) -> KeyLocation {
+fn location(store: &KeyStoreArgs, discovery: &DiscoveryConfig) -> KeyLocation {
     match &store.file {
         Some(path) => KeyLocation::File(path.clone()),
+        // etcd's TLS and user come from the configuration (`discovery.etcd_*`).
         None => KeyLocation::Etcd {
-            endpoints: store.etcd.clone(),
+            access: EtcdAccess::with_endpoints(discovery, store.etcd.clone()),
             cluster: store.cluster.clone(),
         },
     }

@@ -1,6 +1,7 @@
 //! The one Quarry binary: `quarry serve <role>`, `quarry up`, and the client commands.
 
 mod bench;
+mod certs;
 mod cli;
 mod client;
 mod front_door;
@@ -86,8 +87,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = quarry_kit::discovery::ClusterSettings {
                 shards: args.shards,
             };
+            let config = load_config(&cli, Map::new())?;
+            let access = quarry_kit::discovery::EtcdAccess::with_endpoints(
+                &config.discovery,
+                args.etcd.clone(),
+            );
             let created =
-                quarry_kit::discovery::create_cluster(&args.etcd, &args.cluster, settings).await?;
+                quarry_kit::discovery::create_cluster(&access, &args.cluster, settings).await?;
             println!("cluster {} has {} shard(s)", args.cluster, created.shards);
             Ok(())
         }
@@ -134,9 +140,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_scheduler_bench(args, config).await
         }
+        Command::Certs(command) => certs::run(command),
         Command::Keys(command) => {
             init_client_logging(&cli);
-            keys::run(command).await
+            let config = load_config(&cli, Map::new())?;
+            keys::run(command, &config.discovery).await
         }
         Command::Workflow(command) => {
             init_client_logging(&cli);

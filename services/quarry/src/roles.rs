@@ -16,8 +16,9 @@ use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::front::FrontDoorLayer;
 use quarry_gateway::{ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
-use quarry_kit::config::{EncoderKind, QuarryConfig};
+use quarry_kit::config::{EncoderKind, InternalTlsMode, QuarryConfig};
 use quarry_kit::discovery::{Discovery, Member, Role, RoleChannels};
+use quarry_kit::mtls::{InternalTlsClient, InternalTlsServer};
 use quarry_kit::server::{dial_address, serve, RoleServer};
 use quarry_kit::tls::{CertFiles, ReloadingCert};
 use quarry_proto::v1::analyzer_server::AnalyzerServer;
@@ -102,6 +103,11 @@ pub async fn start_role(
         version: env!("CARGO_PKG_VERSION").to_string(),
         ready: !recovering,
         recovering,
+        // The gateway serves the public API (its own TLS), never internal mutual TLS.
+        internal_tls: match role {
+            Role::Gateway => InternalTlsMode::Off,
+            _ => config.internal_tls.mode,
+        },
     };
     let node_id = member.node_id.clone();
     discovery.register(member.clone()).await?;
@@ -109,6 +115,7 @@ pub async fn start_role(
         let (shard, discovery) = (Arc::clone(shard), Arc::clone(&discovery));
         let options = RecoveryOptions {
             settle: Duration::from_millis(config.retriever.recovery_settle_ms),
+            internal_tls: InternalTlsClient::new(&config.internal_tls, &config.cluster)?,
             ..RecoveryOptions::default()
         };
         tokio::spawn(async move {
@@ -162,11 +169,15 @@ async fn build_role(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<BuiltRole> {
     let limit = config.server.max_message_bytes;
+    // This member's certificate for calls to the other roles (`internal_tls`).
+    let internal_client = InternalTlsClient::new(&config.internal_tls, &config.cluster)?;
     let mut stored_shard = None;
     let mut scheduler = None;
     let (routes, service_names, shard, replica) = match role {
         Role::Gateway => {
-            let clients = Arc::new(ClusterClients::new(discovery, limit));
+            let clients = Arc::new(
+                ClusterClients::new(discovery, limit).with_internal_tls(internal_client.clone()),
+            );
             let gateway = Gateway::new(config.gateway.clone(), config.cluster.clone(), clients);
             quarry_gateway::metrics::register();
             // The public API takes smaller requests than the roles take from each other.
@@ -264,7 +275,8 @@ async fn build_role(
         }
         Role::Evaluator => {
             // The heuristic embeds sentences on a ready analyzer when there is one.
-            let embedder = AnalyzerEmbedder::new(Arc::new(RoleChannels::new(discovery)), limit);
+            let channels = RoleChannels::new(discovery).with_internal_tls(internal_client.clone());
+            let embedder = AnalyzerEmbedder::new(Arc::new(channels), limit);
             let evaluator = EvaluatorService::from_config(&config.evaluator)
                 .with_context(|| format!("evaluator.backend = {:?}", config.evaluator.backend))?
                 .with_embedder(Arc::new(embedder));
@@ -278,7 +290,8 @@ async fn build_role(
             // (or follows) until shutdown.
             let cluster = Arc::new(
                 RoleChannels::new(discovery)
-                    .with_tls(config.tls.ca.clone(), config.tls.server_name.clone()),
+                    .with_tls(config.tls.ca.clone(), config.tls.server_name.clone())
+                    .with_internal_tls(internal_client.clone()),
             );
             let node =
                 quarry_scheduler::start_node(config, address, Some(cluster), shutdown.clone())
@@ -302,9 +315,20 @@ async fn build_role(
         }
         _ => None,
     };
-    let health_listener = match (&tls, &config.tls.health_listen) {
-        (Some(_), Some(address)) => Some(quarry_kit::server::bind(address).await?),
-        _ => None,
+    // The gateway serves the public API; every other role takes calls from members only.
+    let internal_tls = match role {
+        Role::Gateway => None,
+        _ => InternalTlsServer::start(&config.internal_tls, shutdown.clone())?
+            .map(|server| (server, config.cluster.clone())),
+    };
+    let health_address = match (&tls, &internal_tls) {
+        (Some(_), _) => config.tls.health_listen.as_ref(),
+        (None, Some(_)) => config.internal_tls.health_listen.as_ref(),
+        (None, None) => None,
+    };
+    let health_listener = match health_address {
+        Some(address) => Some(quarry_kit::server::bind(address).await?),
+        None => None,
     };
     let role_server = RoleServer {
         role: role.as_str(),
@@ -313,6 +337,7 @@ async fn build_role(
         shard_replica: (role == Role::Retriever).then_some((shard, replica)),
         tls,
         health_listener,
+        internal_tls,
     };
     Ok(BuiltRole {
         role_server,

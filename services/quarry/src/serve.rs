@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use quarry_kit::config::QuarryConfig;
-use quarry_kit::discovery::{Discovery, EtcdDiscovery, Member, Role, StaticDiscovery};
+use quarry_kit::discovery::{Discovery, EtcdAccess, EtcdDiscovery, Member, Role, StaticDiscovery};
 use quarry_kit::metrics::spawn_metrics_endpoint;
 use quarry_kit::server::bind;
 use tokio_util::sync::CancellationToken;
@@ -22,11 +22,8 @@ pub async fn run_serve(
     let etcd = if config.discovery.etcd.is_empty() {
         None
     } else {
-        let endpoints = config.discovery.etcd.clone();
-        Some(
-            EtcdDiscovery::connect(&endpoints, &config.cluster, config.discovery.lease_ttl_s)
-                .await?,
-        )
+        let access = EtcdAccess::from_config(&config.discovery);
+        Some(EtcdDiscovery::connect(&access, &config.cluster, config.discovery.lease_ttl_s).await?)
     };
     let discovery: Arc<dyn Discovery> = match &etcd {
         Some(etcd) => Arc::clone(etcd) as Arc<dyn Discovery>,
@@ -65,6 +62,7 @@ fn static_members(args: &ServeArgs, config: &QuarryConfig) -> (u32, Vec<Member>)
         version: "static".to_string(),
         ready: true,
         recovering: false,
+        internal_tls: Default::default(),
     };
     let mut members = Vec::new();
     let singles = [

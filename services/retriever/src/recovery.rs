@@ -42,12 +42,14 @@ pub struct CatchUpReport {
 }
 
 /// How a joining replica recovers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RecoveryOptions {
     /// Wait between the two passes: longer than gateways take to see a new member.
     pub settle: Duration,
     /// Per-call deadline towards the peer.
     pub call_timeout: Duration,
+    /// This replica's certificate, for peers that take mutual TLS.
+    pub internal_tls: Option<Arc<quarry_kit::mtls::InternalTlsClient>>,
 }
 
 impl Default for RecoveryOptions {
@@ -55,6 +57,7 @@ impl Default for RecoveryOptions {
         Self {
             settle: Duration::from_secs(1),
             call_timeout: Duration::from_secs(60),
+            internal_tls: None,
         }
     }
 }
@@ -93,7 +96,14 @@ pub async fn recover(
         let any_ready = others.iter().any(|peer| peer.ready);
         let mut exchanged = false;
         for peer in others.iter().filter(|peer| peer.ready || !any_ready) {
-            match copy_from_peer(&shard, peer, options.call_timeout).await {
+            match copy_from_peer(
+                &shard,
+                peer,
+                options.call_timeout,
+                options.internal_tls.as_deref(),
+            )
+            .await
+            {
                 Ok(report) => {
                     total.copied += report.copied;
                     total.deleted += report.deleted;
@@ -156,9 +166,15 @@ async fn copy_from_peer(
     shard: &Arc<Shard>,
     peer: &Member,
     call_timeout: Duration,
+    internal_tls: Option<&quarry_kit::mtls::InternalTlsClient>,
 ) -> Result<CatchUpReport, RetrieverError> {
-    let channel =
-        lazy_channel(&peer.address).map_err(|error| RetrieverError::Internal(error.to_string()))?;
+    let channel = match internal_tls {
+        Some(client) => client
+            .endpoint(&peer.address, peer.role, peer.internal_tls)
+            .map(|endpoint| endpoint.connect_lazy()),
+        None => lazy_channel(&peer.address),
+    }
+    .map_err(|error| RetrieverError::Internal(error.to_string()))?;
     let mut client = RetrieverClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);

@@ -70,11 +70,15 @@ pub async fn start_node(
         )
         .with_gateway_key(config.scheduler.gateway_api_key.as_deref()),
     );
+    let internal_tls =
+        quarry_kit::mtls::InternalTlsClient::new(&config.internal_tls, &config.cluster)
+            .map_err(|error| SchedulerError::Internal(error.to_string()))?;
     let options = node::NodeOptions {
         agents,
         settings: engine_settings(&config.scheduler),
         max_message_bytes: limit,
         shutdown,
+        internal_tls,
     };
     if config.discovery.etcd.is_empty() {
         let store = store::FileStore::open(&config.data_dir.join("workflows"))?;
@@ -83,9 +87,10 @@ pub async fn start_node(
             options,
         ));
     }
-    let client = etcd_client::Client::connect(&config.discovery.etcd, None)
+    let client = quarry_kit::discovery::EtcdAccess::from_config(&config.discovery)
+        .connect()
         .await
-        .map_err(|error| SchedulerError::Unavailable(format!("etcd: {error}")))?;
+        .map_err(|error| SchedulerError::Unavailable(error.to_string()))?;
     Ok(SchedulerNode::start_elected(
         client,
         &config.cluster,

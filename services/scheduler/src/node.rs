@@ -38,6 +38,8 @@ pub struct NodeOptions {
     pub max_message_bytes: usize,
     /// Stops the replica: a leader resigns, so that a standby takes over at once.
     pub shutdown: CancellationToken,
+    /// This replica's certificate, to forward to a leader that takes mutual TLS.
+    pub internal_tls: Option<Arc<quarry_kit::mtls::InternalTlsClient>>,
 }
 
 pub struct SchedulerNode {
@@ -45,6 +47,7 @@ pub struct SchedulerNode {
     election: Option<Election>,
     reader: Arc<dyn WorkflowStore>,
     leader_channels: Mutex<HashMap<String, Channel>>,
+    internal_tls: Option<Arc<quarry_kit::mtls::InternalTlsClient>>,
     max_message_bytes: usize,
     /// Cancelled once the replica stopped after `shutdown` (a leader has resigned by then).
     done: CancellationToken,
@@ -80,6 +83,7 @@ impl SchedulerNode {
             settings,
             max_message_bytes,
             shutdown,
+            internal_tls,
         } = options;
         let (leading_sender, leading) = watch::channel(None);
         let engine_store = Arc::clone(&store);
@@ -115,6 +119,7 @@ impl SchedulerNode {
             election: None,
             reader: store,
             leader_channels: Mutex::new(HashMap::new()),
+            internal_tls,
             max_message_bytes,
             done,
         })
@@ -133,6 +138,7 @@ impl SchedulerNode {
             settings,
             max_message_bytes,
             shutdown,
+            internal_tls,
         } = options;
         let election = Election::new(client.clone(), cluster, address, ttl_seconds);
         let store = EtcdStore::new(client, cluster);
@@ -156,6 +162,7 @@ impl SchedulerNode {
             election: Some(election),
             reader: Arc::new(store),
             leader_channels: Mutex::new(HashMap::new()),
+            internal_tls,
             max_message_bytes,
             done,
         })
@@ -209,7 +216,19 @@ impl SchedulerNode {
             match channels.get(&address) {
                 Some(channel) => channel.clone(),
                 None => {
-                    let channel = quarry_kit::server::lazy_channel(&address).map_err(|error| {
+                    // The leader's registration is not at hand: a leader takes mutual TLS
+                    // when this replica does (replicas move through the modes together).
+                    let dialled = match &self.internal_tls {
+                        Some(client) => client
+                            .endpoint(
+                                &address,
+                                quarry_kit::discovery::Role::Scheduler,
+                                client.mode(),
+                            )
+                            .map(|endpoint| endpoint.connect_lazy()),
+                        None => quarry_kit::server::lazy_channel(&address),
+                    };
+                    let channel = dialled.map_err(|error| {
                         SchedulerError::Unavailable(format!("leader address {address:?}: {error}"))
                     })?;
                     channels.insert(address.clone(), channel.clone());

@@ -59,6 +59,43 @@ app.kubernetes.io/component: {{ .role }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+{{- if include "quarry.internalTlsSecret" . }}
+- name: QUARRY_INTERNAL_TLS__MODE
+  value: {{ .Values.internalTls.mode | quote }}
+- name: QUARRY_INTERNAL_TLS__CA
+  value: /etc/quarry/internal-tls/ca.crt
+- name: QUARRY_INTERNAL_TLS__CERT
+  value: /etc/quarry/internal-tls/tls.crt
+- name: QUARRY_INTERNAL_TLS__KEY
+  value: /etc/quarry/internal-tls/tls.key
+- name: QUARRY_INTERNAL_TLS__HEALTH_LISTEN
+  value: "0.0.0.0:{{ .Values.ports.health }}"
+{{- end }}
+{{- end -}}
+
+{{/* The Secret holding the cluster CA and the roles' certificates, or "" when off. */}}
+{{- define "quarry.internalTlsSecret" -}}
+{{- $internal := .Values.internalTls -}}
+{{- if not (has $internal.mode (list "off" "permissive" "required")) -}}
+{{- fail (printf "internalTls.mode %q is unknown (off, permissive, required)" $internal.mode) -}}
+{{- end -}}
+{{- if ne $internal.mode "off" -}}
+{{- if eq $internal.certificates "generate" -}}
+{{- printf "%s-internal-tls" (include "quarry.fullname" .) -}}
+{{- else if eq $internal.certificates "existingSecret" -}}
+{{- required "internalTls.existingSecret must name a Secret when internalTls.certificates is existingSecret" $internal.existingSecret -}}
+{{- else -}}
+{{- fail (printf "internalTls.certificates %q is unknown (generate, existingSecret)" $internal.certificates) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The volume a role's certificate is mounted from: call with (dict "root" $ "role" "analyzer"). */}}
+{{- define "quarry.internalTlsVolume" -}}
+{{- $secret := include "quarry.internalTlsSecret" .root -}}
+{{- if $secret -}}
+{{- toJson (dict "name" "internal-tls" "secret" (dict "secretName" $secret "items" (list (dict "key" "ca.crt" "path" "ca.crt") (dict "key" (printf "%s.crt" .role) "path" "tls.crt") (dict "key" (printf "%s.key" .role) "path" "tls.key")))) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Ports, probes and the init container that writes the cluster settings (idempotent:

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
+use quarry_kit::discovery::EtcdAccess;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,10 +21,7 @@ use crate::metrics::metrics;
 #[derive(Debug, Clone)]
 pub enum KeyLocation {
     File(PathBuf),
-    Etcd {
-        endpoints: Vec<String>,
-        cluster: String,
-    },
+    Etcd { access: EtcdAccess, cluster: String },
 }
 
 fn etcd_prefix(cluster: &str) -> String {
@@ -50,10 +48,10 @@ impl KeyLocation {
                 keys.sort_by(|a, b| a.id.cmp(&b.id));
                 Ok(keys)
             }
-            Self::Etcd { endpoints, cluster } => {
+            Self::Etcd { access, cluster } => {
                 let client = match etcd {
                     Some(client) => client,
-                    None => etcd.insert(connect(endpoints).await?),
+                    None => etcd.insert(connect(access).await?),
                 };
                 let response = match client
                     .get(etcd_prefix(cluster), Some(GetOptions::new().with_prefix()))
@@ -91,8 +89,8 @@ impl KeyLocation {
                 keys.push(key.clone());
                 write_atomically(path, &keys)
             }
-            Self::Etcd { endpoints, cluster } => {
-                let mut client = connect(endpoints).await?;
+            Self::Etcd { access, cluster } => {
+                let mut client = connect(access).await?;
                 let value = serde_json::to_vec(key).map_err(|error| error.to_string())?;
                 client
                     .put(format!("{}{}", etcd_prefix(cluster), key.id), value, None)
@@ -104,10 +102,11 @@ impl KeyLocation {
     }
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, String> {
-    Client::connect(endpoints, None)
+async fn connect(access: &EtcdAccess) -> Result<Client, String> {
+    access
+        .connect()
         .await
-        .map_err(|error| format!("etcd {}: {error}", endpoints.join(",")))
+        .map_err(|error| format!("{} ({})", error, access.endpoints.join(",")))
 }
 
 /// Writes the keys beside the file, fsyncs, then renames over it: a reader sees the old

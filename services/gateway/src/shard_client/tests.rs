@@ -98,6 +98,7 @@ fn member(shard: u32, replica: u32) -> Member {
         version: "test".to_string(),
         ready: true,
         recovering: false,
+        internal_tls: Default::default(),
     }
 }
 

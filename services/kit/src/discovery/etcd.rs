@@ -50,21 +50,89 @@ fn etcd_error(error: etcd_client::Error) -> KitError {
     KitError::Discovery(format!("etcd: {error}"))
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, KitError> {
-    Client::connect(endpoints, None).await.map_err(etcd_error)
+/// How to reach etcd: endpoints, and TLS and a user when configured.
+#[derive(Debug, Clone, Default)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    /// CA, then client certificate and key (both or neither).
+    pub ca: Option<std::path::PathBuf>,
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub user: Option<(String, String)>,
+}
+
+impl EtcdAccess {
+    pub fn from_config(discovery: &crate::config::DiscoveryConfig) -> Self {
+        Self::with_endpoints(discovery, discovery.etcd.clone())
+    }
+
+    /// The configured TLS and user, towards `endpoints`.
+    pub fn with_endpoints(
+        discovery: &crate::config::DiscoveryConfig,
+        endpoints: Vec<String>,
+    ) -> Self {
+        Self {
+            endpoints,
+            ca: discovery.etcd_ca.clone(),
+            client_cert: discovery.etcd_cert.clone().zip(discovery.etcd_key.clone()),
+            user: discovery
+                .etcd_user
+                .clone()
+                .map(|user| (user, discovery.etcd_password.clone().unwrap_or_default())),
+        }
+    }
+
+    /// Just endpoints: plaintext, no user.
+    pub fn plain(endpoints: &[String]) -> Self {
+        Self {
+            endpoints: endpoints.to_vec(),
+            ..Self::default()
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Client, KitError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| {
+                KitError::Config(format!("discovery: {}: {error}", path.display()))
+            })
+        };
+        let mut options = etcd_client::ConnectOptions::new();
+        let mut any = false;
+        if self.ca.is_some() || self.client_cert.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            }
+            if let Some((cert, key)) = &self.client_cert {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(tls);
+            any = true;
+        }
+        if let Some((user, password)) = &self.user {
+            options = options.with_user(user.clone(), password.clone());
+            any = true;
+        }
+        Client::connect(&self.endpoints, any.then_some(options))
+            .await
+            .map_err(etcd_error)
+    }
+}
+
+async fn connect(access: &EtcdAccess) -> Result<Client, KitError> {
+    access.connect().await
 }
 
 /// Writes the cluster's settings once. Creating it again with the same settings is fine;
 /// with different ones it is refused.
 pub async fn create_cluster(
-    endpoints: &[String],
+    access: &EtcdAccess,
     cluster: &str,
     settings: ClusterSettings,
 ) -> Result<ClusterSettings, KitError> {
     if settings.shards == 0 {
         return Err(KitError::Config("shards must be at least 1".to_string()));
     }
-    let mut client = connect(endpoints).await?;
+    let mut client = connect(access).await?;
     let key = config_key(cluster);
     let value =
         serde_json::to_string(&settings).map_err(|error| KitError::Config(error.to_string()))?;
@@ -122,11 +190,11 @@ pub struct EtcdDiscovery {
 impl EtcdDiscovery {
     /// Connects, reads the cluster's settings, and starts watching its members.
     pub async fn connect(
-        endpoints: &[String],
+        access: &EtcdAccess,
         cluster: &str,
         ttl_seconds: i64,
     ) -> Result<Arc<Self>, KitError> {
-        let mut client = connect(endpoints).await?;
+        let mut client = connect(access).await?;
         let settings = read_settings(&mut client, cluster).await?;
         let (members, _) = watch::channel(MemberSet::default());
         let discovery = Arc::new(Self {

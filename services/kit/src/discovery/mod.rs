@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::error::KitError;
 
-pub use etcd::{create_cluster, ClusterSettings, EtcdDiscovery};
+pub use etcd::{create_cluster, ClusterSettings, EtcdAccess, EtcdDiscovery};
 pub use role_channels::{ChannelError, RoleChannels};
 pub use static_members::StaticDiscovery;
 
@@ -88,6 +88,9 @@ pub struct Member {
     /// (so it misses nothing new) but do not search it until it is ready.
     #[serde(default)]
     pub recovering: bool,
+    /// Whether its server takes mutual TLS (`internal_tls.mode`), so callers know how to dial.
+    #[serde(default)]
+    pub internal_tls: crate::config::InternalTlsMode,
 }
 
 /// The members known at one moment, in a stable order.

@@ -37,6 +37,8 @@ pub struct RoleChannels {
     /// and the name it must carry (else the address's host).
     ca: Option<std::path::PathBuf>,
     server_name: Option<String>,
+    /// This member's certificate for mutual TLS with the other roles.
+    internal_tls: Option<Arc<crate::mtls::InternalTlsClient>>,
 }
 
 impl RoleChannels {
@@ -49,6 +51,7 @@ impl RoleChannels {
             next_instance: AtomicUsize::new(0),
             ca: None,
             server_name: None,
+            internal_tls: None,
         }
     }
 
@@ -57,6 +60,15 @@ impl RoleChannels {
     pub fn with_tls(mut self, ca: Option<std::path::PathBuf>, server_name: Option<String>) -> Self {
         self.ca = ca;
         self.server_name = server_name;
+        self
+    }
+
+    /// Dials members that take mutual TLS with this certificate (`internal_tls`).
+    pub fn with_internal_tls(
+        mut self,
+        client: Option<Arc<crate::mtls::InternalTlsClient>>,
+    ) -> Self {
+        self.internal_tls = client;
         self
     }
 
@@ -92,11 +104,26 @@ impl RoleChannels {
         if let Some(channel) = channels.get(address) {
             return Ok(traced(channel.clone()));
         }
-        let ca = self
-            .ca
-            .as_deref()
-            .filter(|_| address.starts_with("https://"));
-        let channel = endpoint(address, ca, self.server_name.as_deref())?.connect_lazy();
+        let member = self
+            .members
+            .borrow()
+            .all()
+            .iter()
+            .find(|member| member.address == address)
+            .map(|member| (member.role, member.internal_tls));
+        let channel = match (&self.internal_tls, member) {
+            // Roles other than the gateway take internal calls, with mutual TLS when on.
+            (Some(client), Some((role, mode))) if role != crate::discovery::Role::Gateway => {
+                client.endpoint(address, role, mode)?.connect_lazy()
+            }
+            _ => {
+                let ca = self
+                    .ca
+                    .as_deref()
+                    .filter(|_| address.starts_with("https://"));
+                endpoint(address, ca, self.server_name.as_deref())?.connect_lazy()
+            }
+        };
         // Channels of members that left are dropped whenever a new one is made, so the cache
         // holds at most the current members' (and this one).
         {
@@ -124,6 +151,7 @@ mod tests {
             version: "test".to_string(),
             ready,
             recovering: false,
+            internal_tls: Default::default(),
         }
     }
 

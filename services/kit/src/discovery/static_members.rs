@@ -89,6 +89,7 @@ mod tests {
             version: "test".to_string(),
             ready,
             recovering: false,
+            internal_tls: Default::default(),
         }
     }
 

@@ -59,6 +59,7 @@ pub async fn run_embed(options: EmbedBenchOptions, config: &QuarryConfig) -> any
         shard_replica: None,
         tls: None,
         health_listener: None,
+        internal_tls: None,
     };
     let server = tokio::spawn({
         let server_config = config.server.clone();
