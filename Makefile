@@ -44,7 +44,7 @@ system-deps:
 $(PYTHON): tests/python/requirements.txt
 	$(MAKE) system-deps
 	python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+	$(PYTHON) -m pip install -q --disable-pip-version-check --require-hashes -r tests/python/requirements.txt
 	@touch $(PYTHON)
 
 python-deps: $(PYTHON)

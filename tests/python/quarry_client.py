@@ -1,8 +1,10 @@
 """A Python client of Quarry generated from proto/ with grpcio-tools.
 
-Usage: python3 tests/python/quarry_client.py --addr 127.0.0.1:7700
+Usage: python3 tests/python/quarry_client.py --addr 127.0.0.1:7700 [--ca ca.pem --api-key qk_...]
 Generates the stubs into a temporary directory, then calls Health, Ingest, Search and Ask,
-and exits non-zero if any answer is wrong. The README's Python example is this file.
+and exits non-zero if any answer is wrong. With --ca it speaks TLS trusting that CA; with
+--api-key it sends `authorization: Bearer <key>` on every call (and checks that a call
+without it is refused). The README's Python example is this file.
 """
 
 import argparse
@@ -33,18 +35,34 @@ def generate_stubs(out_dir):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--addr", default="127.0.0.1:7700")
+    parser.add_argument("--ca", help="CA certificate (PEM) of a TLS gateway")
+    parser.add_argument("--api-key", help="an API key from `quarry keys create`")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
         generate_stubs(out_dir)
         from quarry.v1 import common_pb2, quarry_pb2, quarry_pb2_grpc
 
-        channel = grpc.insecure_channel(args.addr)
+        if args.ca:
+            tls = grpc.ssl_channel_credentials(root_certificates=pathlib.Path(args.ca).read_bytes())
+            if args.api_key:
+                # Sent as `authorization: Bearer <key>` on every call.
+                tls = grpc.composite_channel_credentials(tls, grpc.access_token_call_credentials(args.api_key))
+            channel = grpc.secure_channel(args.addr, tls)
+        else:
+            channel = grpc.insecure_channel(args.addr)
         health = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="quarry.v1.Quarry"), timeout=10
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING, health
 
         quarry = quarry_pb2_grpc.QuarryStub(channel)
+        if args.api_key:
+            keyless = grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(pathlib.Path(args.ca).read_bytes()))
+            try:
+                quarry_pb2_grpc.QuarryStub(keyless).Search(quarry_pb2.SearchRequest(query="bird", k=1), timeout=30)
+                sys.exit("a call without an API key was served")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
         documents = [
             common_pb2.Document(id="py-kiwi", title="Kiwi", text="The kiwi is a flightless bird native to New Zealand."),
             common_pb2.Document(id="py-llama", title="Llama", text="The llama is a domesticated camelid from the Andes of South America."),

@@ -67,19 +67,15 @@ impl Call {
     /// The codes the README documents for the rpc, besides OK.
     fn documented(&self) -> &'static [Code] {
         match self {
-            Call::Ask(_)
-            | Call::AskStream(_)
-            | Call::Search(_)
-            | Call::Ingest(_)
-            | Call::Delete(_) => &[Code::InvalidArgument, Code::FailedPrecondition],
-            Call::GetDocument(_) => &[Code::InvalidArgument, Code::NotFound],
+            Call::Ask(_) | Call::AskStream(_) | Call::Search(_) => {
+                &[Code::InvalidArgument, Code::FailedPrecondition]
+            }
+            Call::Ingest(_) | Call::Delete(_) | Call::SubmitWorkflow(_) => &[Code::InvalidArgument],
+            Call::GetDocument(_)
+            | Call::GetWorkflow(_)
+            | Call::WatchWorkflow(_)
+            | Call::CancelWorkflow(_) => &[Code::InvalidArgument, Code::NotFound],
             Call::ClusterStatus | Call::ListWorkflows => &[],
-            Call::SubmitWorkflow(_) => &[Code::InvalidArgument],
-            Call::GetWorkflow(_) | Call::WatchWorkflow(_) | Call::CancelWorkflow(_) => &[
-                Code::InvalidArgument,
-                Code::NotFound,
-                Code::FailedPrecondition,
-            ],
         }
     }
 }
