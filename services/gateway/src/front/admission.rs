@@ -2,6 +2,11 @@
 //! beyond either is refused at once with a retry pushback — never queued — so that an
 //! overloaded gateway answers "busy" in microseconds and the calls it did admit keep their
 //! latency.
+//!
+//! Why not tower's `ConcurrencyLimit` + `LoadShed`: they limit a whole service, while here
+//! each method class of the one `quarry.v1.Quarry` service has its own limit, and a refusal
+//! must carry a pushback; so each class is a semaphore taken with `try_acquire`, and the
+//! permit rides on the response body until the call ends.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};

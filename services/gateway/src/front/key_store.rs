@@ -235,6 +235,18 @@ mod tests {
         assert!(set.verify(Some(&header(&second.token)), now_s()).is_ok());
     }
 
+    /// Polls `condition` every 10 ms; fails after 5 s.
+    async fn wait_until(condition: impl Fn() -> bool) {
+        let started = std::time::Instant::now();
+        while !condition() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "condition not met in 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     #[tokio::test]
     async fn a_ring_keeps_its_last_good_keys_when_the_file_breaks() {
         let directory = tempfile::tempdir().unwrap();
@@ -247,11 +259,12 @@ mod tests {
             .await
             .unwrap();
         std::fs::write(&path, "{not json\n").unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Several reloads pass (each counted as an error) and the key stays.
+        let errors = metrics().key_reload_errors.get();
+        wait_until(|| metrics().key_reload_errors.get() >= errors + 3).await;
         assert_eq!(ring.snapshot().len(), 1);
         std::fs::write(&path, "").unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(ring.snapshot().len(), 0);
+        wait_until(|| ring.snapshot().is_empty()).await;
         shutdown.cancel();
         let missing = KeyLocation::File(directory.path().join("absent.jsonl"));
         assert!(KeyRing::start(
