@@ -54,6 +54,9 @@ impl LocalCluster {
             shutdown: shutdown.clone(),
         };
         for (role, mut role_config, listen) in launches {
+            // One process: the gateway's health stands for every role, and several roles
+            // cannot share one plaintext health port.
+            role_config.internal_tls.health_listen = None;
             let listener = bind(&listen).await?;
             // Listening on every interface (in a container, say): the roles of this process
             // dial each other on loopback.
