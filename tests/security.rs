@@ -967,3 +967,82 @@ async fn keys_kept_in_etcd_over_tls_take_effect_without_a_restart() {
     eprintln!("a key revoked in etcd took effect in {took:?}");
     assert_eq!(call(&mut client, "Search", Some(&second)).await, Code::Ok);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn members_and_the_cli_reach_an_etcd_with_authentication_as_a_user() {
+    let etcd = support::etcd::Etcd::start();
+    let mut admin = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    admin.user_add("root", "root-password", None).await.unwrap();
+    let _ = admin.role_add("root").await;
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let run = |args: &[&str], user: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_quarry"));
+        command.args(args).env_remove("QUARRY_CONFIG");
+        if user {
+            command
+                .env("QUARRY_DISCOVERY__ETCD_USER", "root")
+                .env("QUARRY_DISCOVERY__ETCD_PASSWORD", "root-password");
+        }
+        command.output().unwrap()
+    };
+    let create = [
+        "cluster",
+        "create",
+        "--etcd",
+        etcd.endpoint.as_str(),
+        "--shards",
+        "1",
+    ];
+    assert!(
+        !run(&create, false).status.success(),
+        "etcd took a call without its user"
+    );
+    let created = run(&create, true);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = run(
+        &[
+            "keys",
+            "create",
+            "--etcd",
+            &etcd.endpoint,
+            "--scopes",
+            "read",
+        ],
+        true,
+    );
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+
+    // A member registers itself (lease, keep-alive, watch) as that user.
+    let env = [
+        FAST_ENCODER,
+        ("QUARRY_DISCOVERY__ETCD_USER", "root"),
+        ("QUARRY_DISCOVERY__ETCD_PASSWORD", "root-password"),
+    ];
+    let args = vec!["--etcd".to_string(), etcd.endpoint.clone()];
+    let analyzer = support::Served::start_with_env("analyzer", &args, &env).await;
+    let gateway = support::Served::start_with_env("gateway", &args, &env).await;
+    let status = QuarryClient::new(dial(&gateway.address, None).await.unwrap())
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .members
+            .iter()
+            .any(|member| member.address == analyzer.address),
+        "{status:?}"
+    );
+}
