@@ -21,24 +21,31 @@ fn python() -> PathBuf {
     PathBuf::from("python3")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_grpcio_client_calls_health_ingest_search_and_ask() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let quarry = QuarryUp::start(data_dir.path(), 2).await;
+/// Runs tests/python/quarry_client.py with `args`; fails unless it says it is ok, and
+/// returns what it printed.
+fn run_client(args: &[&str]) -> String {
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/quarry_client.py");
     let output = Command::new(python())
         .arg(&script)
-        .args(["--addr", quarry.address.trim_start_matches("http://")])
+        .args(args)
         .output()
         .expect("run python (make test installs grpcio into .venv; or set QUARRY_PYTHON)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "python client failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("python client: ok"), "{stdout}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_grpcio_client_calls_health_ingest_search_and_ask() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let quarry = QuarryUp::start(data_dir.path(), 2).await;
+    let stdout = run_client(&["--addr", quarry.address.trim_start_matches("http://")]);
     assert!(stdout.contains("py-llama"), "{stdout}");
 }
 
@@ -74,19 +81,12 @@ async fn python_grpcio_client_works_over_tls_with_an_api_key() {
         ca: Some(directory.path().join("ca/ca.pem")),
     };
     let quarry = QuarryUp::start_with(&directory.path().join("data"), 2, options).await;
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/python/quarry_client.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .args(["--addr", quarry.address.trim_start_matches("https://")])
-        .args(["--ca", &path("ca/ca.pem"), "--api-key", key.trim()])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python client failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("python client: ok"), "{stdout}");
+    run_client(&[
+        "--addr",
+        quarry.address.trim_start_matches("https://"),
+        "--ca",
+        &path("ca/ca.pem"),
+        "--api-key",
+        key.trim(),
+    ]);
 }

@@ -50,32 +50,26 @@ impl Etcd {
     }
 
     pub fn start() -> Self {
-        ensure_installed();
-        let mut etcd = Self {
-            child: None,
-            endpoint: String::new(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            data_dir: tempfile::tempdir().expect("etcd data dir"),
-            tls: None,
-        };
-        etcd.endpoint = format!("http://127.0.0.1:{}", etcd.client_port);
-        etcd.launch();
-        etcd
+        Self::launched(None)
     }
 
     /// An etcd that serves clients over TLS only and requires a client certificate from `ca`.
     pub fn start_tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> Self {
+        Self::launched(Some((ca, cert, key)))
+    }
+
+    fn launched(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
         ensure_installed();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_port = free_port();
         let mut etcd = Self {
             child: None,
-            endpoint: String::new(),
-            client_port: free_port(),
+            endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
+            client_port,
             peer_port: free_port(),
             data_dir: tempfile::tempdir().expect("etcd data dir"),
-            tls: Some((ca, cert, key)),
+            tls,
         };
-        etcd.endpoint = format!("https://127.0.0.1:{}", etcd.client_port);
         etcd.launch();
         etcd
     }

@@ -27,7 +27,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
@@ -35,18 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tower::{Layer, Service};
-use tracing::{debug, warn};
 
 use crate::config::{InternalTlsConfig, InternalTlsMode};
 use crate::discovery::Role;
 use crate::error::KitError;
 use crate::metrics::service_and_method;
-use crate::tls::{CertFiles, ReloadingCert};
+use crate::tls::{accept_with, CertFiles, ReloadingCert};
 
-/// Longest a client may take to finish its handshake (or, permissive, to send a byte).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once.
-const MAX_HANDSHAKES: usize = 256;
 /// The first byte of a TLS record carrying a handshake.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -130,63 +124,27 @@ impl InternalTlsServer {
     }
 
     /// Accepted connections — TLS, or in permissive mode also plaintext — for tonic's
-    /// `serve_with_incoming`; handshakes run on their own tasks under a timeout.
+    /// `serve_with_incoming` (`tls::accept_with`: handshakes off the accept loop).
     pub fn incoming(
         &self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> ReceiverStream<Result<PeerStream, std::io::Error>> {
-        let (sender, receiver) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(Arc::clone(&self.config));
         let permissive = self.mode == InternalTlsMode::Permissive;
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-                    return;
-                };
-                let accepted = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    accepted = listener.accept() => accepted,
-                };
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        warn!(error = %error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let (acceptor, sender) = (acceptor.clone(), sender.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                        let mut first = [0u8; 1];
-                        if permissive
-                            && stream.peek(&mut first).await? == 1
-                            && first[0] != TLS_HANDSHAKE_RECORD
-                        {
-                            return Ok(PeerStream::Plain(stream));
-                        }
-                        Ok::<_, std::io::Error>(PeerStream::Tls(Box::new(
-                            acceptor.accept(stream).await?,
-                        )))
-                    })
-                    .await;
-                    match accepted {
-                        Ok(Ok(stream)) => {
-                            let _ = sender.send(Ok(stream)).await;
-                        }
-                        Ok(Err(error)) => {
-                            debug!(%peer, error = %error, "internal TLS handshake failed")
-                        }
-                        Err(_) => debug!(%peer, "internal TLS handshake timed out"),
-                    }
-                });
+        accept_with(listener, shutdown, move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                let mut first = [0u8; 1];
+                if permissive
+                    && stream.peek(&mut first).await? == 1
+                    && first[0] != TLS_HANDSHAKE_RECORD
+                {
+                    return Ok(PeerStream::Plain(stream));
+                }
+                Ok(PeerStream::Tls(Box::new(acceptor.accept(stream).await?)))
             }
-        });
-        ReceiverStream::new(receiver)
+        })
     }
 }
 

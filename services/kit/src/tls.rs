@@ -137,15 +137,33 @@ impl ReloadingCert {
     }
 }
 
-/// Accepted TLS connections, for `tonic`'s `serve_with_incoming`: each handshake runs on
-/// its own task under a timeout; one that fails is logged and dropped.
+/// Accepted TLS connections, for `tonic`'s `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (sender, receiver) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    accept_with(listener, shutdown, move |stream| {
+        let acceptor = acceptor.clone();
+        async move { acceptor.accept(stream).await }
+    })
+}
+
+/// Accepts connections and runs `handshake` on each, on its own task under a timeout, at
+/// most `MAX_HANDSHAKES` at once; a connection whose handshake fails or times out is logged
+/// and dropped, the others are handed on (to `tonic`'s `serve_with_incoming`).
+pub fn accept_with<S, H, F>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    handshake: H,
+) -> ReceiverStream<Result<S, std::io::Error>>
+where
+    S: Send + 'static,
+    H: Fn(TcpStream) -> F + Send + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel(64);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
@@ -164,13 +182,14 @@ pub fn incoming(
                     continue;
                 }
             };
+            // Small request/response messages must not wait for Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            let (acceptor, sender) = (acceptor.clone(), sender.clone());
+            let (handshaken, sender) = (handshake(stream), sender.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = sender.send(Ok(tls)).await;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshaken).await {
+                    Ok(Ok(stream)) => {
+                        let _ = sender.send(Ok(stream)).await;
                     }
                     Ok(Err(error)) => debug!(%peer, error = %error, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
