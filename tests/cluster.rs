@@ -123,6 +123,7 @@ fn search(query: &str) -> SearchRequest {
         k: 5,
         mode: SearchMode::Hybrid as i32,
         fusion: 0,
+        ..SearchRequest::default()
     }
 }
 
@@ -251,7 +252,9 @@ async fn the_cluster_keeps_answering_while_etcd_restarts_and_registers_again() {
 async fn replica_versions(address: &str) -> Vec<(String, u64, bool)> {
     let mut replica = RetrieverClient::connect(address.to_string()).await.unwrap();
     let mut stream = replica
-        .list_versions(ListVersionsRequest {})
+        .list_versions(ListVersionsRequest {
+            ..ListVersionsRequest::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -311,6 +314,7 @@ async fn a_replica_that_missed_writes_catches_up_from_its_peer_before_it_is_sear
     client
         .delete(DeleteRequest {
             ids: deleted_ids.clone(),
+            ..DeleteRequest::default()
         })
         .await
         .unwrap();
@@ -356,7 +360,9 @@ async fn a_replica_that_missed_writes_catches_up_from_its_peer_before_it_is_sear
     assert_eq!(replica_versions(&behind).await, expected);
     let mut replica = RetrieverClient::connect(behind.clone()).await.unwrap();
     let info = replica
-        .shard_info(ShardInfoRequest {})
+        .shard_info(ShardInfoRequest {
+            ..ShardInfoRequest::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -369,7 +375,10 @@ async fn a_replica_that_missed_writes_catches_up_from_its_peer_before_it_is_sear
     cluster.wait_for_members(8, Duration::from_secs(6)).await;
     for doc in &written {
         let found = client
-            .get_document(quarry_proto::v1::GetDocumentRequest { id: doc.id.clone() })
+            .get_document(quarry_proto::v1::GetDocumentRequest {
+                id: doc.id.clone(),
+                ..quarry_proto::v1::GetDocumentRequest::default()
+            })
             .await;
         if deleted_ids.contains(&doc.id) {
             assert_eq!(

@@ -69,6 +69,7 @@ async fn ask_stream_forwards_model_tokens_and_maps_citations_to_documents() {
             question: "Who discovered penicillin?".to_string(),
             k: 3,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap()
@@ -115,6 +116,7 @@ async fn ask_stream_forwards_model_tokens_and_maps_citations_to_documents() {
             question: "Who discovered penicillin?".to_string(),
             k: 3,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap()

@@ -198,6 +198,7 @@ async fn every_role_counts_what_it_served_and_prometheus_scrapes_it() {
                 k: 3,
                 mode: SearchMode::Keyword as i32,
                 fusion: 0,
+                ..SearchRequest::default()
             })
             .await
             .unwrap()

@@ -19,6 +19,7 @@ fn search(query: &str, k: u32) -> SearchRequest {
         k,
         mode: SearchMode::Keyword as i32,
         fusion: 0,
+        ..SearchRequest::default()
     }
 }
 
@@ -110,6 +111,7 @@ async fn ingest_search_ask_delete_and_restart() {
             question: "How does insulin affect blood glucose?".to_string(),
             k: 3,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap()
@@ -141,6 +143,7 @@ async fn ingest_search_ask_delete_and_restart() {
             question: "What is the capital of Mongolia?".to_string(),
             k: 3,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap()
@@ -158,6 +161,7 @@ async fn ingest_search_ask_delete_and_restart() {
             question: "Who discovered penicillin?".to_string(),
             k: 3,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap()
@@ -190,6 +194,7 @@ async fn ingest_search_ask_delete_and_restart() {
     let fetched = client
         .get_document(GetDocumentRequest {
             id: "volcano".into(),
+            ..GetDocumentRequest::default()
         })
         .await
         .unwrap()
@@ -198,6 +203,7 @@ async fn ingest_search_ask_delete_and_restart() {
     let deleted = client
         .delete(DeleteRequest {
             ids: vec!["sourdough".into(), "nope".into()],
+            ..DeleteRequest::default()
         })
         .await
         .unwrap()
@@ -206,6 +212,7 @@ async fn ingest_search_ask_delete_and_restart() {
     let missing = client
         .get_document(GetDocumentRequest {
             id: "sourdough".into(),
+            ..GetDocumentRequest::default()
         })
         .await
         .unwrap_err();
@@ -248,6 +255,7 @@ async fn ingest_search_ask_delete_and_restart() {
     let fetched = client
         .get_document(GetDocumentRequest {
             id: "volcano".into(),
+            ..GetDocumentRequest::default()
         })
         .await
         .unwrap()
@@ -289,6 +297,7 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
             question: "  ".into(),
             k: 0,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap_err();
@@ -303,18 +312,25 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
             question: "moon".into(),
             k: 5000,
             mode: 0,
+            ..AskRequest::default()
         })
         .await
         .unwrap_err();
     assert!(error.message().starts_with("k"), "{}", error.message());
     let error = client
-        .get_document(GetDocumentRequest { id: "".into() })
+        .get_document(GetDocumentRequest {
+            id: "".into(),
+            ..GetDocumentRequest::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().starts_with("id"));
     let error = client
-        .delete(DeleteRequest { ids: vec![] })
+        .delete(DeleteRequest {
+            ids: vec![],
+            ..DeleteRequest::default()
+        })
         .await
         .unwrap_err();
     assert!(error.message().starts_with("ids"));
@@ -485,6 +501,7 @@ async fn kill_dash_nine_keeps_every_acknowledged_document_in_both_indexes() {
     client
         .delete(DeleteRequest {
             ids: vec!["tides".into()],
+            ..DeleteRequest::default()
         })
         .await
         .unwrap();

@@ -34,6 +34,7 @@ fn demo_corpus() -> Vec<Document> {
                 title: value["title"].as_str().unwrap().to_string(),
                 text: value["text"].as_str().unwrap().to_string(),
                 metadata: Default::default(),
+                ..Document::default()
             }
         })
         .collect()
@@ -52,6 +53,7 @@ async fn top_tens(
                 k: 10,
                 mode: mode as i32,
                 fusion: fusion as i32,
+                ..SearchRequest::default()
             })
             .await
             .unwrap()

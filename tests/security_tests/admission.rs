@@ -29,7 +29,10 @@ async fn a_full_class_is_refused_at_once_and_an_idle_ingest_stream_is_closed() {
         let mut client = client.clone();
         async move {
             client
-                .get_document(GetDocumentRequest { id: "held".into() })
+                .get_document(GetDocumentRequest {
+                    id: "held".into(),
+                    ..GetDocumentRequest::default()
+                })
                 .await
                 .is_ok()
                 || call(&mut client, "Delete", None).await == Code::ResourceExhausted
@@ -40,6 +43,7 @@ async fn a_full_class_is_refused_at_once_and_an_idle_ingest_stream_is_closed() {
     let refused = client
         .delete(DeleteRequest {
             ids: vec!["held".into()],
+            ..DeleteRequest::default()
         })
         .await
         .unwrap_err();
@@ -67,6 +71,7 @@ async fn a_full_class_is_refused_at_once_and_an_idle_ingest_stream_is_closed() {
     let deleted = client
         .delete(DeleteRequest {
             ids: vec!["held".into()],
+            ..DeleteRequest::default()
         })
         .await;
     assert!(deleted.is_ok(), "{deleted:?}");

@@ -99,7 +99,10 @@ async fn api_keys_guard_every_public_rpc_and_rotate_without_a_restart() {
     }
     let probe = client
         .get_document(with_key(
-            GetDocumentRequest { id: "probe".into() },
+            GetDocumentRequest {
+                id: "probe".into(),
+                ..GetDocumentRequest::default()
+            },
             Some(&admin),
         ))
         .await

@@ -55,6 +55,7 @@ fn search_request(query: &str) -> SearchRequest {
         k: 5,
         mode: SearchMode::Keyword as i32,
         fusion: 0,
+        ..SearchRequest::default()
     }
 }
 
@@ -79,6 +80,7 @@ async fn call(client: &mut QuarryClient<Channel>, rpc: &str, token: Option<&str>
         question: "what is quarry".to_string(),
         k: 2,
         mode: SearchMode::Keyword as i32,
+        ..AskRequest::default()
     };
     let outcome = match rpc {
         "Ask" => client.ask(with_key(ask(), token)).await.map(|_| ()),
@@ -95,6 +97,7 @@ async fn call(client: &mut QuarryClient<Channel>, rpc: &str, token: Option<&str>
             .delete(with_key(
                 DeleteRequest {
                     ids: vec!["probe".to_string()],
+                    ..DeleteRequest::default()
                 },
                 token,
             ))
@@ -104,6 +107,7 @@ async fn call(client: &mut QuarryClient<Channel>, rpc: &str, token: Option<&str>
             .get_document(with_key(
                 GetDocumentRequest {
                     id: "probe".to_string(),
+                    ..GetDocumentRequest::default()
                 },
                 token,
             ))

@@ -30,7 +30,9 @@ async fn dial_role(
 
 async fn shard_info(channel: Channel) -> Result<(), tonic::Status> {
     RetrieverClient::new(channel)
-        .shard_info(ShardInfoRequest {})
+        .shard_info(ShardInfoRequest {
+            ..ShardInfoRequest::default()
+        })
         .await
         .map(drop)
 }
@@ -40,6 +42,7 @@ async fn shard_delete(channel: Channel) -> Result<(), tonic::Status> {
         .delete(ShardDeleteRequest {
             ids: vec!["a1".into()],
             version: 0,
+            ..ShardDeleteRequest::default()
         })
         .await
         .map(drop)
@@ -89,6 +92,7 @@ async fn mutual_tls_between_roles_checks_the_ca_and_the_callers_role() {
                 question: "who discovered penicillin".into(),
                 k: 2,
                 mode: 0,
+                ..AskRequest::default()
             })
             .await
             .unwrap()

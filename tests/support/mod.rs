@@ -184,6 +184,7 @@ pub fn document(id: &str, title: &str, text: &str) -> Document {
         title: title.to_string(),
         text: text.to_string(),
         metadata: Default::default(),
+        ..Document::default()
     }
 }
 

@@ -16,12 +16,25 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Status};
 use tracing::{info, Instrument, Span};
 
+use crate::answer_cache::CacheKey;
 use crate::context::build_context;
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
+use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 use crate::plan::plan_question;
+use crate::retrieve::SearchTarget;
 use crate::validate::{resolve_k, resolve_mode, validate_query};
+
+/// A question, checked: where to look, how many passages, which mode, and its cache key.
+struct Question {
+    request: AskRequest,
+    target: SearchTarget,
+    k: u32,
+    mode: SearchMode,
+    /// `None` when the cache is off.
+    cache_key: Option<CacheKey>,
+}
 
 /// Everything an answer is written from.
 struct Prepared {
@@ -36,9 +49,14 @@ impl Gateway {
     pub async fn ask(
         &self,
         request: AskRequest,
+        grant: Option<&CollectionGrant>,
         deadline: Deadline,
     ) -> Result<AskResponse, GatewayError> {
-        let mut prepared = self.prepare(request, deadline).await?;
+        let question = self.question(request, grant)?;
+        if let Some(cached) = self.cached_answer(&question).await {
+            return Ok(cached);
+        }
+        let mut prepared = self.prepare(&question, deadline).await?;
         let generate_started = Instant::now();
         let mut generator = self.clients.generator()?;
         let generated = generator
@@ -51,20 +69,86 @@ impl Gateway {
             .map_err(|status| GatewayError::downstream("generator", status))?
             .into_inner();
         timings(&mut prepared).generate_ms = elapsed_ms(generate_started);
-        self.finish(prepared, generated, deadline).await
+        let response = self.finish(prepared, generated, deadline).await?;
+        self.remember(&question, &response).await;
+        Ok(response)
+    }
+
+    /// Checks a question: its collection (and the caller's grant), filter, k and mode.
+    fn question(
+        &self,
+        request: AskRequest,
+        grant: Option<&CollectionGrant>,
+    ) -> Result<Question, GatewayError> {
+        let target = self.target_of(&request.collection, request.filter.clone(), grant)?;
+        validate_query("question", &request.question, &self.config)?;
+        let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
+        let mode = resolve_mode(request.mode)?;
+        let cache_key = self.answers.enabled().then(|| {
+            let generation = self
+                .catalog
+                .snapshot()
+                .generation(&target.collection)
+                .unwrap_or_default();
+            self.answers.answer_key(
+                &target.collection,
+                generation,
+                &request.question,
+                k,
+                mode as i32,
+                &format!("{:?}/{}", self.config.fusion, self.config.rrf_k),
+                target.filter.as_ref(),
+            )
+        });
+        Ok(Question {
+            request,
+            target,
+            k,
+            mode,
+            cache_key,
+        })
+    }
+
+    /// A cached answer to the same question on the same collection, with no write since;
+    /// `None` when there is none, the cache is off, or the client asked for a fresh one.
+    async fn cached_answer(&self, question: &Question) -> Option<AskResponse> {
+        let key = question.cache_key.as_ref()?;
+        if question.request.skip_cache {
+            return None;
+        }
+        let mut answer = self.answers.answer(key).await?;
+        answer.cached = true;
+        Span::current().record("cache_hit", true);
+        info!(collection = %question.target.collection, "question answered from the cache");
+        Some(answer)
+    }
+
+    /// Caches a whole answer (not a partial one: a shard's absence is not an answer).
+    async fn remember(&self, question: &Question, response: &AskResponse) {
+        let (Some(key), Some(retrieval)) = (&question.cache_key, &response.retrieval) else {
+            return;
+        };
+        if !retrieval.partial {
+            self.answers.put_answer(key, response).await;
+        }
     }
 
     /// Streams answer text as the generator writes it, then the whole `AskResponse`.
     pub fn ask_stream(
         self: Arc<Self>,
         request: AskRequest,
+        grant: Option<CollectionGrant>,
         deadline: Deadline,
     ) -> ReceiverStream<Result<AskChunk, Status>> {
         let (sender, receiver) = mpsc::channel(32);
         // The answer is written in the server span, which lives until the stream ends.
         tokio::spawn(
             async move {
-                if let Err(error) = self.stream_answer(request, deadline, &sender).await {
+                let answered = match self.question(request, grant.as_ref()) {
+                    Ok(question) => self.stream_answer(question, deadline, &sender).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = answered {
                     let _ = sender.send(Err(error.into())).await;
                 }
             }
@@ -75,11 +159,21 @@ impl Gateway {
 
     async fn stream_answer(
         &self,
-        request: AskRequest,
+        question: Question,
         deadline: Deadline,
         sender: &mpsc::Sender<Result<AskChunk, Status>>,
     ) -> Result<(), GatewayError> {
-        let mut prepared = self.prepare(request, deadline).await?;
+        if let Some(cached) = self.cached_answer(&question).await {
+            // The whole answer as one piece of text, then the response, as a fresh one ends.
+            for chunk in [
+                ask_chunk::Chunk::Token(cached.answer.clone()),
+                ask_chunk::Chunk::Done(cached),
+            ] {
+                let _ = sender.send(Ok(AskChunk { chunk: Some(chunk) })).await;
+            }
+            return Ok(());
+        }
+        let mut prepared = self.prepare(&question, deadline).await?;
         let generate_started = Instant::now();
         let mut generator = self.clients.generator()?;
         let mut upstream = generator
@@ -115,6 +209,7 @@ impl Gateway {
         })?;
         timings(&mut prepared).generate_ms = elapsed_ms(generate_started);
         let response = self.finish(prepared, generated, deadline).await?;
+        self.remember(&question, &response).await;
         let _ = sender
             .send(Ok(AskChunk {
                 chunk: Some(ask_chunk::Chunk::Done(response)),
@@ -126,13 +221,11 @@ impl Gateway {
     /// Analyse, plan, search every shard, and number the best passages.
     async fn prepare(
         &self,
-        request: AskRequest,
+        question: &Question,
         deadline: Deadline,
     ) -> Result<Prepared, GatewayError> {
         let started = Instant::now();
-        validate_query("question", &request.question, &self.config)?;
-        let k = resolve_k(request.k, self.config.default_ask_k, &self.config)?;
-        let mode = resolve_mode(request.mode)?;
+        let (request, k, mode) = (&question.request, question.k, question.mode);
         Span::current().record("k", k);
 
         let wants_vectors = mode != SearchMode::Keyword;
@@ -157,6 +250,7 @@ impl Gateway {
         let search_started = Instant::now();
         let retrieved = self
             .retrieve(
+                &question.target,
                 &request.question,
                 &plan,
                 query_vector.unwrap_or_default(),
@@ -180,7 +274,7 @@ impl Gateway {
             passages,
         };
         Ok(Prepared {
-            question: request.question,
+            question: request.question.clone(),
             analysis,
             retrieval,
             started,
@@ -196,16 +290,33 @@ impl Gateway {
         embed: bool,
         deadline: Deadline,
     ) -> Result<(Analysis, Option<Vec<f32>>), GatewayError> {
-        let mut analyzer = self.clients.analyzer()?;
-        let request = AnalyzeRequest {
-            query: question.to_string(),
-            embed,
+        let key = self
+            .answers
+            .enabled()
+            .then(|| self.answers.analysis_key(question, embed));
+        let cached = match &key {
+            Some(key) => self.answers.analysis(key).await,
+            None => None,
         };
-        let response = analyzer
-            .analyze(with_timeout(request, deadline, self))
-            .await
-            .map_err(|status| GatewayError::downstream("analyzer", status))?
-            .into_inner();
+        let response = match cached {
+            Some(response) => response,
+            None => {
+                let mut analyzer = self.clients.analyzer()?;
+                let request = AnalyzeRequest {
+                    query: question.to_string(),
+                    embed,
+                };
+                let response = analyzer
+                    .analyze(with_timeout(request, deadline, self))
+                    .await
+                    .map_err(|status| GatewayError::downstream("analyzer", status))?
+                    .into_inner();
+                if let Some(key) = &key {
+                    self.answers.put_analysis(key, &response).await;
+                }
+                response
+            }
+        };
         let embedding = response
             .embedding
             .map(|vector| vector.values)
@@ -287,6 +398,7 @@ impl Gateway {
             evaluation: Some(evaluation),
             low_confidence,
             generator: generated.generator,
+            cached: false,
         }
     }
 }

@@ -58,6 +58,7 @@ mod tests {
                 title: String::new(),
                 text: text.to_string(),
                 score: 1.0,
+                ..Candidate::default()
             },
         }
     }

@@ -3,14 +3,15 @@
 
 use futures::future::join_all;
 use quarry_proto::v1::{
-    ClusterStatusResponse, DeleteRequest, DeleteResponse, Document, FetchRequest, Member,
-    ShardDeleteRequest,
+    ClusterStatusResponse, DeleteRequest, DeleteResponse, Document, FetchRequest,
+    GetDocumentRequest, Member, ShardDeleteRequest,
 };
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
+use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
-use crate::shard_client::{ShardAnswer, ShardCall, ShardReply};
+use crate::shard_client::{ShardCall, ShardReply};
 use crate::shard_router::shard_for_document;
 use crate::validate::validate_id;
 
@@ -21,8 +22,10 @@ impl Gateway {
     pub async fn delete(
         &self,
         request: DeleteRequest,
+        grant: Option<&CollectionGrant>,
         deadline: Deadline,
     ) -> Result<DeleteResponse, GatewayError> {
+        let collection = self.collection_of(&request.collection, grant)?;
         if request.ids.is_empty() {
             return Err(GatewayError::invalid("ids", "must name at least one id"));
         }
@@ -42,6 +45,7 @@ impl Gateway {
         }
         let timeout = deadline.hop(self.shard_timeout());
         let version = self.versions.next();
+        let collection_name = collection.as_str();
         let deletes = per_shard
             .into_iter()
             .enumerate()
@@ -58,6 +62,7 @@ impl Gateway {
                     let request = ShardDeleteRequest {
                         ids: ids.clone(),
                         version,
+                        collection: collection_name.to_string(),
                     };
                     async move {
                         let mut client = self.clients.retriever(replica)?;
@@ -77,21 +82,34 @@ impl Gateway {
                 Ok(deleted)
             });
         let mut deleted = 0;
+        let mut failure = None;
         for outcome in join_all(deletes).await {
-            deleted += outcome?;
+            match outcome {
+                Ok(count) => deleted += count,
+                Err(error) => failure = Some(error),
+            }
         }
-        Ok(DeleteResponse { deleted })
+        // Some shard may have applied its deletes even when another failed.
+        self.record_write(&collection).await;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(DeleteResponse { deleted }),
+        }
     }
 
     pub async fn get_document(
         &self,
-        id: &str,
+        request: GetDocumentRequest,
+        grant: Option<&CollectionGrant>,
         deadline: Deadline,
     ) -> Result<Document, GatewayError> {
+        let collection = self.collection_of(&request.collection, grant)?;
+        let id = request.id.as_str();
         validate_id(id, &self.config)?;
         let shard = shard_for_document(id, self.clients.shard_count());
         let request = FetchRequest {
             ids: vec![id.to_string()],
+            collection: collection.clone(),
         };
         let answer = self
             .shards
@@ -106,11 +124,13 @@ impl Gateway {
                 "fetch answered another rpc".to_string(),
             ));
         };
-        fetched
-            .documents
-            .into_iter()
-            .next()
-            .ok_or_else(|| GatewayError::NotFound(format!("id: no document {id:?}")))
+        let mut document = fetched.documents.into_iter().next().ok_or_else(|| {
+            GatewayError::NotFound(format!(
+                "id: no document {id:?} in collection {collection:?}"
+            ))
+        })?;
+        document.collection = collection;
+        Ok(document)
     }
 
     pub async fn cluster_status(
@@ -119,28 +139,9 @@ impl Gateway {
     ) -> Result<ClusterStatusResponse, GatewayError> {
         let members = self.clients.members();
         let shards = self.clients.shard_count();
-        let timeout = deadline.hop(self.shard_timeout());
-        let infos = (0..shards).map(|shard| async move {
-            match self.shards.call(shard, ShardCall::ShardInfo, timeout).await {
-                Ok(ShardAnswer {
-                    reply: ShardReply::ShardInfo(info),
-                    ..
-                }) => Ok((info.num_docs, info.num_vectors)),
-                _ => Err(shard),
-            }
-        });
-        let mut num_docs = 0;
-        let mut num_vectors = 0;
-        let mut shards_unavailable = Vec::new();
-        for outcome in join_all(infos).await {
-            match outcome {
-                Ok((docs, vectors)) => {
-                    num_docs += docs;
-                    num_vectors += vectors;
-                }
-                Err(shard) => shards_unavailable.push(shard),
-            }
-        }
+        let counted = self
+            .count(quarry_kit::collections::DEFAULT_COLLECTION, deadline)
+            .await;
         Ok(ClusterStatusResponse {
             cluster: self.cluster_name.clone(),
             shards,
@@ -158,9 +159,9 @@ impl Gateway {
                     version: member.version.clone(),
                 })
                 .collect(),
-            shards_unavailable,
-            num_docs,
-            num_vectors,
+            shards_unavailable: counted.shards_unavailable,
+            num_docs: counted.num_docs,
+            num_vectors: counted.num_vectors,
         })
     }
 }

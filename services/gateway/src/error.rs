@@ -12,6 +12,13 @@ pub enum GatewayError {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    /// A refused request whose message names the field ("filter: year: ...").
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Catalog(#[from] quarry_kit::collections::CatalogError),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -55,11 +62,26 @@ impl GatewayError {
             GatewayError::InvalidArgument { .. } => Code::InvalidArgument,
             GatewayError::FailedPrecondition(_) => Code::FailedPrecondition,
             GatewayError::NotFound(_) => Code::NotFound,
+            GatewayError::PermissionDenied(_) => Code::PermissionDenied,
+            GatewayError::Refused(_) => Code::InvalidArgument,
+            GatewayError::Catalog(error) => catalog_code(error),
             GatewayError::NoMember { .. } | GatewayError::Unavailable(_) => Code::Unavailable,
             GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             GatewayError::Downstream { code, .. } => *code,
             GatewayError::Internal(_) => Code::Internal,
         }
+    }
+}
+
+fn catalog_code(error: &quarry_kit::collections::CatalogError) -> Code {
+    use quarry_kit::collections::CatalogError;
+    match error {
+        CatalogError::Invalid { .. } => Code::InvalidArgument,
+        CatalogError::NotFound(_) => Code::NotFound,
+        CatalogError::AlreadyExists(_) => Code::AlreadyExists,
+        CatalogError::Full(_) => Code::ResourceExhausted,
+        CatalogError::Unsupported(_) => Code::FailedPrecondition,
+        CatalogError::Unavailable(_) => Code::Unavailable,
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use moka::sync::Cache;
 use quarry_proto::v1::{
-    CollectStatsRequest, CorpusStats, FetchRequest, ShardSearchRequest, TermStats,
+    CollectStatsRequest, CorpusStats, Document, FetchRequest, ShardSearchRequest, TermStats,
 };
 use tracing::warn;
 
@@ -50,6 +50,8 @@ pub struct Candidate {
     pub score: f64,
     pub title: String,
     pub text: String,
+    /// The document's metadata, a JSON object; empty for none.
+    pub metadata_json: String,
 }
 
 /// A candidate with the shard it came from.
@@ -62,6 +64,8 @@ pub struct ShardedCandidate {
 /// What to ask every shard for.
 #[derive(Debug, Clone, Default)]
 pub struct FanOutRequest {
+    pub collection: String,
+    pub filter: Option<quarry_proto::v1::Filter>,
     pub query: String,
     pub keyword_k: u32,
     pub vector_k: u32,
@@ -78,7 +82,9 @@ impl FanOutRequest {
 
     /// The statistics cache key: the query and its sub-queries.
     fn statistics_key(&self) -> String {
-        let mut key = self.query.clone();
+        let mut key = self.collection.clone();
+        key.push('\u{1e}');
+        key.push_str(&self.query);
         for sub_query in &self.sub_queries {
             key.push('\u{1f}');
             key.push_str(sub_query);
@@ -199,6 +205,7 @@ pub async fn search_shards(
                     let call = ShardCall::CollectStats(CollectStatsRequest {
                         query: request.query.clone(),
                         sub_queries: request.sub_queries.clone(),
+                        collection: request.collection.clone(),
                     });
                     (*shard, call)
                 })
@@ -244,6 +251,8 @@ pub async fn search_shards(
                     sub_queries: request.sub_queries.clone(),
                     sub_query_k: request.sub_query_k,
                     expected_local_stats,
+                    collection: request.collection.clone(),
+                    filter: request.filter.clone(),
                 });
                 (*shard, call)
             })
@@ -339,6 +348,7 @@ pub struct Fetched {
 /// at once, under what is left of `budget`.
 pub async fn fetch_stored(
     client: &ShardClient,
+    collection: &str,
     hits: Vec<ShardedCandidate>,
     budget: Budget,
 ) -> Fetched {
@@ -349,7 +359,7 @@ pub async fn fetch_stored(
             ids.push(hit.candidate.doc_id.clone());
         }
     }
-    let mut stored: HashMap<(u32, String), (String, String)> = HashMap::new();
+    let mut stored: HashMap<(u32, String), Document> = HashMap::new();
     let mut failed = BTreeSet::new();
     let mut hedges = 0;
     for _ in 0..MAX_FETCH_ROUNDS {
@@ -359,7 +369,13 @@ pub async fn fetch_stored(
         let asked: HashMap<u32, Vec<String>> = std::mem::take(&mut wanted);
         let calls = asked
             .iter()
-            .map(|(shard, ids)| (*shard, ShardCall::Fetch(FetchRequest { ids: ids.clone() })))
+            .map(|(shard, ids)| {
+                let request = FetchRequest {
+                    ids: ids.clone(),
+                    collection: collection.to_string(),
+                };
+                (*shard, ShardCall::Fetch(request))
+            })
             .collect();
         let phase = client.call_each(calls, budget.remaining()).await;
         hedges += phase.hedges;
@@ -369,7 +385,7 @@ pub async fn fetch_stored(
                 continue;
             };
             for document in response.documents {
-                stored.insert((shard, document.id), (document.title, document.text));
+                stored.insert((shard, document.id.clone()), document);
             }
             // The ids a reply did not get to are the last `ids_left` asked; a reply that got
             // to none of them is a failure, not a reason to ask forever.
@@ -398,9 +414,10 @@ pub async fn fetch_stored(
     let hits = hits
         .into_iter()
         .filter_map(|mut hit| {
-            let (title, text) = stored.get(&(hit.shard, hit.candidate.doc_id.clone()))?;
-            hit.candidate.title = title.clone();
-            hit.candidate.text = text.clone();
+            let document = stored.get(&(hit.shard, hit.candidate.doc_id.clone()))?;
+            hit.candidate.title = document.title.clone();
+            hit.candidate.text = document.text.clone();
+            hit.candidate.metadata_json = document.metadata_json.clone();
             Some(hit)
         })
         .collect();

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use quarry_kit::collections::CollectionCatalog;
 use quarry_kit::config::GatewayConfig;
 
+use crate::answer_cache::AnswerCache;
 use crate::cluster_clients::ClusterClients;
 use crate::fan_out::StatisticsCache;
 use crate::shard_client::{GrpcShards, ShardClient};
@@ -19,10 +21,19 @@ pub struct Gateway {
     pub(crate) statistics: StatisticsCache,
     /// Stamps every write (document or delete) with its version.
     pub(crate) versions: quarry_kit::VersionClock,
+    /// The collections, and their write generations.
+    pub(crate) catalog: Arc<dyn CollectionCatalog>,
+    /// Answers and analyses (off until `with_answer_cache`).
+    pub(crate) answers: AnswerCache,
 }
 
 impl Gateway {
-    pub fn new(config: GatewayConfig, cluster_name: String, clients: Arc<ClusterClients>) -> Self {
+    pub fn new(
+        config: GatewayConfig,
+        cluster_name: String,
+        clients: Arc<ClusterClients>,
+        catalog: Arc<dyn CollectionCatalog>,
+    ) -> Self {
         let shards = ShardClient::new(
             Arc::new(GrpcShards::new(Arc::clone(&clients))),
             config.replica_selection,
@@ -35,7 +46,15 @@ impl Gateway {
             shards,
             statistics: StatisticsCache::default(),
             versions: quarry_kit::VersionClock::default(),
+            catalog,
+            answers: AnswerCache::off(),
         }
+    }
+
+    /// Caches answers and analyses in `cache`.
+    pub fn with_answer_cache(mut self, cache: AnswerCache) -> Self {
+        self.answers = cache;
+        self
     }
 }
 

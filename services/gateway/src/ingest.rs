@@ -5,6 +5,8 @@
 //! as durable. Each document is stamped with a version as it arrives, so a later write of
 //! the same id wins on every replica whatever order the copies land in.
 
+use std::collections::HashMap;
+
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use futures::Stream;
@@ -16,6 +18,7 @@ use tracing::field::Empty;
 use tracing::{info, warn};
 
 use crate::error::GatewayError;
+use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
 use crate::shard_router::shard_for_document;
@@ -70,12 +73,17 @@ impl Tally {
 
 impl Gateway {
     #[tracing::instrument(name = "ingest", skip_all, fields(accepted = Empty, rejected = Empty))]
-    pub async fn ingest<S>(&self, mut documents: S) -> Result<IngestSummary, GatewayError>
+    pub async fn ingest<S>(
+        &self,
+        mut documents: S,
+        grant: Option<&CollectionGrant>,
+    ) -> Result<IngestSummary, GatewayError>
     where
         S: Stream<Item = Result<Document, Status>> + Unpin,
     {
         let shards = self.clients.shard_count();
-        let mut buffers: Vec<Vec<Pending>> = (0..shards).map(|_| Vec::new()).collect();
+        // One buffer per collection and shard (a stream may mix collections).
+        let mut buffers: HashMap<(String, u32), Vec<Pending>> = HashMap::new();
         let mut tally = Tally::default();
         let mut index = 0u64;
         // Full batches being embedded and written while the stream is read on: the next
@@ -113,7 +121,9 @@ impl Gateway {
             };
             let bytes = document.id.len() + document.title.len() + document.text.len();
             metrics().ingest_bytes.inc_by(bytes as u64);
-            match validate_document(&document, &self.config) {
+            let checked = validate_document(&document, &self.config)
+                .and_then(|()| self.collection_of(&document.collection, grant));
+            match checked {
                 Err(GatewayError::InvalidArgument { field, reason }) => {
                     tally.reject(
                         index,
@@ -123,30 +133,44 @@ impl Gateway {
                         format!("document {index}: {field}: {reason}"),
                     );
                 }
+                Err(
+                    error @ (GatewayError::Catalog(_)
+                    | GatewayError::NotFound(_)
+                    | GatewayError::PermissionDenied(_)),
+                ) => {
+                    tally.reject(
+                        index,
+                        &document.id,
+                        error.code(),
+                        "collection",
+                        format!("document {index}: {error}"),
+                    );
+                }
                 Err(other) => {
                     failure = Some(other);
                     break;
                 }
-                Ok(()) => {
-                    let shard = shard_for_document(&document.id, shards) as usize;
+                Ok(collection) => {
+                    let shard = shard_for_document(&document.id, shards);
                     let version = self.versions.next();
-                    buffers[shard].push(Pending {
+                    let buffer = buffers.entry((collection.clone(), shard)).or_default();
+                    buffer.push(Pending {
                         index,
                         document,
                         version,
                     });
-                    if buffers[shard].len() >= self.config.ingest_batch {
-                        let batch = std::mem::take(&mut buffers[shard]);
-                        in_flight.push(self.write_batch(shard as u32, batch));
+                    if buffer.len() >= self.config.ingest_batch {
+                        let batch = std::mem::take(buffer);
+                        in_flight.push(self.write_batch(collection, shard, batch));
                     }
                 }
             }
             index += 1;
         }
         if failure.is_none() {
-            for (shard, batch) in buffers.into_iter().enumerate() {
+            for ((collection, shard), batch) in buffers {
                 if !batch.is_empty() {
-                    in_flight.push(self.write_batch(shard as u32, batch));
+                    in_flight.push(self.write_batch(collection, shard, batch));
                 }
             }
         }
@@ -208,13 +232,24 @@ impl Gateway {
     /// Embeds one batch and writes it to every replica of its shard that takes writes;
     /// accepted only if all of them acknowledged.
     #[tracing::instrument(name = "write_batch", skip_all, fields(shard, documents = batch.len()))]
-    async fn write_batch(&self, shard: u32, batch: Vec<Pending>) -> Tally {
+    async fn write_batch(&self, collection: String, shard: u32, batch: Vec<Pending>) -> Tally {
         let mut tally = Tally::default();
-        self.write_batch_into(shard, batch, &mut tally).await;
+        self.write_batch_into(&collection, shard, batch, &mut tally)
+            .await;
+        // Whatever landed (on some replicas, even) retires the collection's cached answers.
+        if tally.summary.accepted > 0 || tally.summary.rejected > 0 {
+            self.record_write(&collection).await;
+        }
         tally
     }
 
-    async fn write_batch_into(&self, shard: u32, batch: Vec<Pending>, tally: &mut Tally) {
+    async fn write_batch_into(
+        &self,
+        collection: &str,
+        shard: u32,
+        batch: Vec<Pending>,
+        tally: &mut Tally,
+    ) {
         let vectors = match self.embed_batch(&batch).await {
             Ok(vectors) => vectors,
             Err(error) => {
@@ -249,7 +284,10 @@ impl Gateway {
                 .iter()
                 .enumerate()
                 .map(|(position, pending)| IndexRequest {
-                    document: Some(pending.document.clone()),
+                    document: Some(Document {
+                        collection: collection.to_string(),
+                        ..pending.document.clone()
+                    }),
                     vector: vectors
                         .as_ref()
                         .and_then(|vectors| vectors.get(position).cloned())

@@ -3,8 +3,10 @@
 //! BM25 statistics, merges the hits, builds the numbered context, and has the generator and
 //! the evaluator answer and judge — every hop a gRPC call to a member found by discovery.
 
+mod answer_cache;
 mod ask;
 mod cluster_clients;
+mod collections;
 mod context;
 mod deadline;
 mod documents;
@@ -23,6 +25,7 @@ mod shard_client;
 mod shard_router;
 mod validate;
 
+pub use answer_cache::AnswerCache;
 pub use cluster_clients::ClusterClients;
 pub use error::GatewayError;
 pub use fan_out::sum_statistics;

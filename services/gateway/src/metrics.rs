@@ -23,6 +23,9 @@ pub struct GatewayMetrics {
     pub rejected: IntCounterVec,
     pub admitted: IntGaugeVec,
     pub key_reload_errors: IntCounter,
+    pub cache: IntCounterVec,
+    pub cache_errors: IntCounterVec,
+    pub rerank: IntCounterVec,
 }
 
 /// The gateway's metrics, registered on first use (`register` lists them from the start).
@@ -106,6 +109,23 @@ pub fn metrics() -> &'static GatewayMetrics {
             "quarry_gateway_key_reload_errors_total",
             "Times the API keys could not be re-read (the last good keys stayed in force).",
         ),
+        cache: counter_vec(
+            "quarry_gateway_cache_total",
+            "Answer-cache lookups, by kind (answer, analysis) and outcome (hit, miss).",
+            &["kind", "outcome"],
+        ),
+        cache_errors: counter_vec(
+            "quarry_gateway_cache_errors_total",
+            "Answer-cache (Redis) calls that failed or timed out, by kind and operation \
+             (get, set); each made the lookup a miss, never the Ask a failure.",
+            &["kind", "operation"],
+        ),
+        rerank: counter_vec(
+            "quarry_gateway_rerank_total",
+            "Rerank attempts, by outcome: reranked, or fallback (the reranker failed and the \
+             fused order was kept).",
+            &["outcome"],
+        ),
     });
     &METRICS
 }
@@ -121,6 +141,17 @@ pub fn register() {
     }
     for outcome in ["accepted", "rejected"] {
         metrics.ingest_documents.with_label_values(&[outcome]);
+    }
+    for kind in ["answer", "analysis"] {
+        for outcome in ["hit", "miss"] {
+            metrics.cache.with_label_values(&[kind, outcome]);
+        }
+        for operation in ["get", "set"] {
+            metrics.cache_errors.with_label_values(&[kind, operation]);
+        }
+    }
+    for outcome in ["reranked", "fallback"] {
+        metrics.rerank.with_label_values(&[outcome]);
     }
     for class in crate::front::Class::ALL {
         metrics.admitted.with_label_values(&[class.name()]);

@@ -14,6 +14,30 @@ use crate::metrics::metrics;
 use crate::plan::RetrievalPlan;
 use crate::search::require_some_shard;
 
+/// Where a retrieval looks: a collection, and only the documents a filter admits.
+#[derive(Debug, Clone, Default)]
+pub struct SearchTarget {
+    pub collection: String,
+    pub filter: Option<quarry_proto::v1::Filter>,
+}
+
+impl Gateway {
+    /// The collection and filter of a search or a question, checked.
+    pub(crate) fn target_of(
+        &self,
+        collection: &str,
+        filter: Option<quarry_proto::v1::Filter>,
+        grant: Option<&crate::front::CollectionGrant>,
+    ) -> Result<SearchTarget, GatewayError> {
+        let collection = self.collection_of(collection, grant)?;
+        if let Some(filter) = &filter {
+            quarry_kit::filter::validate(filter)
+                .map_err(|error| GatewayError::Refused(error.message))?;
+        }
+        Ok(SearchTarget { collection, filter })
+    }
+}
+
 /// Ranked candidates and how the shards answered.
 #[derive(Debug, Default)]
 pub struct Retrieved {
@@ -86,6 +110,7 @@ impl Gateway {
     /// whether the answer is partial on the current (server) span.
     pub(crate) async fn retrieve(
         &self,
+        target: &SearchTarget,
         query: &str,
         plan: &RetrievalPlan,
         query_vector: Vec<f32>,
@@ -96,6 +121,8 @@ impl Gateway {
         let budget = Budget::new(deadline.hop(self.shard_timeout()));
         let sub_query_k = plan.keyword_k.max(1);
         let request = FanOutRequest {
+            collection: target.collection.clone(),
+            filter: target.filter.clone(),
             query: query.to_string(),
             keyword_k: plan.keyword_k,
             vector_k: plan.vector_k,
@@ -140,7 +167,7 @@ impl Gateway {
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
         ranked.truncate(k as usize);
-        let fetched = fetch_stored(&self.shards, ranked, budget).await;
+        let fetched = fetch_stored(&self.shards, &target.collection, ranked, budget).await;
         let mut shards_failed = searched.shards_failed.clone();
         shards_failed.extend(&fetched.shards_failed);
         shards_failed.sort_unstable();

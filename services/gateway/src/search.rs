@@ -6,6 +6,7 @@ use quarry_proto::v1::{Hit, SearchMode, SearchRequest, SearchResponse};
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
 use crate::fan_out::FanOutResult;
+use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 use crate::plan::{plan_search, PlanContext};
 use crate::validate::{resolve_fusion, resolve_k, resolve_mode, validate_query};
@@ -15,8 +16,10 @@ impl Gateway {
     pub async fn search(
         &self,
         request: SearchRequest,
+        grant: Option<&CollectionGrant>,
         deadline: Deadline,
     ) -> Result<SearchResponse, GatewayError> {
+        let target = self.target_of(&request.collection, request.filter.clone(), grant)?;
         validate_query("query", &request.query, &self.config)?;
         let k = resolve_k(request.k, self.config.default_search_k, &self.config)?;
         let mode = resolve_mode(request.mode)?;
@@ -31,6 +34,7 @@ impl Gateway {
         let plan = plan_search(context)?;
         let retrieved = self
             .retrieve(
+                &target,
                 &request.query,
                 &plan,
                 query_vector.unwrap_or_default(),
@@ -47,6 +51,7 @@ impl Gateway {
                 title: sharded.candidate.title.clone(),
                 text: sharded.candidate.text.clone(),
                 shard: sharded.shard,
+                metadata_json: sharded.candidate.metadata_json.clone(),
             })
             .collect::<Vec<Hit>>();
         let span = tracing::Span::current();

@@ -8,14 +8,17 @@ use futures::Stream;
 use quarry_proto::v1::quarry_server::Quarry;
 use quarry_proto::v1::{
     AskChunk, AskRequest, AskResponse, CancelWorkflowRequest, ClusterStatusRequest,
-    ClusterStatusResponse, DeleteRequest, DeleteResponse, Document, GetDocumentRequest,
-    GetWorkflowRequest, IngestSummary, ListWorkflowsRequest, ListWorkflowsResponse, SearchRequest,
+    ClusterStatusResponse, CollectionInfo, CreateCollectionRequest, DeleteCollectionRequest,
+    DeleteCollectionResponse, DeleteRequest, DeleteResponse, Document, GetCollectionRequest,
+    GetDocumentRequest, GetWorkflowRequest, IngestSummary, ListCollectionsRequest,
+    ListCollectionsResponse, ListWorkflowsRequest, ListWorkflowsResponse, SearchRequest,
     SearchResponse, SubmitWorkflowRequest, WatchWorkflowRequest, Workflow, WorkflowEvent,
 };
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::deadline::Deadline;
 use crate::error::GatewayError;
+use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 
 #[derive(Clone)]
@@ -32,6 +35,11 @@ impl QuarryService {
 type AskChunkStream = Pin<Box<dyn Stream<Item = Result<AskChunk, Status>> + Send>>;
 type WorkflowEventStream = Pin<Box<dyn Stream<Item = Result<WorkflowEvent, Status>> + Send>>;
 
+/// The collections the caller's key may use (`None`: any; the API needs no key).
+fn grant_of<T>(request: &Request<T>) -> Option<CollectionGrant> {
+    request.extensions().get::<CollectionGrant>().cloned()
+}
+
 fn scheduler_failed(status: Status) -> Status {
     GatewayError::downstream("scheduler", status).into()
 }
@@ -40,7 +48,11 @@ fn scheduler_failed(status: Status) -> Status {
 impl Quarry for QuarryService {
     async fn ask(&self, request: Request<AskRequest>) -> Result<Response<AskResponse>, Status> {
         let deadline = Deadline::from_metadata(request.metadata());
-        let response = self.gateway.ask(request.into_inner(), deadline).await?;
+        let grant = grant_of(&request);
+        let response = self
+            .gateway
+            .ask(request.into_inner(), grant.as_ref(), deadline)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -51,7 +63,8 @@ impl Quarry for QuarryService {
         request: Request<AskRequest>,
     ) -> Result<Response<Self::AskStreamStream>, Status> {
         let deadline = Deadline::from_metadata(request.metadata());
-        let stream = Arc::clone(&self.gateway).ask_stream(request.into_inner(), deadline);
+        let grant = grant_of(&request);
+        let stream = Arc::clone(&self.gateway).ask_stream(request.into_inner(), grant, deadline);
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -60,7 +73,11 @@ impl Quarry for QuarryService {
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchResponse>, Status> {
         let deadline = Deadline::from_metadata(request.metadata());
-        let response = self.gateway.search(request.into_inner(), deadline).await?;
+        let grant = grant_of(&request);
+        let response = self
+            .gateway
+            .search(request.into_inner(), grant.as_ref(), deadline)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -68,7 +85,11 @@ impl Quarry for QuarryService {
         &self,
         request: Request<Streaming<Document>>,
     ) -> Result<Response<IngestSummary>, Status> {
-        let summary = self.gateway.ingest(request.into_inner()).await?;
+        let grant = grant_of(&request);
+        let summary = self
+            .gateway
+            .ingest(request.into_inner(), grant.as_ref())
+            .await?;
         Ok(Response::new(summary))
     }
 
@@ -77,7 +98,11 @@ impl Quarry for QuarryService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let deadline = Deadline::from_metadata(request.metadata());
-        let response = self.gateway.delete(request.into_inner(), deadline).await?;
+        let grant = grant_of(&request);
+        let response = self
+            .gateway
+            .delete(request.into_inner(), grant.as_ref(), deadline)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -86,9 +111,10 @@ impl Quarry for QuarryService {
         request: Request<GetDocumentRequest>,
     ) -> Result<Response<Document>, Status> {
         let deadline = Deadline::from_metadata(request.metadata());
+        let grant = grant_of(&request);
         let document = self
             .gateway
-            .get_document(&request.into_inner().id, deadline)
+            .get_document(request.into_inner(), grant.as_ref(), deadline)
             .await?;
         Ok(Response::new(document))
     }
@@ -158,5 +184,51 @@ impl Quarry for QuarryService {
             .list(request.into_inner())
             .await
             .map_err(scheduler_failed)
+    }
+
+    async fn create_collection(
+        &self,
+        request: Request<CreateCollectionRequest>,
+    ) -> Result<Response<CollectionInfo>, Status> {
+        let grant = grant_of(&request);
+        let created = self
+            .gateway
+            .create_collection(request.into_inner(), grant.as_ref())
+            .await?;
+        Ok(Response::new(created))
+    }
+
+    async fn delete_collection(
+        &self,
+        request: Request<DeleteCollectionRequest>,
+    ) -> Result<Response<DeleteCollectionResponse>, Status> {
+        let deadline = Deadline::from_metadata(request.metadata());
+        let grant = grant_of(&request);
+        let deleted = self
+            .gateway
+            .delete_collection(request.into_inner(), grant.as_ref(), deadline)
+            .await?;
+        Ok(Response::new(deleted))
+    }
+
+    async fn list_collections(
+        &self,
+        request: Request<ListCollectionsRequest>,
+    ) -> Result<Response<ListCollectionsResponse>, Status> {
+        let grant = grant_of(&request);
+        Ok(Response::new(self.gateway.list_collections(grant.as_ref())))
+    }
+
+    async fn get_collection(
+        &self,
+        request: Request<GetCollectionRequest>,
+    ) -> Result<Response<CollectionInfo>, Status> {
+        let deadline = Deadline::from_metadata(request.metadata());
+        let grant = grant_of(&request);
+        let info = self
+            .gateway
+            .get_collection(request.into_inner(), grant.as_ref(), deadline)
+            .await?;
+        Ok(Response::new(info))
     }
 }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::KitError;
 use crate::telemetry::LogFormat;
 
+mod answers;
 mod security;
+pub use answers::{CacheConfig, RerankConfig, RERANK_BACKENDS};
 pub use security::{AdmissionConfig, AuthConfig, InternalTlsConfig, InternalTlsMode, TlsConfig};
 
 /// The whole configuration of a Quarry process; each role reads its own section.
@@ -50,6 +52,10 @@ pub struct QuarryConfig {
     pub insecure: bool,
     /// Mutual TLS between the roles.
     pub internal_tls: InternalTlsConfig,
+    /// The gateway's answer and analysis cache.
+    pub cache: CacheConfig,
+    /// The gateway's optional rerank stage.
+    pub rerank: RerankConfig,
 }
 
 impl Default for QuarryConfig {
@@ -76,6 +82,8 @@ impl Default for QuarryConfig {
             admission: AdmissionConfig::default(),
             insecure: false,
             internal_tls: InternalTlsConfig::default(),
+            cache: CacheConfig::default(),
+            rerank: RerankConfig::default(),
         }
     }
 }
@@ -608,6 +616,8 @@ impl QuarryConfig {
 
     fn validate(&self) -> Result<(), KitError> {
         self.validate_security()?;
+        self.cache.validate()?;
+        self.rerank.validate()?;
         if self.shards == 0 || self.shards > 1024 {
             return Err(KitError::Config(format!(
                 "shards must be within 1..=1024, got {}",

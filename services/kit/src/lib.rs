@@ -1,11 +1,14 @@
-//! What every Quarry role shares: layered configuration, member discovery, the gRPC server
+//! What every Quarry role shares: layered configuration, member discovery, the catalog of
+//! collections and metadata filters, the gRPC server
 //! bootstrap (health, reflection, graceful shutdown, tracing and metrics layers), logging and
 //! OpenTelemetry, Prometheus metrics, TLS with certificate reload, text utilities and the
 //! write-version clock.
 
+pub mod collections;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod filter;
 pub mod grpc_body;
 pub mod metrics;
 pub mod mtls;

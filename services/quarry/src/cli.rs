@@ -58,6 +58,49 @@ pub enum Command {
     /// Certificates: a cluster CA, role certificates for mutual TLS, a gateway certificate.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Collections: create, delete, list, get (documents and vectors counted).
+    #[command(subcommand)]
+    Collection(CollectionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionCommand {
+    /// Creates an empty collection.
+    Create(CollectionCreateArgs),
+    /// Deletes a collection and its documents on every replica.
+    Delete(CollectionNameArgs),
+    /// Lists the collections (without counts).
+    List(StatusArgs),
+    /// One collection's settings and counts.
+    Get(CollectionNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CollectionCreateArgs {
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CollectionNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Where a search or a question looks.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// The collection (default: `default`).
+    #[arg(long, default_value = "")]
+    pub collection: String,
+    /// Only documents whose metadata satisfies this: `team=hr year>=2020 tag=a,b draft? !x?`
+    /// (all must hold), or the JSON form `{"any": [{"field": "team", "equals": "hr"}, ...]}`.
+    #[arg(long)]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,6 +473,8 @@ pub struct SearchBatchArgs {
     #[arg(long, value_enum, default_value = "hybrid")]
     pub mode: ModeArg,
     #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
     pub client: ClientArgs,
 }
 
@@ -528,6 +573,9 @@ pub struct ClientArgs {
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     pub file: PathBuf,
+    /// The collection of lines that name none (a line's `"collection"` wins).
+    #[arg(long, default_value = "")]
+    pub collection: String,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -547,6 +595,8 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value = "hybrid")]
     pub mode: ModeArg,
     #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
     pub client: ClientArgs,
 }
 
@@ -559,6 +609,11 @@ pub struct AskArgs {
     /// Print answer text as it is written.
     #[arg(long)]
     pub stream: bool,
+    /// Answer afresh even when a cached answer exists.
+    #[arg(long)]
+    pub skip_cache: bool,
+    #[command(flatten)]
+    pub target: TargetArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }

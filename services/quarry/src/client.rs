@@ -3,14 +3,19 @@
 use anyhow::{bail, Context};
 use quarry_kit::server::endpoint;
 use quarry_proto::v1::quarry_client::QuarryClient;
-use quarry_proto::v1::{ask_chunk, AskRequest, ClusterStatusRequest, SearchMode, SearchRequest};
+use quarry_proto::v1::{
+    ask_chunk, AskRequest, ClusterStatusRequest, CreateCollectionRequest, DeleteCollectionRequest,
+    Filter, GetCollectionRequest, ListCollectionsRequest, SearchMode, SearchRequest,
+};
 use tokio_stream::StreamExt;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
 use tonic::transport::Channel;
 
-use crate::cli::{AskArgs, ClientArgs, IngestArgs, ModeArg, SearchArgs, StatusArgs};
+use crate::cli::{
+    AskArgs, ClientArgs, CollectionCommand, IngestArgs, ModeArg, SearchArgs, StatusArgs, TargetArgs,
+};
 use crate::jsonl::parse_documents;
 use crate::output;
 
@@ -74,7 +79,14 @@ pub async fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     }
     let line_numbers: Vec<usize> = documents.iter().map(|line| line.line_number).collect();
     let mut client = connect(&args.client).await?;
-    let stream = tokio_stream::iter(documents.into_iter().map(|line| line.document));
+    let default_collection = args.collection.clone();
+    let stream = tokio_stream::iter(documents.into_iter().map(move |line| {
+        let mut document = line.document;
+        if document.collection.is_empty() {
+            document.collection = default_collection.clone();
+        }
+        document
+    }));
     let summary = client
         .ingest(stream)
         .await
@@ -121,6 +133,8 @@ pub async fn search(args: &SearchArgs) -> anyhow::Result<()> {
             k: args.k,
             mode: mode as i32,
             fusion: 0,
+            collection: args.target.collection.clone(),
+            filter: filter_of(&args.target)?,
         })
         .await
         .map_err(status_error)?
@@ -139,6 +153,9 @@ pub async fn ask(args: &AskArgs) -> anyhow::Result<()> {
         question: args.question.clone(),
         k: args.k,
         mode: SearchMode::Hybrid as i32,
+        collection: args.target.collection.clone(),
+        filter: filter_of(&args.target)?,
+        skip_cache: args.skip_cache,
     };
     let response = if args.stream && !args.client.json {
         let mut stream = client
@@ -182,6 +199,83 @@ pub async fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!("{}", output::status_json(&response));
     } else {
         print!("{}", output::status_text(&response));
+    }
+    Ok(())
+}
+
+/// `--filter`, read (the readable syntax or JSON).
+pub(crate) fn filter_of(target: &TargetArgs) -> anyhow::Result<Option<Filter>> {
+    target
+        .filter
+        .as_deref()
+        .map(quarry_kit::filter::parse)
+        .transpose()
+        .map_err(|error| anyhow::anyhow!("--filter: {error}"))
+}
+
+pub async fn collection(command: &CollectionCommand) -> anyhow::Result<()> {
+    let (client_args, infos) = match command {
+        CollectionCommand::Create(args) => {
+            let mut client = connect(&args.client).await?;
+            let created = client
+                .create_collection(CreateCollectionRequest {
+                    name: args.name.clone(),
+                    description: args.description.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            (&args.client, vec![created])
+        }
+        CollectionCommand::Delete(args) => {
+            let mut client = connect(&args.client).await?;
+            let deleted = client
+                .delete_collection(DeleteCollectionRequest {
+                    name: args.name.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if args.client.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"deleted": args.name, "deleted_docs": deleted.deleted_docs})
+                );
+            } else {
+                println!(
+                    "deleted collection {} ({} documents)",
+                    args.name, deleted.deleted_docs
+                );
+            }
+            return Ok(());
+        }
+        CollectionCommand::List(args) => {
+            let mut client = connect(&args.client).await?;
+            let listed = client
+                .list_collections(ListCollectionsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            (&args.client, listed.collections)
+        }
+        CollectionCommand::Get(args) => {
+            let mut client = connect(&args.client).await?;
+            let info = client
+                .get_collection(GetCollectionRequest {
+                    name: args.name.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            (&args.client, vec![info])
+        }
+    };
+    for info in &infos {
+        if client_args.json {
+            println!("{}", output::collection_json(info));
+        } else {
+            print!("{}", output::collection_text(info));
+        }
     }
     Ok(())
 }

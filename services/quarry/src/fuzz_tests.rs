@@ -1,7 +1,8 @@
 //! Hostile input: every public rpc of `quarry.v1.Quarry` gets generated requests — any
 //! strings (empty, huge, any Unicode), any numbers, unknown enum values, steps that depend
 //! on nothing that exists, API keys that are almost right — through a whole cluster in this
-//! process (front door, gateway, shards, analyzer, scheduler). Every answer must be OK or
+//! process (front door, gateway, shards, analyzer, scheduler), with collections that may or
+//! may not exist and filters of any shape. Every answer must be OK or
 //! one of the codes documented for that rpc (never UNKNOWN or INTERNAL), no server may
 //! panic, and the cluster must still serve afterwards. `QUARRY_FUZZ_CASES` sets the number
 //! of calls (CI runs the default; longer runs set more).
@@ -17,9 +18,11 @@ use quarry_gateway::front::keys::{generate, Scope};
 use quarry_kit::config::{EncoderKind, QuarryConfig};
 use quarry_proto::v1::quarry_client::QuarryClient;
 use quarry_proto::v1::{
-    AskRequest, CancelWorkflowRequest, ClusterStatusRequest, DeleteRequest, Document,
-    GetDocumentRequest, GetWorkflowRequest, ListWorkflowsRequest, SearchRequest, StepSpec,
-    SubmitWorkflowRequest, WatchWorkflowRequest,
+    field_condition, filter, filter_value, AskRequest, CancelWorkflowRequest, ClusterStatusRequest,
+    CreateCollectionRequest, DeleteCollectionRequest, DeleteRequest, Document, FieldCondition,
+    Filter, FilterList, FilterRange, FilterValue, FilterValues, GetCollectionRequest,
+    GetDocumentRequest, GetWorkflowRequest, ListCollectionsRequest, ListWorkflowsRequest,
+    SearchRequest, StepSpec, SubmitWorkflowRequest, WatchWorkflowRequest,
 };
 use tonic::transport::Channel;
 use tonic::Code;
@@ -44,6 +47,10 @@ enum Call {
     WatchWorkflow(WatchWorkflowRequest),
     CancelWorkflow(CancelWorkflowRequest),
     ListWorkflows,
+    CreateCollection(CreateCollectionRequest),
+    DeleteCollection(DeleteCollectionRequest),
+    ListCollections,
+    GetCollection(GetCollectionRequest),
 }
 
 impl Call {
@@ -61,21 +68,31 @@ impl Call {
             Call::WatchWorkflow(_) => "WatchWorkflow",
             Call::CancelWorkflow(_) => "CancelWorkflow",
             Call::ListWorkflows => "ListWorkflows",
+            Call::CreateCollection(_) => "CreateCollection",
+            Call::DeleteCollection(_) => "DeleteCollection",
+            Call::ListCollections => "ListCollections",
+            Call::GetCollection(_) => "GetCollection",
         }
     }
 
     /// The codes the README documents for the rpc, besides OK.
     fn documented(&self) -> &'static [Code] {
         match self {
-            Call::Ask(_) | Call::AskStream(_) | Call::Search(_) => {
-                &[Code::InvalidArgument, Code::FailedPrecondition]
-            }
-            Call::Ingest(_) | Call::Delete(_) | Call::SubmitWorkflow(_) => &[Code::InvalidArgument],
-            Call::GetDocument(_)
+            Call::Ask(_) | Call::AskStream(_) | Call::Search(_) => &[
+                Code::InvalidArgument,
+                Code::FailedPrecondition,
+                Code::NotFound,
+            ],
+            Call::Ingest(_) | Call::SubmitWorkflow(_) => &[Code::InvalidArgument],
+            Call::Delete(_)
+            | Call::GetDocument(_)
             | Call::GetWorkflow(_)
             | Call::WatchWorkflow(_)
-            | Call::CancelWorkflow(_) => &[Code::InvalidArgument, Code::NotFound],
-            Call::ClusterStatus | Call::ListWorkflows => &[],
+            | Call::CancelWorkflow(_)
+            | Call::DeleteCollection(_)
+            | Call::GetCollection(_) => &[Code::InvalidArgument, Code::NotFound],
+            Call::CreateCollection(_) => &[Code::InvalidArgument, Code::AlreadyExists],
+            Call::ClusterStatus | Call::ListWorkflows | Call::ListCollections => &[],
         }
     }
 }
@@ -102,15 +119,97 @@ fn text() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A collection name: mostly none (`default`), a few that may exist, or anything.
+fn collection() -> BoxedStrategy<String> {
+    prop_oneof![
+        6 => Just(String::new()),
+        2 => "[a-c]",
+        1 => Just("default".to_string()),
+        1 => text(),
+    ]
+    .boxed()
+}
+
+fn metadata_json() -> BoxedStrategy<String> {
+    prop_oneof![
+        3 => Just(String::new()),
+        3 => ("[a-c]{1,3}", any::<i32>(), "[a-z]{0,5}").prop_map(|(field, number, word)| {
+            format!(r#"{{"{field}": {number}, "w": "{word}", "day": "2024-0{}-01", "n": {{"x": [1, "a", true]}}}}"#, number.unsigned_abs() % 9 + 1)
+        }),
+        1 => Just("[1, 2]".to_string()),
+        1 => text(),
+    ]
+    .boxed()
+}
+
+fn filter_value() -> BoxedStrategy<FilterValue> {
+    prop_oneof![
+        text().prop_map(filter_value::Value::Text),
+        any::<f64>().prop_map(filter_value::Value::Number),
+        any::<bool>().prop_map(filter_value::Value::Boolean),
+        prop_oneof![Just("2024-05-01".to_string()), text()].prop_map(filter_value::Value::Date),
+    ]
+    .prop_map(|value| FilterValue { value: Some(value) })
+    .boxed()
+}
+
+fn condition() -> BoxedStrategy<Filter> {
+    let field = || prop_oneof![3 => "[a-c]{1,2}", 1 => text()];
+    let bound = || proptest::option::of(filter_value());
+    let test = prop_oneof![
+        filter_value().prop_map(field_condition::Test::Equals),
+        vec(filter_value(), 0..4)
+            .prop_map(|values| field_condition::Test::OneOf(FilterValues { values })),
+        (bound(), bound(), bound(), bound()).prop_map(|(gt, gte, lt, lte)| {
+            field_condition::Test::Range(FilterRange { gt, gte, lt, lte })
+        }),
+        any::<bool>().prop_map(field_condition::Test::Exists),
+    ];
+    (field(), proptest::option::of(test))
+        .prop_map(|(field, test)| Filter {
+            kind: Some(filter::Kind::Field(FieldCondition { field, test })),
+        })
+        .boxed()
+}
+
+/// Any filter tree, sometimes without a kind, sometimes deep.
+fn filter_tree() -> BoxedStrategy<Option<Filter>> {
+    let tree = condition().prop_recursive(4, 24, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(|filters| Filter {
+                kind: Some(filter::Kind::All(FilterList { filters })),
+            }),
+            vec(inner.clone(), 0..4).prop_map(|filters| Filter {
+                kind: Some(filter::Kind::Any(FilterList { filters })),
+            }),
+            inner.prop_map(|filter| Filter {
+                kind: Some(filter::Kind::Not(Box::new(filter))),
+            }),
+            Just(Filter { kind: None }),
+        ]
+    });
+    prop_oneof![3 => Just(None), 2 => tree.prop_map(Some)].boxed()
+}
+
 fn document() -> impl Strategy<Value = Document> {
-    (text(), text(), text(), hash_map(text(), text(), 0..4)).prop_map(
-        |(id, title, text, metadata)| Document {
-            id,
-            title,
-            text,
-            metadata,
-        },
+    (
+        text(),
+        text(),
+        text(),
+        hash_map(text(), text(), 0..4),
+        collection(),
+        metadata_json(),
     )
+        .prop_map(
+            |(id, title, text, metadata, collection, metadata_json)| Document {
+                id,
+                title,
+                text,
+                metadata,
+                collection,
+                metadata_json,
+            },
+        )
 }
 
 fn step() -> impl Strategy<Value = StepSpec> {
@@ -151,22 +250,57 @@ fn k() -> impl Strategy<Value = u32> {
 
 fn call() -> impl Strategy<Value = Call> {
     let ask = || {
-        (text(), k(), enum_value()).prop_map(|(question, k, mode)| AskRequest { question, k, mode })
+        (
+            text(),
+            k(),
+            enum_value(),
+            collection(),
+            filter_tree(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(question, k, mode, collection, filter, skip_cache)| AskRequest {
+                    question,
+                    k,
+                    mode,
+                    collection,
+                    filter,
+                    skip_cache,
+                },
+            )
     };
     prop_oneof![
         ask().prop_map(Call::Ask),
         ask().prop_map(Call::AskStream),
-        (text(), k(), enum_value(), enum_value()).prop_map(|(query, k, mode, fusion)| {
-            Call::Search(SearchRequest {
-                query,
-                k,
-                mode,
-                fusion,
-            })
-        }),
+        (
+            text(),
+            k(),
+            enum_value(),
+            enum_value(),
+            collection(),
+            filter_tree()
+        )
+            .prop_map(|(query, k, mode, fusion, collection, filter)| {
+                Call::Search(SearchRequest {
+                    query,
+                    k,
+                    mode,
+                    fusion,
+                    collection,
+                    filter,
+                })
+            }),
         vec(document(), 0..6).prop_map(Call::Ingest),
-        vec(text(), 0..6).prop_map(|ids| Call::Delete(DeleteRequest { ids })),
-        text().prop_map(|id| Call::GetDocument(GetDocumentRequest { id })),
+        (vec(text(), 0..6), collection())
+            .prop_map(|(ids, collection)| Call::Delete(DeleteRequest { ids, collection })),
+        (text(), collection())
+            .prop_map(|(id, collection)| Call::GetDocument(GetDocumentRequest { id, collection })),
+        (collection(), text()).prop_map(|(name, description)| {
+            Call::CreateCollection(CreateCollectionRequest { name, description })
+        }),
+        collection().prop_map(|name| Call::DeleteCollection(DeleteCollectionRequest { name })),
+        Just(Call::ListCollections),
+        collection().prop_map(|name| Call::GetCollection(GetCollectionRequest { name })),
         Just(Call::ClusterStatus),
         (text(), text(), vec(step(), 0..4)).prop_map(|(name, description, steps)| {
             Call::SubmitWorkflow(SubmitWorkflowRequest {
@@ -250,6 +384,21 @@ async fn send(client: &mut QuarryClient<Channel>, call: Call, key: &Option<Strin
             .list_workflows(request(ListWorkflowsRequest {}, key))
             .await
             .map(drop),
+        Call::CreateCollection(message) => client
+            .create_collection(request(message, key))
+            .await
+            .map(drop),
+        Call::DeleteCollection(message) => client
+            .delete_collection(request(message, key))
+            .await
+            .map(drop),
+        Call::ListCollections => client
+            .list_collections(request(ListCollectionsRequest {}, key))
+            .await
+            .map(drop),
+        Call::GetCollection(message) => {
+            client.get_collection(request(message, key)).await.map(drop)
+        }
     };
     match outcome {
         Ok(()) => Code::Ok,
@@ -341,7 +490,7 @@ fn every_public_rpc_answers_generated_requests_with_a_documented_code() {
             query: "anything".into(),
             k: 3,
             mode: 1,
-            fusion: 0,
+            ..SearchRequest::default()
         }),
         &Some(format!("Bearer {}", admin.token)),
     ));

@@ -1,8 +1,6 @@
 //! Reading documents from JSON lines: BEIR corpus lines (`{"_id","title","text"}`) and plain
 //! `{"id","text"}` lines; a line that is not a document is reported with its number.
 
-use std::collections::HashMap;
-
 use quarry_proto::v1::Document;
 use serde_json::Value;
 
@@ -67,21 +65,19 @@ fn parse_line(line: &str) -> Result<Document, String> {
     if !object.contains_key("text") {
         return Err("missing \"text\"".to_string());
     }
-    let mut metadata = HashMap::new();
-    if let Some(Value::Object(fields)) = object.get("metadata") {
-        for (key, value) in fields {
-            let rendered = match value {
-                Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            metadata.insert(key.clone(), rendered);
-        }
-    }
+    let metadata_json = match object.get("metadata") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::Object(fields)) => Value::Object(fields.clone()).to_string(),
+        Some(_) => return Err("\"metadata\" must be an object".to_string()),
+    };
+    let collection = text_field("collection")?;
     Ok(Document {
         id,
         title,
         text,
-        metadata,
+        metadata_json,
+        collection,
+        ..Document::default()
     })
 }
 

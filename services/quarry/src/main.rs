@@ -82,6 +82,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_client_logging(&cli);
             client::status(args).await
         }
+        Command::Collection(command) => {
+            init_client_logging(&cli);
+            client::collection(command).await
+        }
         Command::Cluster(ClusterCommand::Create(args)) => {
             init_client_logging(&cli);
             let settings = quarry_kit::discovery::ClusterSettings {

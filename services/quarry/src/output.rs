@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use quarry_proto::v1::{
-    Analysis, AskResponse, ClusterStatusResponse, Evaluation, IngestSummary, QueryType,
-    RetrievalInfo, SearchResponse,
+    Analysis, AskResponse, ClusterStatusResponse, CollectionInfo, Evaluation, IngestSummary,
+    QueryType, RetrievalInfo, SearchResponse,
 };
 use serde_json::{json, Value};
 
@@ -58,6 +58,7 @@ pub fn search_json(response: &SearchResponse) -> Value {
         "hits": response.hits.iter().map(|hit| json!({
             "doc_id": hit.doc_id, "score": hit.score, "title": hit.title,
             "text": hit.text, "shard": hit.shard,
+            "metadata": serde_json::from_str::<Value>(&hit.metadata_json).unwrap_or(Value::Null),
         })).collect::<Vec<_>>(),
         "shards_total": response.shards_total,
         "shards_answered": response.shards_answered,
@@ -185,6 +186,7 @@ pub fn ask_json(response: &AskResponse) -> Value {
         "low_confidence": response.low_confidence,
         "sources": response.sources,
         "generator": response.generator,
+        "cached": response.cached,
         "analysis": analysis_json(response.analysis.as_ref()),
         "retrieval": retrieval_json(response.retrieval.as_ref()),
         "evaluation": evaluation_json(response.evaluation.as_ref()),
@@ -246,6 +248,41 @@ pub fn status_json(response: &ClusterStatusResponse) -> Value {
     })
 }
 
+/// One collection, as `quarry collection` prints it.
+pub fn collection_text(info: &CollectionInfo) -> String {
+    let mut out = info.name.clone();
+    if !info.description.is_empty() {
+        out.push_str(&format!(" — {}", info.description));
+    }
+    out.push('\n');
+    if info.num_docs > 0 || info.num_vectors > 0 || !info.shards_unavailable.is_empty() {
+        out.push_str(&format!(
+            "  {} documents, {} vectors, {} shards",
+            info.num_docs, info.num_vectors, info.shards
+        ));
+        if !info.shards_unavailable.is_empty() {
+            out.push_str(&format!(
+                " (shards {:?} did not answer)",
+                info.shards_unavailable
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn collection_json(info: &CollectionInfo) -> Value {
+    json!({
+        "name": info.name,
+        "description": info.description,
+        "created_at_ms": info.created_at_ms,
+        "num_docs": info.num_docs,
+        "num_vectors": info.num_vectors,
+        "shards": info.shards,
+        "shards_unavailable": info.shards_unavailable,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +297,7 @@ mod tests {
                 title: "T".into(),
                 text: "x".repeat(300),
                 shard: 1,
+                ..Hit::default()
             }],
             shards_total: 2,
             shards_answered: 1,

@@ -14,8 +14,9 @@ use quarry_analyzer::{
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::front::FrontDoorLayer;
-use quarry_gateway::{ClusterClients, Gateway, QuarryService};
+use quarry_gateway::{AnswerCache, ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
+use quarry_kit::collections::CollectionCatalog;
 use quarry_kit::config::{EncoderKind, InternalTlsMode, QuarryConfig};
 use quarry_kit::discovery::{Discovery, Member, Role, RoleChannels};
 use quarry_kit::mtls::{InternalTlsClient, InternalTlsServer};
@@ -29,7 +30,7 @@ use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
 #[cfg(feature = "test-hooks")]
 use quarry_retriever::InjectedFault;
-use quarry_retriever::{recover, RecoveryOptions, RetrieverService, Shard};
+use quarry_retriever::{recover, RecoveryOptions, RetrieverService, ShardCollections};
 use quarry_scheduler::{SchedulerNode, SchedulerService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -49,6 +50,8 @@ pub struct RoleLaunch {
     pub config: QuarryConfig,
     pub listener: TcpListener,
     pub discovery: Arc<dyn Discovery>,
+    /// The collections: etcd's, the data directory's (`quarry up`), or only `default`.
+    pub catalog: Arc<dyn CollectionCatalog>,
     pub shutdown: CancellationToken,
 }
 
@@ -66,6 +69,7 @@ pub async fn start_role(
         config,
         listener,
         discovery,
+        catalog,
         shutdown,
     } = launch;
     let local_address = listener.local_addr().context("listener address")?;
@@ -91,7 +95,15 @@ pub async fn start_role(
         replica,
         stored_shard,
         scheduler,
-    } = build_role(role, &config, Arc::clone(&discovery), &address, &shutdown).await?;
+    } = build_role(
+        role,
+        &config,
+        Arc::clone(&discovery),
+        catalog,
+        &address,
+        &shutdown,
+    )
+    .await?;
     // A retriever replica joins recovering: written to, not searched, until it caught up.
     let recovering = stored_shard.is_some();
     let member = Member {
@@ -139,7 +151,13 @@ pub async fn start_role(
         let serving = serve(listener, role_server, &server_config, drained);
         let (served, ()) = tokio::join!(serving, deregister);
         if let Some(stored_shard) = stored_shard {
-            tokio::task::spawn_blocking(move || stored_shard.persist_vectors()).await??;
+            tokio::task::spawn_blocking(move || {
+                stored_shard
+                    .opened_all()
+                    .iter()
+                    .try_for_each(|collection| collection.persist_vectors())
+            })
+            .await??;
         }
         if let Some(scheduler) = scheduler {
             // A leader resigns before the process exits, so a standby takes over at once.
@@ -155,8 +173,8 @@ struct BuiltRole {
     role_server: RoleServer,
     shard: u32,
     replica: u32,
-    /// A retriever's shard, whose vectors are saved on the way out.
-    stored_shard: Option<Arc<Shard>>,
+    /// A retriever's collections, whose vectors are saved on the way out.
+    stored_shard: Option<Arc<ShardCollections>>,
     /// A scheduler replica, which resigns its leadership on the way out.
     scheduler: Option<Arc<SchedulerNode>>,
 }
@@ -165,6 +183,7 @@ async fn build_role(
     role: Role,
     config: &QuarryConfig,
     discovery: Arc<dyn Discovery>,
+    catalog: Arc<dyn CollectionCatalog>,
     address: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<BuiltRole> {
@@ -178,7 +197,16 @@ async fn build_role(
             let clients = Arc::new(
                 ClusterClients::new(discovery, limit).with_internal_tls(internal_client.clone()),
             );
-            let gateway = Gateway::new(config.gateway.clone(), config.cluster.clone(), clients);
+            let answers = AnswerCache::from_config(&config.cache, &config.cluster)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let gateway = Gateway::new(
+                config.gateway.clone(),
+                config.cluster.clone(),
+                clients,
+                catalog,
+            )
+            .with_answer_cache(answers);
             quarry_gateway::metrics::register();
             // The public API takes smaller requests than the roles take from each other.
             let service = QuarryServer::new(QuarryService::new(Arc::new(gateway)))
@@ -221,16 +249,17 @@ async fn build_role(
             }
             let directory = replica_dir(&config.data_dir, shard_number, replica_number);
             check_shard_count(&directory, shard_count)?;
-            let shard = Shard::open(
+            let collections = Arc::new(ShardCollections::open(
                 &directory,
                 shard_number,
                 replica_number,
                 config.retriever.writer_memory_bytes,
-            )?;
-            let shard = Arc::new(shard);
-            stored_shard = Some(Arc::clone(&shard));
+                catalog.watch(),
+            )?);
+            tokio::spawn(Arc::clone(&collections).follow(shutdown.clone()));
+            stored_shard = Some(Arc::clone(&collections));
             quarry_retriever::metrics::register(shard_number, replica_number);
-            let retriever = RetrieverService::new(shard).with_message_limit(limit);
+            let retriever = RetrieverService::new(collections).with_message_limit(limit);
             let fault = &config.retriever.fault;
             let injects = fault.delay_ms > 0
                 && fault.rate > 0.0

@@ -24,6 +24,7 @@ pub async fn search_batch(args: &SearchBatchArgs) -> anyhow::Result<()> {
         ModeArg::Semantic => SearchMode::Semantic,
         ModeArg::Hybrid => SearchMode::Hybrid,
     };
+    let filter = crate::client::filter_of(&args.target)?;
     let mut run = BTreeMap::new();
     for (index, line) in content.lines().enumerate() {
         if line.trim().is_empty() {
@@ -45,6 +46,8 @@ pub async fn search_batch(args: &SearchBatchArgs) -> anyhow::Result<()> {
                 k: args.k,
                 mode: mode as i32,
                 fusion: 0,
+                collection: args.target.collection.clone(),
+                filter: filter.clone(),
             })
             .await
             .map_err(|status| {

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use quarry_kit::collections::{CollectionCatalog, EtcdCatalog, LocalCatalog};
 use quarry_kit::config::QuarryConfig;
 use quarry_kit::discovery::{Discovery, EtcdAccess, EtcdDiscovery, Member, Role, StaticDiscovery};
 use quarry_kit::metrics::spawn_metrics_endpoint;
@@ -32,6 +33,19 @@ pub async fn run_serve(
             Arc::new(StaticDiscovery::new(shards, members))
         }
     };
+    let etcd_catalog = match &etcd {
+        Some(etcd) => Some(
+            EtcdCatalog::connect(etcd.client(), &config.cluster)
+                .await
+                .map_err(|error| anyhow::anyhow!("the collection catalog: {error}"))?,
+        ),
+        None => None,
+    };
+    let catalog: Arc<dyn CollectionCatalog> = match &etcd_catalog {
+        Some(catalog) => Arc::clone(catalog) as Arc<dyn CollectionCatalog>,
+        // Roles given each other's addresses share no catalog: only `default` exists.
+        None => Arc::new(LocalCatalog::fixed()),
+    };
     let listener = bind(&config.listen).await?;
     if let Some(metrics_address) = &config.metrics.addr {
         spawn_metrics_endpoint(metrics_address, shutdown.clone()).await?;
@@ -41,10 +55,14 @@ pub async fn run_serve(
         config,
         listener,
         discovery,
+        catalog,
         shutdown,
     })
     .await?;
     let served = task.await?;
+    if let Some(catalog) = etcd_catalog {
+        catalog.close();
+    }
     if let Some(etcd) = etcd {
         etcd.close();
     }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use quarry_kit::collections::{CollectionCatalog, LocalCatalog};
 use quarry_kit::config::QuarryConfig;
 use quarry_kit::discovery::{Discovery, Role, StaticDiscovery};
 use quarry_kit::metrics::spawn_metrics_endpoint;
@@ -30,6 +31,11 @@ impl LocalCluster {
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let discovery: Arc<dyn Discovery> =
             Arc::new(StaticDiscovery::new(config.shards, Vec::new()));
+        // One process: the collections are kept in the data directory.
+        let catalog: Arc<dyn CollectionCatalog> = Arc::new(
+            LocalCatalog::open(&config.data_dir)
+                .map_err(|error| anyhow::anyhow!("the collection catalog: {error}"))?,
+        );
         let mut launches = Vec::new();
         for role in [
             Role::Analyzer,
@@ -74,6 +80,7 @@ impl LocalCluster {
                 config: role_config,
                 listener,
                 discovery: Arc::clone(&discovery),
+                catalog: Arc::clone(&catalog),
                 shutdown: shutdown.clone(),
             })
             .await?;

@@ -1,17 +1,16 @@
 //! Converting a shard's index written with an older schema (before the id and the vector
-//! key were fast fields): its stored documents, vectors and versions are re-added into a new
+//! key were fast fields, before metadata was indexed for filters): its stored documents, vectors and versions are re-added into a new
 //! index beside it, which two renames swap in. Nothing is re-embedded, and a crash between
 //! the renames is finished on the next start.
 
 use std::path::Path;
 
-use tantivy::{Index, IndexWriter, TantivyDocument};
+use tantivy::{Index, IndexWriter};
 use tracing::info;
 
 use crate::error::RetrieverError;
-use crate::schema::{stored_text, stored_u64, stored_vector, vector_to_bytes, ShardFields};
-use crate::shard::for_each_live_document;
-use crate::vectors::vector_key;
+use crate::schema::{build_document, stored_text, stored_u64, stored_vector, ShardFields};
+use crate::shard::{for_each_live_document, StoredDocument};
 
 /// Converts an index written with an older schema (before the id and the vector key were
 /// fast fields) by re-adding its stored documents, vectors and versions into a new index:
@@ -69,22 +68,21 @@ pub(crate) fn convert_older_schema(
                 .unwrap_or_default()
         };
         let id = text(old_id);
-        let (title, body_text) = (text(old_title), text(old_text));
-        let mut added = TantivyDocument::default();
-        added.add_text(fields.id, &id);
-        added.add_text(fields.title, &title);
-        added.add_text(fields.text, &body_text);
-        added.add_text(fields.metadata, text(old_metadata));
-        added.add_text(fields.body, format!("{title} {body_text}"));
-        added.add_u64(fields.vector_key, vector_key(&id));
         let vector = old_vector
             .map(|field| stored_vector(document, field))
             .unwrap_or_default();
-        added.add_bytes(fields.vector, &vector_to_bytes(&vector));
         let version = old_version
             .map(|field| stored_u64(document, field))
             .unwrap_or_default();
-        added.add_u64(fields.version, version);
+        let stored = StoredDocument {
+            title: text(old_title),
+            text: text(old_text),
+            metadata: serde_json::from_str(&text(old_metadata)).unwrap_or_default(),
+            vector,
+            version,
+            id,
+        };
+        let added = build_document(fields, &stored, version)?;
         writer.add_document(added)?;
         converted += 1;
         Ok(())

@@ -15,6 +15,12 @@ pub enum RetrieverError {
     /// A reply that would not fit the message limit; the message names the fields to lower.
     #[error("{0}")]
     TooLarge(String),
+    /// A request refused; the message names the field ("filter: year: ...", "collection: ...").
+    #[error("{0}")]
+    Refused(String),
+    /// No such collection (the message names `collection`).
+    #[error("collection: no collection {0:?}")]
+    UnknownCollection(String),
 }
 
 impl RetrieverError {
@@ -29,7 +35,10 @@ impl RetrieverError {
 impl From<RetrieverError> for Status {
     fn from(error: RetrieverError) -> Self {
         let code = match &error {
-            RetrieverError::InvalidArgument { .. } => Code::InvalidArgument,
+            RetrieverError::InvalidArgument { .. } | RetrieverError::Refused(_) => {
+                Code::InvalidArgument
+            }
+            RetrieverError::UnknownCollection(_) => Code::NotFound,
             RetrieverError::TooLarge(_) => Code::ResourceExhausted,
             RetrieverError::Index(_)
             | RetrieverError::Open { .. }

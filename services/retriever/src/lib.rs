@@ -1,12 +1,15 @@
 //! One retriever shard replica: a persistent tantivy BM25 index over title and text and a
 //! usearch vector index kept consistent with it, with upsert and delete by id, fetch, corpus
-//! statistics, BM25 scoring with cluster-wide statistics and vector search; plus the tonic
-//! `Retriever` service that wraps it, and peer recovery of a replica that (re)joins.
+//! statistics, BM25 scoring with cluster-wide statistics and vector search, metadata
+//! filters; one such index per collection (`ShardCollections`); plus the tonic `Retriever`
+//! service that wraps them, and peer recovery of a replica that (re)joins.
 
+mod collections;
 mod conversion;
 mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
+mod filter;
 pub mod metrics;
 mod ranking;
 mod recovery;
@@ -17,6 +20,7 @@ mod statistics;
 mod vectors;
 mod versions;
 
+pub use collections::ShardCollections;
 pub use error::RetrieverError;
 #[cfg(feature = "fault-injection")]
 pub use fault::InjectedFault;

@@ -16,11 +16,14 @@ use std::time::Duration;
 use quarry_kit::discovery::{Discovery, Member};
 use quarry_kit::server::lazy_channel;
 use quarry_proto::v1::retriever_client::RetrieverClient;
-use quarry_proto::v1::{ExportRequest, IndexRequest, ListVersionsRequest, ShardDeleteRequest};
+use quarry_proto::v1::{
+    Document, ExportRequest, IndexRequest, ListVersionsRequest, ShardDeleteRequest,
+};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
+use crate::collections::ShardCollections;
 use crate::error::RetrieverError;
 use crate::service::{stored_from_proto, stored_to_proto};
 use crate::shard::{IdVersion, Shard};
@@ -67,7 +70,7 @@ impl Default for RecoveryOptions {
 /// writes both ways with each of those instead; with no other replica at all (the only
 /// one) it serves what it holds.
 pub async fn recover(
-    shard: Arc<Shard>,
+    collections: Arc<ShardCollections>,
     discovery: Arc<dyn Discovery>,
     mut member: Member,
     options: RecoveryOptions,
@@ -97,7 +100,7 @@ pub async fn recover(
         let mut exchanged = false;
         for peer in others.iter().filter(|peer| peer.ready || !any_ready) {
             match copy_from_peer(
-                &shard,
+                &collections,
                 peer,
                 options.call_timeout,
                 options.internal_tls.as_deref(),
@@ -163,7 +166,7 @@ fn peer_error(peer: &str, status: tonic::Status) -> RetrieverError {
 }
 
 async fn copy_from_peer(
-    shard: &Arc<Shard>,
+    collections: &ShardCollections,
     peer: &Member,
     call_timeout: Duration,
     internal_tls: Option<&quarry_kit::mtls::InternalTlsClient>,
@@ -178,12 +181,31 @@ async fn copy_from_peer(
     let mut client = RetrieverClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
-    tokio::time::timeout(
-        call_timeout * 4,
-        catch_up(shard, &mut client, &peer.address, call_timeout),
-    )
-    .await
-    .map_err(|_| RetrieverError::Internal(format!("catching up from {} timed out", peer.address)))?
+    let mut total = CatchUpReport::default();
+    for collection in collections.names() {
+        let shard = collections.get(&collection).await?;
+        let report = tokio::time::timeout(
+            call_timeout * 4,
+            catch_up(
+                &shard,
+                &mut client,
+                &peer.address,
+                &collection,
+                call_timeout,
+            ),
+        )
+        .await
+        .map_err(|_| {
+            RetrieverError::Internal(format!(
+                "catching up collection {collection} from {} timed out",
+                peer.address
+            ))
+        })??;
+        total.copied += report.copied;
+        total.deleted += report.deleted;
+        total.pushed += report.pushed;
+    }
+    Ok(total)
 }
 
 /// One pass: exchange version lists with the peer and copy every newer write both ways.
@@ -191,10 +213,13 @@ pub async fn catch_up(
     shard: &Arc<Shard>,
     peer: &mut RetrieverClient<Channel>,
     name: &str,
+    collection: &str,
     call_timeout: Duration,
 ) -> Result<CatchUpReport, RetrieverError> {
     let mut listed = peer
-        .list_versions(ListVersionsRequest {})
+        .list_versions(ListVersionsRequest {
+            collection: collection.to_string(),
+        })
         .await
         .map_err(|status| peer_error(name, status))?
         .into_inner();
@@ -220,7 +245,10 @@ pub async fn catch_up(
 
     for ids in plan.fetch.chunks(EXPORT_BATCH) {
         let mut exported = peer
-            .export(ExportRequest { ids: ids.to_vec() })
+            .export(ExportRequest {
+                ids: ids.to_vec(),
+                collection: collection.to_string(),
+            })
             .await
             .map_err(|status| peer_error(name, status))?
             .into_inner();
@@ -228,7 +256,11 @@ pub async fn catch_up(
         while let Some(message) = exported.next().await {
             let message = message.map_err(|status| peer_error(name, status))?;
             if let Some(document) = message.document {
-                documents.push(stored_from_proto(document, message.vector, message.version));
+                documents.push(stored_from_proto(
+                    document,
+                    message.vector,
+                    message.version,
+                )?);
             }
         }
         report.copied += documents.len() as u64;
@@ -249,7 +281,10 @@ pub async fn catch_up(
             .map(|mut document| IndexRequest {
                 version: document.version,
                 vector: std::mem::take(&mut document.vector),
-                document: Some(stored_to_proto(document)),
+                document: Some(Document {
+                    collection: collection.to_string(),
+                    ..stored_to_proto(document)
+                }),
             })
             .collect();
         let mut call = tonic::Request::new(tokio_stream::iter(requests));
@@ -264,7 +299,11 @@ pub async fn catch_up(
     }
     for (version, ids) in deletes_by_version {
         report.pushed += ids.len() as u64;
-        let mut call = tonic::Request::new(ShardDeleteRequest { ids, version });
+        let mut call = tonic::Request::new(ShardDeleteRequest {
+            ids,
+            version,
+            collection: collection.to_string(),
+        });
         call.set_timeout(call_timeout);
         peer.delete(call)
             .await
@@ -362,11 +401,11 @@ mod tests {
     }
 
     /// Serves `shard` on a free local port; returns a client of it.
-    async fn serve(shard: Arc<Shard>) -> RetrieverClient<Channel> {
+    async fn serve(collections: Arc<ShardCollections>) -> RetrieverClient<Channel> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let service = quarry_proto::v1::retriever_server::RetrieverServer::new(
-            crate::service::RetrieverService::new(shard),
+            crate::service::RetrieverService::new(collections),
         );
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -379,8 +418,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_pass_leaves_both_replicas_with_the_newest_write_of_every_id() {
         let (here_dir, there_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let here = Arc::new(Shard::open(here_dir.path(), 0, 0, 20_000_000).unwrap());
-        let there = Arc::new(Shard::open(there_dir.path(), 0, 1, 20_000_000).unwrap());
+        let open = |directory: &std::path::Path, replica| {
+            let catalog = quarry_kit::collections::CollectionCatalog::watch(
+                &quarry_kit::collections::LocalCatalog::fixed(),
+            );
+            Arc::new(ShardCollections::open(directory, 0, replica, 20_000_000, catalog).unwrap())
+        };
+        let there_collections = open(there_dir.path(), 1);
+        let here = open(here_dir.path(), 0).default_collection();
+        let there = there_collections.default_collection();
         // Both had a and b; then each took writes while the other was away.
         for shard in [&here, &there] {
             shard
@@ -401,10 +447,16 @@ mod tests {
             .unwrap();
         there.delete(&["e".to_string()], 8).unwrap();
 
-        let mut peer = serve(Arc::clone(&there)).await;
-        let report = catch_up(&here, &mut peer, "there", Duration::from_secs(10))
-            .await
-            .unwrap();
+        let mut peer = serve(there_collections).await;
+        let report = catch_up(
+            &here,
+            &mut peer,
+            "there",
+            "default",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             report,
             CatchUpReport {
@@ -430,9 +482,15 @@ mod tests {
             assert_eq!(shard.num_vectors(), 3);
         }
         // A second pass finds nothing left to move.
-        let again = catch_up(&here, &mut peer, "there", Duration::from_secs(10))
-            .await
-            .unwrap();
+        let again = catch_up(
+            &here,
+            &mut peer,
+            "there",
+            "default",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
         assert_eq!(again, CatchUpReport::default());
     }
 

@@ -2,18 +2,24 @@
 //! text, and one `body` field (title + " " + text, English-stemmed) that BM25 scores, as in
 //! the standard BEIR setup; plus the stored vector and its key, and the write's version (last writer wins).
 //! The id and the vector key are also fast fields (columns), so a search answers ids and
-//! breaks ties by key without loading any stored document. Below: how stored values are
-//! encoded and read back, and the id column reader.
+//! breaks ties by key without loading any stored document. The metadata is stored as JSON
+//! text and indexed as a tantivy JSON field (`meta`: exact strings, numbers as f64, booleans,
+//! and date-looking strings also as dates; inverted index and columns), which is what
+//! filters query. Below: how a document is built and how stored values are read back, and
+//! the id column reader.
 
 use std::collections::HashMap;
 
 use tantivy::schema::Value;
 use tantivy::schema::{
-    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
+    Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing,
+    TextOptions, FAST, INDEXED, STORED, STRING,
 };
-use tantivy::{DocAddress, Searcher, TantivyDocument};
+use tantivy::{DateTime, DocAddress, Searcher, TantivyDocument};
 
 use crate::error::RetrieverError;
+use crate::shard::StoredDocument;
+use crate::vectors::vector_key;
 
 /// Tokenizer of the `body` field: simple split, lowercase, English stemmer.
 pub const BODY_TOKENIZER: &str = "en_stem";
@@ -22,6 +28,8 @@ pub const BODY_TOKENIZER: &str = "en_stem";
 pub const ID_FIELD: &str = "id";
 /// The vector key field's name (a fast field: `ranking::tie_key` of the id, which orders ties).
 pub const VECTOR_KEY_FIELD: &str = "vector_key";
+/// The indexed metadata's field name (a JSON field: `meta.<path>` in queries).
+pub const META_FIELD: &str = "meta";
 
 /// Handles to the fields of a shard's schema.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +45,8 @@ pub struct ShardFields {
     pub vector_key: Field,
     /// The version of the write that stored this document.
     pub version: Field,
+    /// The metadata, indexed for filters (not stored: `metadata` is).
+    pub meta: Field,
 }
 
 pub fn build_schema() -> (Schema, ShardFields) {
@@ -55,6 +65,16 @@ pub fn build_schema() -> (Schema, ShardFields) {
     let vector = builder.add_bytes_field("vector", STORED);
     let vector_key = builder.add_u64_field(VECTOR_KEY_FIELD, INDEXED | FAST);
     let version = builder.add_u64_field("version", STORED);
+    let exact = TextFieldIndexing::default()
+        .set_tokenizer("raw")
+        .set_index_option(IndexRecordOption::Basic);
+    let meta = builder.add_json_field(
+        META_FIELD,
+        JsonObjectOptions::default()
+            .set_indexing_options(exact)
+            .set_fast("raw")
+            .set_expand_dots_enabled(),
+    );
     let fields = ShardFields {
         id,
         title,
@@ -64,8 +84,66 @@ pub fn build_schema() -> (Schema, ShardFields) {
         vector,
         vector_key,
         version,
+        meta,
     };
     (builder.build(), fields)
+}
+
+/// The tantivy document of a stored document at `version`.
+pub(crate) fn build_document(
+    fields: &ShardFields,
+    document: &StoredDocument,
+    version: u64,
+) -> Result<TantivyDocument, RetrieverError> {
+    let metadata = serde_json::to_string(&document.metadata)
+        .map_err(|error| RetrieverError::Internal(error.to_string()))?;
+    let mut indexed = TantivyDocument::default();
+    indexed.add_text(fields.id, &document.id);
+    indexed.add_text(fields.title, &document.title);
+    indexed.add_text(fields.text, &document.text);
+    indexed.add_text(fields.metadata, metadata);
+    indexed.add_text(fields.body, format!("{} {}", document.title, document.text));
+    indexed.add_u64(fields.vector_key, vector_key(&document.id));
+    indexed.add_bytes(fields.vector, &vector_to_bytes(&document.vector));
+    indexed.add_u64(fields.version, version);
+    if !document.metadata.is_empty() {
+        indexed.add_object(
+            fields.meta,
+            document
+                .metadata
+                .iter()
+                .map(|(key, value)| (key.clone(), indexed_value(value)))
+                .collect(),
+        );
+    }
+    Ok(indexed)
+}
+
+/// How a metadata value is indexed: numbers as f64 (one numeric type, whatever the JSON
+/// wrote), a string that reads as a date both as the string and as the date (so it can be
+/// matched exactly and ranged over), nulls left out.
+pub(crate) fn indexed_value(value: &serde_json::Value) -> OwnedValue {
+    match value {
+        serde_json::Value::Null => OwnedValue::Null,
+        serde_json::Value::Bool(boolean) => OwnedValue::Bool(*boolean),
+        serde_json::Value::Number(number) => OwnedValue::F64(number.as_f64().unwrap_or_default()),
+        serde_json::Value::String(text) => match quarry_kit::filter::parse_date(text) {
+            Some(micros) => OwnedValue::Array(vec![
+                OwnedValue::Str(text.clone()),
+                OwnedValue::Date(DateTime::from_timestamp_micros(micros)),
+            ]),
+            None => OwnedValue::Str(text.clone()),
+        },
+        serde_json::Value::Array(items) => {
+            OwnedValue::Array(items.iter().map(indexed_value).collect())
+        }
+        serde_json::Value::Object(object) => OwnedValue::Object(
+            object
+                .iter()
+                .map(|(key, value)| (key.clone(), indexed_value(value)))
+                .collect(),
+        ),
+    }
 }
 
 pub(crate) fn stored_text(document: &TantivyDocument, field: tantivy::schema::Field) -> String {

@@ -1,7 +1,7 @@
-//! The tonic `quarry.v1.Retriever` service: decodes requests, runs the shard's blocking
-//! index work on tokio's blocking pool, and maps errors to gRPC codes.
+//! The tonic `quarry.v1.Retriever` service: decodes requests, finds the collection's index,
+//! runs its blocking index work on tokio's blocking pool, and maps errors to gRPC codes.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prost::Message;
@@ -16,9 +16,11 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
+use crate::collections::ShardCollections;
 use crate::error::RetrieverError;
 #[cfg(feature = "fault-injection")]
 use crate::fault::InjectedFault;
+use crate::filter::compile_optional;
 use crate::metrics::{metrics, replica_labels};
 use crate::shard::{Shard, ShardCandidate, StoredDocument};
 use crate::statistics::CorpusStatistics;
@@ -40,13 +42,15 @@ const COMPRESS_MIN_BYTES: usize = 16 * 1024;
 const MAX_FETCH_IDS: usize = 10_000;
 /// The message limit when none is set: tonic's default for decoding.
 const DEFAULT_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
+/// Most collections one `Index` stream writes to.
+const MAX_INDEX_COLLECTIONS: usize = 64;
 
 type Streamed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 /// Serves one shard replica.
 #[derive(Clone)]
 pub struct RetrieverService {
-    shard: Arc<Shard>,
+    collections: Arc<ShardCollections>,
     /// The largest reply this server may send; a reply that would outgrow it is cut or
     /// refused, never dropped by the transport.
     message_limit: usize,
@@ -55,9 +59,9 @@ pub struct RetrieverService {
 }
 
 impl RetrieverService {
-    pub fn new(shard: Arc<Shard>) -> Self {
+    pub fn new(collections: Arc<ShardCollections>) -> Self {
         Self {
-            shard,
+            collections,
             message_limit: DEFAULT_MESSAGE_LIMIT,
             #[cfg(feature = "fault-injection")]
             fault: None,
@@ -91,12 +95,13 @@ impl RetrieverService {
         }
     }
 
-    async fn blocking<T, F>(&self, work: F) -> Result<T, Status>
+    /// Runs `work` on collection `collection`'s index on the blocking pool.
+    async fn blocking<T, F>(&self, collection: &str, work: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: FnOnce(&Shard) -> Result<T, RetrieverError> + Send + 'static,
     {
-        let shard = Arc::clone(&self.shard);
+        let shard = self.collections.get(collection).await?;
         tokio::task::spawn_blocking(move || work(&shard))
             .await
             .map_err(|error| Status::internal(format!("shard task failed: {error}")))?
@@ -111,10 +116,11 @@ impl Retriever for RetrieverService {
         request: Request<CollectStatsRequest>,
     ) -> Result<Response<CorpusStats>, Status> {
         self.maybe_delay().await;
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         check_sub_queries(&request.sub_queries)?;
+        let collection = std::mem::take(&mut request.collection);
         let statistics = self
-            .blocking(move |shard| {
+            .blocking(&collection, move |shard| {
                 shard.collect_statistics_of(&query_texts(&request.query, &request.sub_queries))
             })
             .await?;
@@ -164,8 +170,11 @@ impl Retriever for RetrieverService {
             .map(statistics_from_proto);
         let (keyword_k, vector_k) = (request.keyword_k as usize, request.vector_k as usize);
         let sub_query_k = request.sub_query_k as usize;
+        let collection = request.collection.clone();
         let outcome = self
-            .blocking(move |shard| {
+            .blocking(&collection, move |shard| {
+                let filter = compile_optional(request.filter.as_ref(), shard.meta_field())?;
+                let filter = filter.as_deref();
                 if let Some(expected) = expected {
                     let local = shard.collect_statistics_of(&query_texts(
                         &request.query,
@@ -175,9 +184,10 @@ impl Retriever for RetrieverService {
                         return Ok(SearchOutcome::Stale(local));
                     }
                 }
-                let keyword = shard.search_keyword(&request.query, keyword_k, global.as_ref())?;
+                let keyword =
+                    shard.search_keyword(&request.query, keyword_k, global.as_ref(), filter)?;
                 let vector = if vector_k > 0 {
-                    shard.search_vector(&request.query_vector, vector_k)?
+                    shard.search_vector(&request.query_vector, vector_k, filter)?
                 } else {
                     Vec::new()
                 };
@@ -187,6 +197,7 @@ impl Retriever for RetrieverService {
                         sub_query,
                         sub_query_k,
                         global.as_ref(),
+                        filter,
                     )?);
                 }
                 Ok(SearchOutcome::Ranked {
@@ -200,11 +211,11 @@ impl Retriever for RetrieverService {
             SearchOutcome::Stale(local) => {
                 span.record("stale", true);
                 debug!(
-                    shard = self.shard.shard(),
+                    shard = self.collections.shard(),
                     "statistics changed; answered stale"
                 );
                 ShardSearchResponse {
-                    shard: self.shard.shard(),
+                    shard: self.collections.shard(),
                     stale: true,
                     local_stats: Some(statistics_to_proto(&local)),
                     ..ShardSearchResponse::default()
@@ -218,7 +229,7 @@ impl Retriever for RetrieverService {
                 span.record("keyword_hits", keyword.len());
                 span.record("vector_hits", vector.len());
                 ShardSearchResponse {
-                    shard: self.shard.shard(),
+                    shard: self.collections.shard(),
                     keyword: keyword.into_iter().map(candidate_to_proto).collect(),
                     vector: vector.into_iter().map(candidate_to_proto).collect(),
                     sub_queries: sub_queries
@@ -249,25 +260,42 @@ impl Retriever for RetrieverService {
         request: Request<Streaming<IndexRequest>>,
     ) -> Result<Response<IndexResponse>, Status> {
         let mut stream = request.into_inner();
-        let mut batch = Vec::with_capacity(INDEX_COMMIT_BATCH);
+        // A stream may mix collections: each has its own batch, committed on its own index.
+        let mut batches: HashMap<String, Vec<StoredDocument>> = HashMap::new();
         let mut indexed = 0;
         let mut bytes = 0;
         while let Some(message) = stream.next().await {
             let message = message?;
-            let document = message
+            let mut document = message
                 .document
                 .ok_or_else(|| Status::invalid_argument("document: missing"))?;
             bytes += (document.id.len() + document.title.len() + document.text.len()) as u64;
-            batch.push(stored_from_proto(document, message.vector, message.version));
+            let collection = std::mem::take(&mut document.collection);
+            let stored = stored_from_proto(document, message.vector, message.version)?;
+            let batch = batches.entry(collection.clone()).or_default();
+            batch.push(stored);
             if batch.len() == INDEX_COMMIT_BATCH {
-                let full = std::mem::take(&mut batch);
-                indexed += self.blocking(move |shard| shard.upsert(&full)).await?;
+                let full = std::mem::take(batch);
+                indexed += self
+                    .blocking(&collection, move |shard| shard.upsert(&full))
+                    .await?;
+            }
+            if batches.len() > MAX_INDEX_COLLECTIONS {
+                return Err(RetrieverError::invalid(
+                    "document.collection",
+                    format!("at most {MAX_INDEX_COLLECTIONS} collections in one stream"),
+                )
+                .into());
             }
         }
-        if !batch.is_empty() {
-            indexed += self.blocking(move |shard| shard.upsert(&batch)).await?;
+        for (collection, batch) in batches {
+            if !batch.is_empty() {
+                indexed += self
+                    .blocking(&collection, move |shard| shard.upsert(&batch))
+                    .await?;
+            }
         }
-        let labels = replica_labels(self.shard.shard(), self.shard.replica());
+        let labels = replica_labels(self.collections.shard(), self.collections.replica());
         let labels = [labels[0].as_str(), labels[1].as_str()];
         let retriever_metrics = metrics();
         retriever_metrics
@@ -288,7 +316,9 @@ impl Retriever for RetrieverService {
         let request = request.into_inner();
         let (ids, version) = (request.ids, request.version);
         let deleted = self
-            .blocking(move |shard| shard.delete(&ids, version))
+            .blocking(&request.collection, move |shard| {
+                shard.delete(&ids, version)
+            })
             .await?;
         Ok(Response::new(ShardDeleteResponse { deleted }))
     }
@@ -297,7 +327,7 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let ids = request.into_inner().ids;
+        let FetchRequest { ids, collection } = request.into_inner();
         if ids.len() > MAX_FETCH_IDS {
             return Err(RetrieverError::invalid(
                 "ids",
@@ -307,7 +337,7 @@ impl Retriever for RetrieverService {
         }
         let limit = self.message_limit;
         let reply = self
-            .blocking(move |shard| {
+            .blocking(&collection, move |shard| {
                 let mut reply = FetchResponse::default();
                 // Documents are loaded one at a time, so a reply that would outgrow the
                 // message limit stops early and says how many ids it left for another call.
@@ -345,10 +375,10 @@ impl Retriever for RetrieverService {
 
     async fn shard_info(
         &self,
-        _request: Request<ShardInfoRequest>,
+        request: Request<ShardInfoRequest>,
     ) -> Result<Response<ShardInfoResponse>, Status> {
         let info = self
-            .blocking(|shard| {
+            .blocking(&request.into_inner().collection, |shard| {
                 Ok(ShardInfoResponse {
                     shard: shard.shard(),
                     replica: shard.replica(),
@@ -365,9 +395,11 @@ impl Retriever for RetrieverService {
 
     async fn list_versions(
         &self,
-        _request: Request<ListVersionsRequest>,
+        request: Request<ListVersionsRequest>,
     ) -> Result<Response<Self::ListVersionsStream>, Status> {
-        let versions = self.blocking(|shard| shard.versions()).await?;
+        let versions = self
+            .blocking(&request.into_inner().collection, |shard| shard.versions())
+            .await?;
         let messages: Vec<Result<DocumentVersion, Status>> = versions
             .into_iter()
             .map(|version| {
@@ -387,7 +419,7 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        let ids = request.into_inner().ids;
+        let ExportRequest { ids, collection } = request.into_inner();
         if ids.len() > MAX_EXPORT_IDS {
             return Err(RetrieverError::invalid(
                 "ids",
@@ -395,7 +427,7 @@ impl Retriever for RetrieverService {
             )
             .into());
         }
-        let shard = Arc::clone(&self.shard);
+        let shard = self.collections.get(&collection).await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_CHUNK);
         tokio::spawn(async move {
             for chunk in ids.chunks(STREAM_CHUNK) {
@@ -413,8 +445,10 @@ impl Retriever for RetrieverService {
                 };
                 for document in documents {
                     let (vector, version) = (document.vector.clone(), document.version);
+                    let mut exported = stored_to_proto(document);
+                    exported.collection = collection.clone();
                     let message = IndexRequest {
-                        document: Some(stored_to_proto(document)),
+                        document: Some(exported),
                         vector,
                         version,
                     };
@@ -492,27 +526,71 @@ fn check_sub_queries(sub_queries: &[String]) -> Result<(), RetrieverError> {
     Ok(())
 }
 
+/// A document as the shard stores it: `metadata_json` (a JSON object) with the string
+/// entries of `metadata` added where it has no field of that name.
 pub(crate) fn stored_from_proto(
     document: Document,
     vector: Vec<f32>,
     version: u64,
-) -> StoredDocument {
-    StoredDocument {
+) -> Result<StoredDocument, RetrieverError> {
+    let mut metadata = match document.metadata_json.trim() {
+        "" => serde_json::Map::new(),
+        text => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => {
+                return Err(RetrieverError::invalid(
+                    "document.metadata_json",
+                    format!("must be a JSON object (document {:?})", document.id),
+                ))
+            }
+            Err(error) => {
+                return Err(RetrieverError::invalid(
+                    "document.metadata_json",
+                    format!("not JSON: {error} (document {:?})", document.id),
+                ))
+            }
+        },
+    };
+    for (key, value) in document.metadata {
+        metadata
+            .entry(key)
+            .or_insert(serde_json::Value::String(value));
+    }
+    Ok(StoredDocument {
         version,
         id: document.id,
         title: document.title,
         text: document.text,
-        metadata: document.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        metadata,
         vector,
-    }
+    })
 }
 
+/// A stored document on the wire: the metadata as `metadata_json`, and every top-level
+/// field as text in `metadata` (for clients of the older, string-valued form).
 pub(crate) fn stored_to_proto(document: StoredDocument) -> Document {
+    let metadata_json = match document.metadata.is_empty() {
+        true => String::new(),
+        false => serde_json::Value::Object(document.metadata.clone()).to_string(),
+    };
+    let metadata = document
+        .metadata
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            (key, text)
+        })
+        .collect();
     Document {
         id: document.id,
         title: document.title,
         text: document.text,
-        metadata: document.metadata.into_iter().collect(),
+        metadata,
+        collection: String::new(),
+        metadata_json,
     }
 }
 
@@ -522,7 +600,17 @@ mod tests {
 
     fn service_over(documents: &[(&str, &str)], message_limit: usize) -> RetrieverService {
         let directory = tempfile::tempdir().unwrap().keep();
-        let shard = Shard::open(&directory, 0, 0, 20_000_000).unwrap();
+        let collections = ShardCollections::open(
+            &directory,
+            0,
+            0,
+            20_000_000,
+            quarry_kit::collections::CollectionCatalog::watch(
+                &quarry_kit::collections::LocalCatalog::fixed(),
+            ),
+        )
+        .unwrap();
+        let shard = collections.default_collection();
         let stored: Vec<StoredDocument> = documents
             .iter()
             .map(|(id, text)| StoredDocument {
@@ -533,7 +621,7 @@ mod tests {
             })
             .collect();
         shard.upsert(&stored).unwrap();
-        RetrieverService::new(Arc::new(shard)).with_message_limit(message_limit)
+        RetrieverService::new(Arc::new(collections)).with_message_limit(message_limit)
     }
 
     #[tokio::test]
@@ -552,7 +640,7 @@ mod tests {
             &service,
             Request::new(CollectStatsRequest {
                 query: "comets".to_string(),
-                sub_queries: Vec::new(),
+                ..CollectStatsRequest::default()
             }),
         )
         .await
@@ -619,6 +707,7 @@ mod tests {
             &service,
             Request::new(FetchRequest {
                 ids: vec!["a".to_string(), "b".to_string(), "c".to_string()],
+                ..FetchRequest::default()
             }),
         )
         .await
@@ -633,6 +722,7 @@ mod tests {
             &tiny,
             Request::new(FetchRequest {
                 ids: vec!["a".to_string()],
+                ..FetchRequest::default()
             }),
         )
         .await

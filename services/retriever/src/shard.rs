@@ -4,14 +4,14 @@
 //! newest write of each id, counting deletes (tombstones), so writes can arrive in any order
 //! or twice (a peer's catch-up copy and a live write) and every replica ends the same.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::{
     DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, TantivyDocument, Term,
@@ -20,14 +20,15 @@ use tracing::{info, warn};
 
 use crate::conversion::convert_older_schema;
 use crate::error::RetrieverError;
+use crate::filter::MatchingKeys;
 use crate::metrics::{metrics, replica_labels};
 use crate::ranking::{best_k, top_with_ties, TopByScoreThenKey};
 use crate::schema::{
-    build_schema, stored_text, stored_u64, stored_vector, vector_to_bytes, FastIds, ShardFields,
+    build_document, build_schema, stored_text, stored_u64, stored_vector, FastIds, ShardFields,
     VECTOR_KEY_FIELD,
 };
 use crate::statistics::{CorpusStatistics, GlobalStatisticsProvider};
-use crate::vectors::{vector_key, VectorIndex};
+use crate::vectors::VectorIndex;
 use crate::versions::{wall_clock_us, Delete, Tombstones};
 use quarry_kit::VersionClock;
 
@@ -44,7 +45,8 @@ pub struct StoredDocument {
     pub id: String,
     pub title: String,
     pub text: String,
-    pub metadata: BTreeMap<String, String>,
+    /// A JSON object; its fields are indexed for filters.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The document's embedding; empty when it has none.
     pub vector: Vec<f32>,
     /// The write's version; 0 on the way in lets the shard stamp it with its own clock.
@@ -172,6 +174,11 @@ impl Shard {
         &self.data_dir
     }
 
+    /// The field metadata filters query.
+    pub(crate) fn meta_field(&self) -> tantivy::schema::Field {
+        self.fields.meta
+    }
+
     pub fn num_docs(&self) -> u64 {
         self.reader.searcher().num_docs()
     }
@@ -207,7 +214,7 @@ impl Shard {
         }
         for (document, version) in &applied {
             writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
-            writer.add_document(self.to_tantivy(document, *version)?)?;
+            writer.add_document(build_document(&self.fields, document, *version)?)?;
         }
         let opstamp = self.commit(&mut writer)?;
         self.reader.reload()?;
@@ -335,17 +342,26 @@ impl Shard {
         }
     }
 
-    /// The `k` documents whose vectors are nearest to `query`, by cosine similarity.
+    /// The `k` documents whose vectors are nearest to `query`, by cosine similarity; with a
+    /// filter, the nearest among the documents it admits.
     pub fn search_vector(
         &self,
         query: &[f32],
         k: usize,
+        filter: Option<&dyn Query>,
     ) -> Result<Vec<ShardCandidate>, RetrieverError> {
-        let nearest = {
-            let vectors = self.read_vectors()?;
-            top_with_ties(k, |limit| vectors.search(query, limit))?
-        };
         let searcher = self.reader.searcher();
+        let nearest = match filter {
+            None => {
+                let vectors = self.read_vectors()?;
+                top_with_ties(k, |limit| vectors.search(query, limit))?
+            }
+            Some(filter) => {
+                let admitted = searcher.search(filter, &MatchingKeys)?;
+                let vectors = self.read_vectors()?;
+                vectors.search_among(query, k, &admitted)?
+            }
+        };
         let mut ids = FastIds::default();
         let mut candidates = Vec::with_capacity(nearest.len());
         for (similarity, key) in nearest {
@@ -508,12 +524,14 @@ impl Shard {
         Ok(statistics)
     }
 
-    /// The top `k` documents by BM25, scored with `global` statistics when given.
+    /// The top `k` documents by BM25, scored with `global` statistics when given; with a
+    /// filter, among the documents it admits (scores and statistics unchanged).
     pub fn search_keyword(
         &self,
         query: &str,
         k: usize,
         global: Option<&CorpusStatistics>,
+        filter: Option<&dyn Query>,
     ) -> Result<Vec<ShardCandidate>, RetrieverError> {
         if k == 0 {
             return Ok(Vec::new());
@@ -531,7 +549,17 @@ impl Shard {
                 (Occur::Should, query)
             })
             .collect();
-        let query = BooleanQuery::new(clauses);
+        let terms_query: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
+        let query: Box<dyn Query> = match filter {
+            None => terms_query,
+            Some(filter) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, terms_query),
+                (
+                    Occur::Must,
+                    Box::new(ConstScoreQuery::new(filter.box_clone(), 0.0)),
+                ),
+            ])),
+        };
         let searcher = self.reader.searcher();
         let collector = TopByScoreThenKey {
             limit: k,
@@ -544,9 +572,9 @@ impl Shard {
                     local: &searcher,
                     body: self.fields.body,
                 };
-                searcher.search_with_statistics_provider(&query, &collector, &provider)?
+                searcher.search_with_statistics_provider(query.as_ref(), &collector, &provider)?
             }
-            None => searcher.search(&query, &collector)?,
+            None => searcher.search(query.as_ref(), &collector)?,
         };
         let mut ids = FastIds::default();
         let mut candidates = Vec::with_capacity(ranked.len());
@@ -597,28 +625,6 @@ impl Shard {
         self.writer
             .lock()
             .map_err(|_| RetrieverError::Internal("index writer lock poisoned".to_string()))
-    }
-
-    fn to_tantivy(
-        &self,
-        document: &StoredDocument,
-        version: u64,
-    ) -> Result<TantivyDocument, RetrieverError> {
-        let metadata = serde_json::to_string(&document.metadata)
-            .map_err(|error| RetrieverError::Internal(error.to_string()))?;
-        let mut indexed = TantivyDocument::default();
-        indexed.add_text(self.fields.id, &document.id);
-        indexed.add_text(self.fields.title, &document.title);
-        indexed.add_text(self.fields.text, &document.text);
-        indexed.add_text(self.fields.metadata, metadata);
-        indexed.add_text(
-            self.fields.body,
-            format!("{} {}", document.title, document.text),
-        );
-        indexed.add_u64(self.fields.vector_key, vector_key(&document.id));
-        indexed.add_bytes(self.fields.vector, &vector_to_bytes(&document.vector));
-        indexed.add_u64(self.fields.version, version);
-        Ok(indexed)
     }
 
     fn to_stored(&self, document: &TantivyDocument) -> StoredDocument {

@@ -8,7 +8,10 @@ fn document(id: &str, title: &str, text: &str) -> StoredDocument {
         id: id.to_string(),
         title: title.to_string(),
         text: text.to_string(),
-        metadata: BTreeMap::from([("source".to_string(), "test".to_string())]),
+        metadata: serde_json::json!({"source": "test"})
+            .as_object()
+            .cloned()
+            .unwrap(),
         vector: Vec::new(),
         version: 0,
     }
@@ -51,7 +54,7 @@ fn ranks_matching_documents_and_survives_reopening() {
         let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
         assert_eq!(shard.upsert(&corpus()).unwrap(), 4);
         let hits = shard
-            .search_keyword("what lowers blood glucose", 3, None)
+            .search_keyword("what lowers blood glucose", 3, None, None)
             .unwrap();
         assert_eq!(hits[0].doc_id, "a");
         assert!(hits.iter().all(|hit| hit.doc_id != "b"));
@@ -87,11 +90,11 @@ fn upsert_replaces_and_delete_removes() {
         .unwrap();
     assert_eq!(shard.num_docs(), 4);
     assert!(shard
-        .search_keyword("carbon dioxide", 5, None)
+        .search_keyword("carbon dioxide", 5, None, None)
         .unwrap()
         .is_empty());
     assert_eq!(
-        shard.search_keyword("chlorophyll", 5, None).unwrap()[0].doc_id,
+        shard.search_keyword("chlorophyll", 5, None, None).unwrap()[0].doc_id,
         "b"
     );
     let deleted = shard
@@ -131,19 +134,23 @@ fn global_statistics_make_split_shards_score_like_one() {
     assert_eq!(global, whole.collect_statistics(query).unwrap());
 
     let mut split: Vec<ShardCandidate> = left
-        .search_keyword(query, 10, Some(&global))
+        .search_keyword(query, 10, Some(&global), None)
         .unwrap()
         .into_iter()
-        .chain(right.search_keyword(query, 10, Some(&global)).unwrap())
+        .chain(
+            right
+                .search_keyword(query, 10, Some(&global), None)
+                .unwrap(),
+        )
         .collect();
     split.sort_by(|a, b| b.score.total_cmp(&a.score));
-    let single = whole.search_keyword(query, 10, None).unwrap();
+    let single = whole.search_keyword(query, 10, None, None).unwrap();
     assert_eq!(split.len(), single.len());
     for (from_split, from_single) in split.iter().zip(&single) {
         assert_eq!(from_split.doc_id, from_single.doc_id);
         assert!((from_split.score - from_single.score).abs() < 1e-4);
     }
-    let local_only = left.search_keyword(query, 10, None).unwrap();
+    let local_only = left.search_keyword(query, 10, None, None).unwrap();
     assert!(
         (local_only[0].score - split.iter().find(|c| c.doc_id == "a").unwrap().score).abs() > 1e-3,
         "without global statistics a small shard scores differently"
@@ -176,7 +183,7 @@ fn vectors_are_searched_and_survive_a_crash_and_a_clean_stop() {
     {
         let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
         shard.upsert(&corpus_with_vectors()).unwrap();
-        let hits = shard.search_vector(&[1.0, 0.0, 0.0], 2).unwrap();
+        let hits = shard.search_vector(&[1.0, 0.0, 0.0], 2, None).unwrap();
         assert_eq!(hits[0].doc_id, "a");
         assert_eq!(hits[1].doc_id, "c");
         assert!(hits[0].score > hits[1].score && hits[0].score <= 1.0001);
@@ -188,7 +195,7 @@ fn vectors_are_searched_and_survive_a_crash_and_a_clean_stop() {
         let reopened = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
         assert_eq!(reopened.num_vectors(), reopened.num_docs());
         assert_eq!(
-            reopened.search_vector(&[1.0, 0.0, 0.0], 2).unwrap()[1].doc_id,
+            reopened.search_vector(&[1.0, 0.0, 0.0], 2, None).unwrap()[1].doc_id,
             "d"
         );
         reopened.persist_vectors().unwrap();
@@ -209,7 +216,7 @@ fn a_vector_of_the_wrong_dimensions_is_refused_and_nothing_is_written() {
         "{error}"
     );
     assert_eq!(shard.num_docs(), 4);
-    let error = shard.search_vector(&[1.0, 0.0], 2).unwrap_err();
+    let error = shard.search_vector(&[1.0, 0.0], 2, None).unwrap_err();
     assert!(error.to_string().starts_with("vector:"));
 }
 
@@ -235,14 +242,14 @@ fn ties_at_the_cut_are_broken_by_the_tie_key_not_by_index_order() {
     expected.sort_by_key(|id| quarry_kit::ranking::tie_key(id));
     expected.truncate(3);
     let keyword: Vec<String> = shard
-        .search_keyword("comets", 3, None)
+        .search_keyword("comets", 3, None, None)
         .unwrap()
         .into_iter()
         .map(|hit| hit.doc_id)
         .collect();
     assert_eq!(keyword, expected);
     let vector: Vec<String> = shard
-        .search_vector(&[1.0, 0.0, 0.0], 3)
+        .search_vector(&[1.0, 0.0, 0.0], 3, None)
         .unwrap()
         .into_iter()
         .map(|hit| hit.doc_id)
@@ -281,8 +288,14 @@ fn an_index_of_the_older_schema_is_converted_without_losing_anything() {
         writer.commit().unwrap();
     }
     let shard = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
-    assert_eq!(shard.search_keyword("icy", 5, None).unwrap()[0].doc_id, "a");
-    assert_eq!(shard.search_vector(&[1.0, 0.0], 1).unwrap()[0].doc_id, "a");
+    assert_eq!(
+        shard.search_keyword("icy", 5, None, None).unwrap()[0].doc_id,
+        "a"
+    );
+    assert_eq!(
+        shard.search_vector(&[1.0, 0.0], 1, None).unwrap()[0].doc_id,
+        "a"
+    );
     let fetched = shard.fetch(&["a".to_string()]).unwrap();
     assert_eq!(fetched[0].version, 7);
     assert_eq!(fetched[0].metadata["year"], "2020");
@@ -302,7 +315,9 @@ fn hostile_global_statistics_do_not_panic() {
         total_num_tokens: 0,
         doc_freqs: [("glucos".to_string(), u64::MAX)].into_iter().collect(),
     };
-    let hits = shard.search_keyword("glucose", 5, Some(&hostile)).unwrap();
+    let hits = shard
+        .search_keyword("glucose", 5, Some(&hostile), None)
+        .unwrap();
     assert!(!hits.is_empty());
 }
 

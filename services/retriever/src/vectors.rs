@@ -157,6 +157,53 @@ impl VectorIndex {
             .collect())
     }
 
+    /// The `k` nearest of the vectors under `admitted` keys (a filter's documents), best
+    /// first, every tie at the cut included. Exact — every admitted vector compared — when
+    /// the index is small enough to be searched exactly or the admitted set is (as Qdrant
+    /// does for a selective filter); otherwise the HNSW graph's own filtered search.
+    pub fn search_among(
+        &self,
+        query: &[f32],
+        k: usize,
+        admitted: &[u64],
+    ) -> Result<Vec<(f32, u64)>, RetrieverError> {
+        let Some(index) = &self.index else {
+            return Ok(Vec::new());
+        };
+        if k == 0 || admitted.is_empty() || index.size() == 0 {
+            return Ok(Vec::new());
+        }
+        self.check(query)?;
+        if index.size() <= EXACT_SEARCH_MAX_VECTORS || admitted.len() <= EXACT_SEARCH_MAX_VECTORS {
+            let query_norm = norm(query);
+            let mut stored = vec![0.0f32; index.dimensions()];
+            let mut scored = Vec::with_capacity(admitted.len());
+            for key in admitted {
+                if index.get(*key, &mut stored).map_err(usearch_error)? == 0 {
+                    continue;
+                }
+                scored.push((cosine(query, query_norm, &stored), *key));
+            }
+            scored.sort_by(|left, right| right.0.total_cmp(&left.0));
+            if let Some(cut) = scored.get(k.saturating_sub(1)).map(|entry| entry.0) {
+                scored.retain(|entry| entry.0 >= cut);
+            }
+            return Ok(scored);
+        }
+        let admitted: std::collections::HashSet<u64> = admitted.iter().copied().collect();
+        let count = k.min(admitted.len());
+        index.change_expansion_search((2 * count).max(64));
+        let matches = index
+            .filtered_search(query, count, |key| admitted.contains(&key))
+            .map_err(usearch_error)?;
+        Ok(matches
+            .keys
+            .into_iter()
+            .zip(matches.distances)
+            .map(|(key, distance)| (1.0 - distance, key))
+            .collect())
+    }
+
     /// Saves the index with the tantivy commit it reflects.
     pub fn save(&self, opstamp: u64) -> Result<(), RetrieverError> {
         std::fs::create_dir_all(&self.directory).map_err(io_error)?;
@@ -206,6 +253,28 @@ fn new_index(dimensions: usize) -> Result<Index, RetrieverError> {
         multi: false,
     };
     Index::new(&options).map_err(usearch_error)
+}
+
+fn norm(vector: &[f32]) -> f64 {
+    vector
+        .iter()
+        .map(|value| f64::from(*value) * f64::from(*value))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Cosine similarity, accumulated in f64.
+fn cosine(query: &[f32], query_norm: f64, stored: &[f32]) -> f32 {
+    let dot: f64 = query
+        .iter()
+        .zip(stored)
+        .map(|(left, right)| f64::from(*left) * f64::from(*right))
+        .sum();
+    let denominator = query_norm * norm(stored);
+    if denominator == 0.0 {
+        return 0.0;
+    }
+    (dot / denominator) as f32
 }
 
 fn usearch_error(error: impl std::fmt::Display) -> RetrieverError {

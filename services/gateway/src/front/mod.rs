@@ -42,8 +42,23 @@ use keys::{now_s, Scope};
 
 use crate::metrics::metrics;
 
-/// The collection every document is in until collections exist.
-const DEFAULT_COLLECTION: &str = "default";
+/// The collection workflows read and write.
+const DEFAULT_COLLECTION: &str = quarry_kit::collections::DEFAULT_COLLECTION;
+
+/// The collections the caller's key may use, handed to the handlers (which know the
+/// request's collection) in the request's extensions; absent when the API needs no key.
+#[derive(Debug, Clone)]
+pub struct CollectionGrant {
+    pub key_id: String,
+    /// Empty: every collection.
+    pub collections: Arc<Vec<String>>,
+}
+
+impl CollectionGrant {
+    pub fn allows(&self, collection: &str) -> bool {
+        self.collections.is_empty() || self.collections.iter().any(|name| name == collection)
+    }
+}
 
 /// Methods that share one concurrency limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,19 +94,23 @@ pub struct MethodRule {
     /// Whether the class's default deadline applies (not to Ingest, bounded by its idle
     /// timeout, nor to WatchWorkflow, which lasts as long as its workflow).
     pub default_deadline: bool,
-    /// Whether the method reads or writes documents (and so a collection).
-    pub touches_documents: bool,
+    /// Whether the method works on `default` alone (workflows), so a key limited to other
+    /// collections is refused here; the document and collection methods check the request's
+    /// own collection in their handlers (`CollectionGrant`).
+    pub default_collection_only: bool,
 }
 
 /// The rule of a `quarry.v1.Quarry` method; `None` for a name the service does not have
 /// (it still needs a valid key, and gets UNIMPLEMENTED from tonic).
 pub fn rule(method: &str) -> Option<MethodRule> {
-    let (class, scope, default_deadline, touches_documents) = match method {
-        "Search" | "GetDocument" => (Class::Search, Scope::Read, true, true),
+    let (class, scope, default_deadline, default_collection_only) = match method {
+        "Search" | "GetDocument" => (Class::Search, Scope::Read, true, false),
+        "ListCollections" | "GetCollection" => (Class::Search, Scope::Read, true, false),
         "ClusterStatus" => (Class::Search, Scope::Admin, true, false),
-        "Ask" | "AskStream" => (Class::Ask, Scope::Read, true, true),
-        "Ingest" => (Class::Ingest, Scope::Write, false, true),
-        "Delete" => (Class::Ingest, Scope::Write, true, true),
+        "Ask" | "AskStream" => (Class::Ask, Scope::Read, true, false),
+        "Ingest" => (Class::Ingest, Scope::Write, false, false),
+        "Delete" => (Class::Ingest, Scope::Write, true, false),
+        "CreateCollection" | "DeleteCollection" => (Class::Ingest, Scope::Admin, true, false),
         "SubmitWorkflow" | "CancelWorkflow" => (Class::Workflows, Scope::Write, true, true),
         "GetWorkflow" | "ListWorkflows" => (Class::Workflows, Scope::Read, true, true),
         "WatchWorkflow" => (Class::Workflows, Scope::Read, false, true),
@@ -101,7 +120,7 @@ pub fn rule(method: &str) -> Option<MethodRule> {
         class,
         scope,
         default_deadline,
-        touches_documents,
+        default_collection_only,
     })
 }
 
@@ -146,6 +165,7 @@ impl FrontDoor {
     fn admit(&self, method: &str, headers: &http::HeaderMap) -> Result<Admitted, Status> {
         let rule = rule(method);
         let mut key_id = None;
+        let mut grant = None;
         if let Some(ring) = &self.keys {
             let keys = ring.snapshot();
             let authorization = headers
@@ -176,7 +196,7 @@ impl FrontDoor {
                         rule.scope.name()
                     )));
                 }
-                if rule.touches_documents && !key.allows_collection(DEFAULT_COLLECTION) {
+                if rule.default_collection_only && !key.allows_collection(DEFAULT_COLLECTION) {
                     return Err(denied(format!(
                         "API key {} may not use collection `{DEFAULT_COLLECTION}`",
                         key.id
@@ -197,11 +217,16 @@ impl FrontDoor {
                 }
             }
             key_id = Some(key.id.clone());
+            grant = Some(CollectionGrant {
+                key_id: key.id.clone(),
+                collections: Arc::new(key.collections.clone()),
+            });
         }
         let Some(rule) = rule else {
             return Ok(Admitted {
                 slot: None,
                 key_id,
+                grant,
                 deadline: None,
             });
         };
@@ -228,6 +253,7 @@ impl FrontDoor {
         Ok(Admitted {
             slot: Some((rule.class, permit)),
             key_id,
+            grant,
             deadline: rule
                 .default_deadline
                 .then(|| self.deadlines[rule.class.index()]),
@@ -253,6 +279,7 @@ fn busy(message: String, pushback: Duration) -> Status {
 struct Admitted {
     slot: Option<(Class, tokio::sync::OwnedSemaphorePermit)>,
     key_id: Option<String>,
+    grant: Option<CollectionGrant>,
     /// The default deadline, when the call is unary-like and sent none.
     deadline: Option<Duration>,
 }
@@ -309,12 +336,15 @@ where
             .next()
             .unwrap_or_default()
             .to_string();
-        let admitted = match self.door.admit(&method, request.headers()) {
+        let mut admitted = match self.door.admit(&method, request.headers()) {
             Ok(admitted) => admitted,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
         if let Some(key_id) = &admitted.key_id {
             tracing::Span::current().record("key_id", key_id.as_str());
+        }
+        if let Some(grant) = admitted.grant.take() {
+            request.extensions_mut().insert(grant);
         }
         let mut timeout = None;
         if let Some(deadline) = admitted.deadline {
@@ -435,17 +465,23 @@ mod tests {
     }
 
     #[test]
-    fn a_key_limited_to_other_collections_is_denied_documents() {
+    fn a_key_limited_to_other_collections_gets_a_grant_and_is_denied_workflows() {
         let key = generate(vec![Scope::Admin], vec!["hr".into()], None, String::new()).unwrap();
         let door = door(
             Some(KeySet::new([key.key.clone()])),
             AdmissionConfig::default(),
         );
         let error = door
-            .admit("Search", &headers(Some(&key.token)))
+            .admit("SubmitWorkflow", &headers(Some(&key.token)))
             .err()
             .unwrap();
         assert_eq!(error.code(), Code::PermissionDenied);
+        let admitted = door
+            .admit("Search", &headers(Some(&key.token)))
+            .ok()
+            .unwrap();
+        let grant = admitted.grant.unwrap();
+        assert!(grant.allows("hr") && !grant.allows("default"));
         assert!(door
             .admit("ClusterStatus", &headers(Some(&key.token)))
             .is_ok());

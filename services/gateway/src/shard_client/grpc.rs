@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quarry_kit::discovery::Member;
-use quarry_proto::v1::ShardInfoRequest;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Status};
 
@@ -66,9 +65,9 @@ impl Shards for GrpcShards {
                     .await?
                     .into_inner(),
             ),
-            ShardCall::ShardInfo => ShardReply::ShardInfo(
+            ShardCall::ShardInfo(request) => ShardReply::ShardInfo(
                 client
-                    .shard_info(timed(ShardInfoRequest {}, timeout))
+                    .shard_info(timed(request, timeout))
                     .await?
                     .into_inner(),
             ),

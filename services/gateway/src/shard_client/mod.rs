@@ -25,8 +25,8 @@ use quarry_kit::config::ReplicaSelection;
 use quarry_kit::discovery::Member;
 use quarry_kit::metrics::code_name;
 use quarry_proto::v1::{
-    CollectStatsRequest, CorpusStats, FetchRequest, FetchResponse, ShardInfoResponse,
-    ShardSearchRequest, ShardSearchResponse,
+    CollectStatsRequest, CorpusStats, FetchRequest, FetchResponse, ShardInfoRequest,
+    ShardInfoResponse, ShardSearchRequest, ShardSearchResponse,
 };
 use tokio::time::Instant;
 use tonic::Status;
@@ -65,7 +65,7 @@ pub enum ShardCall {
     CollectStats(CollectStatsRequest),
     Search(ShardSearchRequest),
     Fetch(FetchRequest),
-    ShardInfo,
+    ShardInfo(ShardInfoRequest),
 }
 
 impl ShardCall {
@@ -74,7 +74,7 @@ impl ShardCall {
             ShardCall::CollectStats(_) => Rpc::CollectStats,
             ShardCall::Search(_) => Rpc::Search,
             ShardCall::Fetch(_) => Rpc::Fetch,
-            ShardCall::ShardInfo => Rpc::ShardInfo,
+            ShardCall::ShardInfo(_) => Rpc::ShardInfo,
         }
     }
 }

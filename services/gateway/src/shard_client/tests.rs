@@ -175,7 +175,7 @@ impl Shards for FakeShards {
                     ids_left: (request.ids.len() - sent) as u32,
                 })
             }
-            ShardCall::ShardInfo => ShardReply::ShardInfo(ShardInfoResponse::default()),
+            ShardCall::ShardInfo(_) => ShardReply::ShardInfo(ShardInfoResponse::default()),
         })
     }
 }
@@ -466,7 +466,13 @@ async fn fetching_asks_each_shard_once_and_again_for_what_did_not_fit() {
         },
     };
     let hits = vec![hit(0, "a"), hit(1, "b"), hit(0, "c"), hit(0, "d")];
-    let fetched = fetch_stored(&client(&shards), hits, Budget::new(Duration::from_secs(5))).await;
+    let fetched = fetch_stored(
+        &client(&shards),
+        "default",
+        hits,
+        Budget::new(Duration::from_secs(5)),
+    )
+    .await;
     let ids: Vec<&str> = fetched
         .hits
         .iter()

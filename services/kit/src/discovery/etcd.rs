@@ -218,6 +218,11 @@ impl EtcdDiscovery {
         self.settings
     }
 
+    /// The etcd client, for what else lives in the cluster's etcd (the collection catalog).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     /// The members under the prefix now, and the revision to watch from.
     async fn list(&self) -> Result<(MemberSet, i64), KitError> {
         let mut client = self.client.clone();

@@ -161,6 +161,7 @@ async fn measure(
         k,
         mode: setting.mode as i32,
         fusion: setting.fusion as i32,
+        ..SearchRequest::default()
     };
     for query in dataset.queries.iter().take(WARM_UP_QUERIES) {
         client.search(request(&query.text, 100)).await?;

@@ -44,7 +44,7 @@ pub async fn run_first_token(asks: usize, base: QuarryConfig) -> anyhow::Result<
         id: "penicillin".to_string(),
         title: "Penicillin".to_string(),
         text: "Penicillin was discovered by Alexander Fleming in 1928.".to_string(),
-        metadata: Default::default(),
+        ..Document::default()
     };
     client.ingest(tokio_stream::iter(vec![document])).await?;
 
@@ -84,6 +84,9 @@ async fn first_token_instant(client: &mut QuarryClient<Channel>) -> anyhow::Resu
         question: "Who discovered penicillin?".to_string(),
         k: 1,
         mode: 0,
+        // First-token time of a fresh answer, not of the cache.
+        skip_cache: true,
+        ..AskRequest::default()
     };
     let mut stream = tokio::time::timeout(Duration::from_secs(30), client.ask_stream(request))
         .await??

@@ -54,6 +54,9 @@ fn request(question: &str, deadline: Duration) -> tonic::Request<AskRequest> {
         question: question.to_string(),
         k: 0,
         mode: SearchMode::Hybrid as i32,
+        // The overload is of fresh answers: the cache would answer repeats for free.
+        skip_cache: true,
+        ..AskRequest::default()
     });
     request.set_timeout(deadline);
     request

@@ -316,7 +316,7 @@ impl InProcessShard {
         let mut latencies = Vec::with_capacity(dataset.queries.len());
         for query in &dataset.queries {
             let started = Instant::now();
-            let hits = self.shard.search_keyword(&query.text, 10, None)?;
+            let hits = self.shard.search_keyword(&query.text, 10, None, None)?;
             let ids: Vec<String> = hits.into_iter().map(|hit| hit.doc_id).collect();
             std::hint::black_box(self.shard.fetch(&ids)?);
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -388,7 +388,7 @@ async fn former_protocol_bytes(
             let stats = retriever
                 .collect_stats(CollectStatsRequest {
                     query: query.text.clone(),
-                    sub_queries: Vec::new(),
+                    ..CollectStatsRequest::default()
                 })
                 .await?
                 .into_inner();

@@ -109,6 +109,7 @@ async fn measure(
         k: 10,
         mode: SearchMode::Keyword as i32,
         fusion: 0,
+        ..SearchRequest::default()
     };
     for index in 0..WARM_UP_QUERIES {
         let _ = client.search(request(index)).await;

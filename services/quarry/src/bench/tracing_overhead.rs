@@ -150,12 +150,15 @@ async fn throughput(
                             k: 10,
                             mode: SearchMode::Keyword as i32,
                             fusion: 0,
+                            ..SearchRequest::default()
                         })
                         .await
                         .map(|_| ()),
                     Call::Ask => client
                         .ask(AskRequest {
                             question: text,
+                            // The pipeline's tracing cost, not the cache's.
+                            skip_cache: true,
                             ..AskRequest::default()
                         })
                         .await

@@ -18,6 +18,7 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
             k: SOURCES,
             mode: SearchMode::Hybrid as i32,
             fusion: 0,
+            ..SearchRequest::default()
         }))
         .await
         .map_err(|status| AgentError::downstream("gateway search", status))?

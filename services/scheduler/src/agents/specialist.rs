@@ -13,6 +13,7 @@ pub async fn run(agents: &Agents, context: &StepContext) -> Result<String, Agent
             question: question.clone(),
             k: 0,
             mode: SearchMode::Hybrid as i32,
+            ..AskRequest::default()
         }))
         .await
         .map_err(|status| AgentError::downstream("gateway ask", status))?
