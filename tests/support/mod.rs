@@ -7,6 +7,7 @@
 pub mod etcd;
 pub mod otlp;
 pub mod prometheus;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -246,7 +246,7 @@ impl Gateway {
             .map(|entity| entity.text.clone())
             .collect();
         let context = self.plan_context(mode, k, query_vector.is_some());
-        let plan = plan_question(context, query_type, &entities)?;
+        let plan = self.plan_rerank(plan_question(context, query_type, &entities)?, k, true);
         let search_started = Instant::now();
         let retrieved = self
             .retrieve(

@@ -242,7 +242,7 @@ pub async fn search_shards(
                     (Some(per_shard), true) => Some(per_shard[*shard as usize].clone()),
                     _ => None,
                 };
-                let call = ShardCall::Search(ShardSearchRequest {
+                let call = ShardCall::Search(Box::new(ShardSearchRequest {
                     query: request.query.clone(),
                     keyword_k: request.keyword_k,
                     vector_k: request.vector_k,
@@ -253,7 +253,7 @@ pub async fn search_shards(
                     expected_local_stats,
                     collection: request.collection.clone(),
                     filter: request.filter.clone(),
-                });
+                }));
                 (*shard, call)
             })
             .collect();

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 
 use quarry_kit::collections::CollectionCatalog;
-use quarry_kit::config::GatewayConfig;
+use quarry_kit::config::{GatewayConfig, RerankConfig};
 
 use crate::answer_cache::AnswerCache;
 use crate::cluster_clients::ClusterClients;
 use crate::fan_out::StatisticsCache;
+use crate::plan::RetrievalPlan;
+use crate::rerank::{with_rerank, Reranker};
 use crate::shard_client::{GrpcShards, ShardClient};
 
 pub struct Gateway {
@@ -25,6 +27,9 @@ pub struct Gateway {
     pub(crate) catalog: Arc<dyn CollectionCatalog>,
     /// Answers and analyses (off until `with_answer_cache`).
     pub(crate) answers: AnswerCache,
+    /// The optional rerank stage, and how many candidates it sees and for which calls.
+    pub(crate) reranker: Option<Reranker>,
+    pub(crate) rerank: RerankConfig,
 }
 
 impl Gateway {
@@ -48,6 +53,24 @@ impl Gateway {
             versions: quarry_kit::VersionClock::default(),
             catalog,
             answers: AnswerCache::off(),
+            reranker: None,
+            rerank: RerankConfig::default(),
+        }
+    }
+
+    /// Reranks fused candidates as `config` says (nothing for `backend = "off"`).
+    pub fn with_reranker(mut self, config: &RerankConfig) -> Result<Self, String> {
+        self.reranker = Reranker::from_config(config)?;
+        self.rerank = config.clone();
+        Ok(self)
+    }
+
+    /// The plan, widened for a rerank when one is configured and pays for this call
+    /// (`ask`: an Ask; a Search only with `rerank.search`).
+    pub(crate) fn plan_rerank(&self, plan: RetrievalPlan, k: u32, ask: bool) -> RetrievalPlan {
+        match &self.reranker {
+            Some(_) if ask || self.rerank.search => with_rerank(plan, k, self.rerank.candidates),
+            _ => plan,
         }
     }
 

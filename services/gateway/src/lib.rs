@@ -18,6 +18,7 @@ mod gateway;
 mod ingest;
 pub mod metrics;
 mod plan;
+mod rerank;
 mod retrieve;
 mod search;
 mod service;

@@ -29,6 +29,8 @@ pub struct RetrievalPlan {
     pub fusion: Fusion,
     /// Shown to the user in `strategy`.
     pub strategy: String,
+    /// Rerank this many fused candidates before keeping k (`rerank::with_rerank`).
+    pub rerank_candidates: Option<u32>,
 }
 
 /// What every plan needs to know.
@@ -55,6 +57,7 @@ impl PlanContext {
             sub_query_weight: 0.0,
             fusion: self.fusion,
             strategy: format!("{reason}{BM25}"),
+            rerank_candidates: None,
         }
     }
 
@@ -71,6 +74,7 @@ impl PlanContext {
             sub_query_weight: 0.0,
             fusion: self.fusion,
             strategy: "semantic: vector cosine similarity".to_string(),
+            rerank_candidates: None,
         })
     }
 
@@ -97,6 +101,7 @@ impl PlanContext {
             strategy: format!(
                 "{label}: {fusion} of vector top-{vector_k} ({vector_weight:.1}) and {BM25} top-{keyword_k} ({keyword_weight:.1})"
             ),
+            rerank_candidates: None,
         }
     }
 }

@@ -166,8 +166,13 @@ impl Gateway {
             }
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
-        ranked.truncate(k as usize);
-        let fetched = fetch_stored(&self.shards, &target.collection, ranked, budget).await;
+        ranked.truncate(plan.rerank_candidates.unwrap_or(k).max(k) as usize);
+        let mut fetched = fetch_stored(&self.shards, &target.collection, ranked, budget).await;
+        if let (Some(reranker), Some(_)) = (&self.reranker, plan.rerank_candidates) {
+            let reranked = reranker.rerank(query, &mut fetched.hits).await;
+            tracing::Span::current().record("reranked", reranked);
+        }
+        fetched.hits.truncate(k as usize);
         let mut shards_failed = searched.shards_failed.clone();
         shards_failed.extend(&fetched.shards_failed);
         shards_failed.sort_unstable();

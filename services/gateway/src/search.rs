@@ -31,7 +31,7 @@ impl Gateway {
         let fusion = resolve_fusion(request.fusion, self.config.fusion)?;
         let mut context = self.plan_context(mode, k, query_vector.is_some());
         context.fusion = fusion;
-        let plan = plan_search(context)?;
+        let plan = self.plan_rerank(plan_search(context)?, k, false);
         let retrieved = self
             .retrieve(
                 &target,

@@ -206,7 +206,9 @@ async fn build_role(
                 clients,
                 catalog,
             )
-            .with_answer_cache(answers);
+            .with_answer_cache(answers)
+            .with_reranker(&config.rerank)
+            .map_err(anyhow::Error::msg)?;
             quarry_gateway::metrics::register();
             // The public API takes smaller requests than the roles take from each other.
             let service = QuarryServer::new(QuarryService::new(Arc::new(gateway)))

@@ -54,7 +54,7 @@ impl Shards for GrpcShards {
                     .into_inner(),
             ),
             ShardCall::Search(request) => {
-                ShardReply::Search(client.search(timed(request, timeout)).await?.into_inner())
+                ShardReply::Search(client.search(timed(*request, timeout)).await?.into_inner())
             }
             // Stored text compresses about threefold (the shard compresses only replies
             // large enough to be worth it); ids and scores (`Search`) hardly at all.

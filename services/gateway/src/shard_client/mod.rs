@@ -63,7 +63,8 @@ impl Rpc {
 #[derive(Debug, Clone)]
 pub enum ShardCall {
     CollectStats(CollectStatsRequest),
-    Search(ShardSearchRequest),
+    /// Boxed: a search request (query vector, statistics, filter) is much larger than the rest.
+    Search(Box<ShardSearchRequest>),
     Fetch(FetchRequest),
     ShardInfo(ShardInfoRequest),
 }

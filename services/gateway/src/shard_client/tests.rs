@@ -189,11 +189,11 @@ fn client(shards: &Arc<FakeShards>) -> ShardClient {
 }
 
 fn search_call() -> ShardCall {
-    ShardCall::Search(ShardSearchRequest {
+    ShardCall::Search(Box::new(ShardSearchRequest {
         query: "cell".to_string(),
         keyword_k: 10,
         ..ShardSearchRequest::default()
-    })
+    }))
 }
 
 fn answered_by(answer: &ShardAnswer) -> String {

@@ -238,6 +238,18 @@ impl ChatClient {
             stream,
             response_format,
         };
+        self.post("chat/completions", &body, stream).await
+    }
+
+    /// Sends `body` to `<base URL>/<path>` until some base URL answers with a success
+    /// status: balanced over the base URLs, a failing one ejected for a while, retried with
+    /// backoff (honouring `Retry-After`).
+    async fn post<B: serde::Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        stream: bool,
+    ) -> Result<(String, reqwest::Response), ChatError> {
         let mut retry = 0;
         loop {
             let (index, base_url) = self
@@ -245,7 +257,7 @@ impl ChatClient {
                 .pick()
                 .ok_or_else(|| ChatError::Unavailable("no base URL configured".to_string()))?;
             let started = Instant::now();
-            match self.send_once(base_url, &body).await {
+            match self.send_once(base_url, path, body).await {
                 Ok(response) => {
                     self.endpoints.restore(index);
                     debug!(
@@ -282,12 +294,53 @@ impl ChatClient {
         }
     }
 
-    async fn send_once(
+    /// The order of `documents` by relevance to `query`, from a `/v1/rerank` server (TEI,
+    /// vLLM, Jina and Cohere-compatible ones): `(index into documents, relevance_score)`,
+    /// best first, at most `top_n`. Same balancing, retries and timeouts as a completion.
+    pub async fn rerank(
+        &self,
+        query: &str,
+        documents: &[String],
+        top_n: usize,
+    ) -> Result<Vec<(usize, f64)>, ChatError> {
+        let body = serde_json::json!({
+            "model": self.model,
+            "query": query,
+            "documents": documents,
+            "top_n": top_n,
+        });
+        let (base_url, response) = self.post("rerank", &body, false).await?;
+        let bytes = tokio::time::timeout(self.timeout, response.bytes())
+            .await
+            .map_err(|_| ChatError::Timeout(format!("{base_url}: reply body")))?
+            .map_err(|error| ChatError::Unavailable(format!("{base_url}: {error}")))?;
+        let reply: RerankReply = serde_json::from_slice(&bytes).map_err(|error| {
+            ChatError::Malformed(format!("{base_url}: {error}: {}", quote(&bytes)))
+        })?;
+        let mut ranked = Vec::with_capacity(reply.results.len());
+        for result in reply.results {
+            if result.index >= documents.len() || !result.relevance_score.is_finite() {
+                return Err(ChatError::Malformed(format!(
+                    "{base_url}: result index {} of {} documents, score {}",
+                    result.index,
+                    documents.len(),
+                    result.relevance_score
+                )));
+            }
+            ranked.push((result.index, result.relevance_score));
+        }
+        ranked.sort_by(|left, right| right.1.total_cmp(&left.1).then(left.0.cmp(&right.0)));
+        ranked.truncate(top_n);
+        Ok(ranked)
+    }
+
+    async fn send_once<B: serde::Serialize>(
         &self,
         base_url: &str,
-        body: &ChatRequest<'_>,
+        path: &str,
+        body: &B,
     ) -> Result<reqwest::Response, Failure> {
-        let endpoint = format!("{base_url}/chat/completions");
+        let endpoint = format!("{base_url}/{path}");
         let mut request = self.http.post(&endpoint).json(body);
         if let Some(api_key) = &self.api_key {
             request = request.bearer_auth(api_key);
@@ -349,6 +402,18 @@ impl ChatClient {
             eject: false,
         })
     }
+}
+
+/// A `/v1/rerank` reply (Cohere's shape, which TEI, vLLM and Jina also answer).
+#[derive(serde::Deserialize)]
+struct RerankReply {
+    results: Vec<RerankResult>,
+}
+
+#[derive(serde::Deserialize)]
+struct RerankResult {
+    index: usize,
+    relevance_score: f64,
 }
 
 fn quote(body: &[u8]) -> String {

@@ -1,5 +1,5 @@
-//! A client for OpenAI-compatible `/v1/chat/completions` shared by the generator and the
-//! evaluator: base URLs balanced round-robin with ejection, retries with backoff, and
+//! A client for OpenAI-compatible `/v1/chat/completions` (and `/v1/rerank`) shared by the
+//! generator, the evaluator and the gateway's reranker: base URLs balanced round-robin with ejection, retries with backoff, and
 //! server-sent-event streaming that never retries once a token has been handed out.
 
 mod chat;

@@ -107,6 +107,7 @@ where
             passages = Empty,
             confidence = Empty,
             cache_hit = Empty,
+            reranked = Empty,
             query_type = Empty,
             texts = Empty,
         );
