@@ -79,6 +79,8 @@ async fn api_keys_guard_every_public_rpc_and_rotate_without_a_restart() {
         "SubmitWorkflow",
         "CancelWorkflow",
         "ClusterStatus",
+        "CreateCollection",
+        "DeleteCollection",
     ] {
         assert_eq!(
             call(&mut client, rpc, Some(&read)).await,
@@ -93,6 +95,8 @@ async fn api_keys_guard_every_public_rpc_and_rotate_without_a_restart() {
         "GetWorkflow",
         "ListWorkflows",
         "ClusterStatus",
+        "ListCollections",
+        "GetCollection",
     ] {
         let code = call(&mut client, rpc, Some(&writer)).await;
         assert_eq!(code, Code::PermissionDenied, "{rpc} with a write key");
@@ -175,4 +179,78 @@ async fn api_keys_guard_every_public_rpc_and_rotate_without_a_restart() {
         .expect("the in-flight stream was dropped")
         .into_inner();
     assert_eq!(summary.accepted, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_limited_to_collections_reaches_only_those() {
+    let directory = tempfile::tempdir().unwrap();
+    let keys = directory.path().join("keys.jsonl");
+    let admin = create_key(&keys, &["--scopes", "admin"]);
+    let hr_only = create_key(&keys, &["--scopes", "read,write", "--collections", "hr"]);
+    let options = UpOptions {
+        args: vec!["--keys-file".into(), keys.to_str().unwrap().into()],
+        env: vec![FAST_ENCODER],
+        ..UpOptions::default()
+    };
+    let quarry = QuarryUp::start_with(&directory.path().join("data"), 2, options).await;
+    let mut client = quarry.client().await;
+    for name in ["hr", "legal"] {
+        let request = CreateCollectionRequest {
+            name: name.to_string(),
+            ..CreateCollectionRequest::default()
+        };
+        client
+            .create_collection(with_key(request, Some(&admin)))
+            .await
+            .unwrap();
+    }
+    let in_collection = |collection: &str| Document {
+        collection: collection.to_string(),
+        ..document("h1", "Handbook", "the staff handbook")
+    };
+    let summary = client
+        .ingest(with_key(
+            tokio_stream::iter(vec![
+                in_collection("hr"),
+                in_collection("legal"),
+                in_collection(""),
+            ]),
+            Some(&hr_only),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.accepted, 1, "{:?}", summary.errors);
+    assert!(summary
+        .errors
+        .iter()
+        .all(|error| error.code == "PERMISSION_DENIED" && error.field == "collection"));
+    let search = |collection: &str| SearchRequest {
+        collection: collection.to_string(),
+        ..search_request("handbook")
+    };
+    let hits = client
+        .search(with_key(search("hr"), Some(&hr_only)))
+        .await
+        .unwrap()
+        .into_inner()
+        .hits;
+    assert_eq!(hits[0].doc_id, "h1");
+    for collection in ["legal", "", "default"] {
+        let refused = client
+            .search(with_key(search(collection), Some(&hr_only)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{collection:?}");
+    }
+    let listed: Vec<String> = client
+        .list_collections(with_key(ListCollectionsRequest {}, Some(&hr_only)))
+        .await
+        .unwrap()
+        .into_inner()
+        .collections
+        .into_iter()
+        .map(|collection| collection.name)
+        .collect();
+    assert_eq!(listed, ["hr"]);
 }

@@ -29,6 +29,9 @@ use quarry_proto::v1::{
     GetDocumentRequest, GetWorkflowRequest, ListWorkflowsRequest, SearchMode, SearchRequest,
     SubmitWorkflowRequest, WatchWorkflowRequest,
 };
+use quarry_proto::v1::{
+    CreateCollectionRequest, DeleteCollectionRequest, GetCollectionRequest, ListCollectionsRequest,
+};
 use quarry_proto::v1::{ShardDeleteRequest, ShardInfoRequest};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use support::{dial, document, free_port, quarry_command, QuarryUp, UpOptions};
@@ -59,7 +62,7 @@ fn search_request(query: &str) -> SearchRequest {
     }
 }
 
-const PUBLIC_RPCS: [&str; 12] = [
+const PUBLIC_RPCS: [&str; 16] = [
     "Ask",
     "AskStream",
     "Search",
@@ -72,6 +75,10 @@ const PUBLIC_RPCS: [&str; 12] = [
     "WatchWorkflow",
     "CancelWorkflow",
     "ListWorkflows",
+    "CreateCollection",
+    "DeleteCollection",
+    "ListCollections",
+    "GetCollection",
 ];
 
 /// Calls one public rpc with `token` and returns its code (OK, or the error's).
@@ -150,6 +157,38 @@ async fn call(client: &mut QuarryClient<Channel>, rpc: &str, token: Option<&str>
             .map(|_| ()),
         "ListWorkflows" => client
             .list_workflows(with_key(ListWorkflowsRequest::default(), token))
+            .await
+            .map(|_| ()),
+        "CreateCollection" => client
+            .create_collection(with_key(
+                CreateCollectionRequest {
+                    name: "probe".to_string(),
+                    ..CreateCollectionRequest::default()
+                },
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "DeleteCollection" => client
+            .delete_collection(with_key(
+                DeleteCollectionRequest {
+                    name: "probe".to_string(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        "ListCollections" => client
+            .list_collections(with_key(ListCollectionsRequest {}, token))
+            .await
+            .map(|_| ()),
+        "GetCollection" => client
+            .get_collection(with_key(
+                GetCollectionRequest {
+                    name: "default".to_string(),
+                },
+                token,
+            ))
             .await
             .map(|_| ()),
         other => panic!("no rpc {other}"),
