@@ -190,6 +190,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench scheduler --workflows 10 --steps 100 --out bench/results/scheduler.json
 	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 	$(RELEASE) bench overload --dataset $(DATASET) --seconds 60 --factor 10 --out bench/results/overload.json
+	$(RELEASE) bench filters --dataset $(DATASET) --out bench/results/filters.json
 
 bench-analyzer: model
 	cargo build --release -p quarry $(HOOKS)

@@ -145,6 +145,7 @@ def main():
 
     check_gateway_security(helm, chart, docs)
     check_internal_tls(helm, chart)
+    check_cache_and_rerank(helm, chart)
 
     # Refusals with a clear message rather than a broken release.
     code, _, error = render(helm, chart, ["etcd.enabled=false"])
@@ -189,6 +190,31 @@ def check_internal_tls(helm, chart):
     # Off (the default): nothing of it.
     code, text, _ = render(helm, chart, [])
     assert "QUARRY_INTERNAL_TLS" not in text and "internal-tls" not in text
+
+
+def check_cache_and_rerank(helm, chart):
+    """The answer cache in Redis and a rerank endpoint, as the gateways' environment."""
+    docs = check(
+        helm,
+        chart,
+        [
+            "gateway.cache.redisUrl=redis://redis:6379/0",
+            "gateway.rerank.backend=endpoint",
+            "gateway.rerank.baseUrl=http://tei:8080/v1",
+            "gateway.rerank.model=bge-reranker-base",
+        ],
+        2, 2, "http://rel-quarry-etcd:2379", True,
+    )
+    env = {entry["name"]: entry.get("value") for entry in gateway(docs)["env"]}
+    assert env["QUARRY_CACHE__REDIS_URL"] == "redis://redis:6379/0"
+    assert env["QUARRY_CACHE__ENABLED"] == "true"
+    assert env["QUARRY_RERANK__BACKEND"] == "endpoint"
+    assert env["QUARRY_RERANK__ENDPOINT__BASE_URLS"] == '["http://tei:8080/v1"]'
+    assert env["QUARRY_RERANK__ENDPOINT__MODEL"] == "bge-reranker-base"
+    default_env = {entry["name"] for entry in gateway(check(helm, chart, [], 2, 2, "http://rel-quarry-etcd:2379", True))["env"]}
+    assert "QUARRY_CACHE__REDIS_URL" not in default_env and "QUARRY_RERANK__BACKEND" not in default_env
+    code, _, error = render(helm, chart, ["gateway.rerank.backend=chat"])
+    assert code != 0 and "gateway.rerank.baseUrl" in error, error
 
 
 def gateway(docs):

@@ -305,6 +305,31 @@ pub enum BenchCommand {
     QueryPath(QueryPathArgs),
     /// Asks offered at a multiple of measured capacity: admitted latency, refusals, memory, recovery.
     Overload(OverloadArgs),
+    /// A filtered hybrid search (10% of the corpus) against an unfiltered one; a cached Ask.
+    Filters(FiltersBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FiltersBenchArgs {
+    /// A BEIR folder: its corpus gets synthetic metadata, its queries are searched.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Documents indexed (all by default).
+    #[arg(long)]
+    pub limit_docs: Option<usize>,
+    /// Queries searched (all by default).
+    #[arg(long)]
+    pub limit_queries: Option<usize>,
+    /// The collection the corpus goes into.
+    #[arg(long, default_value = "bench")]
+    pub collection: String,
+    #[arg(long, default_value_t = 2)]
+    pub shards: u32,
+    /// Questions asked fresh and then from the cache.
+    #[arg(long, default_value_t = 50)]
+    pub asks: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn reads_beir_and_plain_lines_and_numbers_the_bad_ones() {
         let content = concat!(
-            "{\"_id\": \"4983\", \"title\": \"Microstructural\", \"text\": \"Alterations\", \"metadata\": {\"year\": 2001}}\n",
+            "{\"_id\": \"4983\", \"title\": \"Microstructural\", \"text\": \"Alterations\", \"metadata\": {\"year\": 2001}, \"collection\": \"papers\"}\n",
             "\n",
             "{\"id\": 7, \"text\": \"plain\"}\n",
             "{not json\n",
@@ -100,7 +100,8 @@ mod tests {
         assert_eq!(documents.len(), 3);
         assert_eq!(documents[0].line_number, 1);
         assert_eq!(documents[0].document.id, "4983");
-        assert_eq!(documents[0].document.metadata["year"], "2001");
+        assert_eq!(documents[0].document.metadata_json, r#"{"year":2001}"#);
+        assert_eq!(documents[0].document.collection, "papers");
         assert_eq!(documents[1].line_number, 3);
         assert_eq!(documents[1].document.id, "7");
         assert_eq!(

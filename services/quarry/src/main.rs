@@ -134,6 +134,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_query_path_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Filters(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_filters_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Overload(args)) => {
             let config = load_config(&cli, Map::new())?;
             init_logging(config.log_format, "warn");

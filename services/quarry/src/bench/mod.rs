@@ -3,12 +3,14 @@
 //! hedging off and on), `analyzer` (query-type accuracy) and `embed` (embedding throughput,
 //! one at a time against concurrent, batched), `scheduler` (no-op steps per second with
 //! durable state in etcd), `tracing` (query throughput with span export off and on),
-//! `query-path` (latency and bytes by shard count) and `overload` (Asks at 10× capacity).
+//! `query-path` (latency and bytes by shard count), `overload` (Asks at 10× capacity) and
+//! `filters` (a filtered hybrid search against an unfiltered one; a cached Ask).
 
 mod analyzer;
 mod beir;
 pub mod dataset;
 mod embed;
+mod filters;
 #[cfg(feature = "test-hooks")]
 mod first_token;
 mod local_etcd;
@@ -85,6 +87,28 @@ pub async fn run_overload_bench(
         seconds: args.seconds,
         factor: args.factor,
         deadline: std::time::Duration::from_millis(args.deadline_ms),
+    })
+    .await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_filters_bench(
+    args: &crate::cli::FiltersBenchArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let mut dataset = Dataset::load(&args.dataset)?;
+    if let Some(limit) = args.limit_docs {
+        dataset.corpus.truncate(limit);
+    }
+    if let Some(limit) = args.limit_queries {
+        dataset.queries.truncate(limit);
+    }
+    let report = filters::run_filters(filters::FiltersOptions {
+        dataset,
+        config,
+        collection: args.collection.clone(),
+        shards: args.shards,
+        asks: args.asks,
     })
     .await?;
     print_and_save(&report, args.out.as_deref())
