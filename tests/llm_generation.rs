@@ -116,11 +116,14 @@ async fn ask_stream_forwards_model_tokens_and_maps_citations_to_documents() {
             question: "Who discovered penicillin?".to_string(),
             k: 3,
             mode: 0,
+            // The streamed answer above is cached; this one must come from the backend.
+            skip_cache: true,
             ..AskRequest::default()
         })
         .await
         .unwrap()
         .into_inner();
+    assert!(!answer.cached);
     assert!(
         answer.answer.starts_with("Fleming found it ["),
         "{}",

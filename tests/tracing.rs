@@ -246,6 +246,8 @@ async fn one_question_is_one_trace_across_every_process() {
     let answer = client
         .ask(AskRequest {
             question: QUESTION.to_string(),
+            // The whole path, not the answer cache.
+            skip_cache: true,
             ..AskRequest::default()
         })
         .await
@@ -272,6 +274,7 @@ async fn one_question_is_one_trace_across_every_process() {
     let since = now_nanos();
     let mut request = tonic::Request::new(AskRequest {
         question: QUESTION.to_string(),
+        skip_cache: true,
         ..AskRequest::default()
     });
     request.metadata_mut().insert(

@@ -195,29 +195,13 @@ impl AnswerCache {
         let found = match &self.backend {
             Backend::Off => return None,
             Backend::Memory(cache) => cache.get(&key.key).await,
-            Backend::Redis {
-                connection,
-                timeout,
-            } => {
-                let mut connection = connection.clone();
-                let reply = tokio::time::timeout(
-                    *timeout,
-                    redis::cmd("GET")
-                        .arg(&key.key)
-                        .query_async::<Option<Vec<u8>>>(&mut connection),
-                )
-                .await;
-                match reply {
-                    Ok(Ok(value)) => value.map(Arc::new),
-                    Ok(Err(error)) => {
-                        self.failed(key.kind, "get", &error.to_string());
-                        None
-                    }
-                    Err(_) => {
-                        self.failed(key.kind, "get", "timed out");
-                        None
-                    }
-                }
+            Backend::Redis { .. } => {
+                let mut command = redis::cmd("GET");
+                command.arg(&key.key);
+                self.redis::<Option<Vec<u8>>>(key.kind, "get", command)
+                    .await
+                    .flatten()
+                    .map(Arc::new)
             }
         };
         let outcome = if found.is_some() { "hit" } else { "miss" };
@@ -232,26 +216,43 @@ impl AnswerCache {
         match &self.backend {
             Backend::Off => {}
             Backend::Memory(cache) => cache.insert(key.key.clone(), Arc::new(value)).await,
-            Backend::Redis {
-                connection,
-                timeout,
-            } => {
-                let mut connection = connection.clone();
-                let reply = tokio::time::timeout(
-                    *timeout,
-                    redis::cmd("SET")
-                        .arg(&key.key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(self.ttl.as_millis() as u64)
-                        .query_async::<()>(&mut connection),
-                )
-                .await;
-                match reply {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => self.failed(key.kind, "set", &error.to_string()),
-                    Err(_) => self.failed(key.kind, "set", "timed out"),
-                }
+            Backend::Redis { .. } => {
+                let mut command = redis::cmd("SET");
+                command
+                    .arg(&key.key)
+                    .arg(value)
+                    .arg("PX")
+                    .arg(self.ttl.as_millis() as u64);
+                self.redis::<()>(key.kind, "set", command).await;
+            }
+        }
+    }
+
+    /// One Redis command within the timeout; `None` (counted, logged now and then) when it
+    /// fails or takes too long.
+    async fn redis<T: redis::FromRedisValue>(
+        &self,
+        kind: CacheKind,
+        operation: &'static str,
+        command: redis::Cmd,
+    ) -> Option<T> {
+        let Backend::Redis {
+            connection,
+            timeout,
+        } = &self.backend
+        else {
+            return None;
+        };
+        let mut connection = connection.clone();
+        match tokio::time::timeout(*timeout, command.query_async::<T>(&mut connection)).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.failed(kind, operation, &error.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(kind, operation, "timed out");
+                None
             }
         }
     }

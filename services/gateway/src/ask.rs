@@ -230,7 +230,12 @@ impl Gateway {
 
         let wants_vectors = mode != SearchMode::Keyword;
         let (analysis, mut query_vector) = self
-            .analyze(&request.question, wants_vectors, deadline)
+            .analyze(
+                &request.question,
+                wants_vectors,
+                request.skip_cache,
+                deadline,
+            )
             .await?;
         if wants_vectors && query_vector.is_none() {
             // An analyzer without an encoder, or one from before `AnalyzeRequest.embed`
@@ -283,11 +288,12 @@ impl Gateway {
 
     /// The question's analysis and, when `embed`, its embedding (`None` when the analyzer
     /// has no encoder), from one call: the analyzer's classifier and the search share the
-    /// one forward pass.
+    /// one forward pass. Taken from the cache unless `fresh`; kept there either way.
     async fn analyze(
         &self,
         question: &str,
         embed: bool,
+        fresh: bool,
         deadline: Deadline,
     ) -> Result<(Analysis, Option<Vec<f32>>), GatewayError> {
         let key = self
@@ -295,8 +301,8 @@ impl Gateway {
             .enabled()
             .then(|| self.answers.analysis_key(question, embed));
         let cached = match &key {
-            Some(key) => self.answers.analysis(key).await,
-            None => None,
+            Some(key) if !fresh => self.answers.analysis(key).await,
+            _ => None,
         };
         let response = match cached {
             Some(response) => response,

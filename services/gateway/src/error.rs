@@ -64,24 +64,12 @@ impl GatewayError {
             GatewayError::NotFound(_) => Code::NotFound,
             GatewayError::PermissionDenied(_) => Code::PermissionDenied,
             GatewayError::Refused(_) => Code::InvalidArgument,
-            GatewayError::Catalog(error) => catalog_code(error),
+            GatewayError::Catalog(error) => error.code(),
             GatewayError::NoMember { .. } | GatewayError::Unavailable(_) => Code::Unavailable,
             GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             GatewayError::Downstream { code, .. } => *code,
             GatewayError::Internal(_) => Code::Internal,
         }
-    }
-}
-
-fn catalog_code(error: &quarry_kit::collections::CatalogError) -> Code {
-    use quarry_kit::collections::CatalogError;
-    match error {
-        CatalogError::Invalid { .. } => Code::InvalidArgument,
-        CatalogError::NotFound(_) => Code::NotFound,
-        CatalogError::AlreadyExists(_) => Code::AlreadyExists,
-        CatalogError::Full(_) => Code::ResourceExhausted,
-        CatalogError::Unsupported(_) => Code::FailedPrecondition,
-        CatalogError::Unavailable(_) => Code::Unavailable,
     }
 }
 

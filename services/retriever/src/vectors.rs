@@ -149,12 +149,7 @@ impl VectorIndex {
             index.search(query, count)
         }
         .map_err(usearch_error)?;
-        Ok(matches
-            .keys
-            .into_iter()
-            .zip(matches.distances)
-            .map(|(key, distance)| (1.0 - distance, key))
-            .collect())
+        Ok(similarities(matches))
     }
 
     /// The `k` nearest of the vectors under `admitted` keys (a filter's documents), best
@@ -167,6 +162,17 @@ impl VectorIndex {
         k: usize,
         admitted: &[u64],
     ) -> Result<Vec<(f32, u64)>, RetrieverError> {
+        self.search_among_exact_up_to(query, k, admitted, EXACT_SEARCH_MAX_VECTORS)
+    }
+
+    /// `search_among`, exact up to `exact_limit` vectors (a parameter for the tests).
+    fn search_among_exact_up_to(
+        &self,
+        query: &[f32],
+        k: usize,
+        admitted: &[u64],
+        exact_limit: usize,
+    ) -> Result<Vec<(f32, u64)>, RetrieverError> {
         let Some(index) = &self.index else {
             return Ok(Vec::new());
         };
@@ -174,7 +180,7 @@ impl VectorIndex {
             return Ok(Vec::new());
         }
         self.check(query)?;
-        if index.size() <= EXACT_SEARCH_MAX_VECTORS || admitted.len() <= EXACT_SEARCH_MAX_VECTORS {
+        if index.size() <= exact_limit || admitted.len() <= exact_limit {
             let query_norm = norm(query);
             let mut stored = vec![0.0f32; index.dimensions()];
             let mut scored = Vec::with_capacity(admitted.len());
@@ -196,12 +202,7 @@ impl VectorIndex {
         let matches = index
             .filtered_search(query, count, |key| admitted.contains(&key))
             .map_err(usearch_error)?;
-        Ok(matches
-            .keys
-            .into_iter()
-            .zip(matches.distances)
-            .map(|(key, distance)| (1.0 - distance, key))
-            .collect())
+        Ok(similarities(matches))
     }
 
     /// Saves the index with the tantivy commit it reflects.
@@ -253,6 +254,16 @@ fn new_index(dimensions: usize) -> Result<Index, RetrieverError> {
         multi: false,
     };
     Index::new(&options).map_err(usearch_error)
+}
+
+/// usearch's matches as (cosine similarity, key), best first.
+fn similarities(matches: usearch::ffi::Matches) -> Vec<(f32, u64)> {
+    matches
+        .keys
+        .into_iter()
+        .zip(matches.distances)
+        .map(|(key, distance)| (1.0 - distance, key))
+        .collect()
 }
 
 fn norm(vector: &[f32]) -> f64 {
@@ -313,6 +324,51 @@ mod tests {
         );
         vectors.remove("c").unwrap();
         assert_eq!(vectors.len(), 2);
+    }
+
+    #[test]
+    fn a_filtered_search_finds_only_admitted_vectors_exactly_and_through_the_graph() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut vectors = VectorIndex::empty(directory.path());
+        let mut rng = fastrand::Rng::with_seed(7);
+        for id in 0..300 {
+            let values: Vec<f32> = (0..8).map(|_| rng.f32() - 0.5).collect();
+            vectors.upsert(&format!("d{id}"), &unit(&values)).unwrap();
+        }
+        let admitted: Vec<u64> = (0..300)
+            .filter(|id| id % 3 == 0)
+            .map(|id| vector_key(&format!("d{id}")))
+            .collect();
+        let query = unit(&[0.3, -0.2, 0.1, 0.4, -0.1, 0.2, 0.0, 0.1]);
+        let exact = vectors.search_among(&query, 5, &admitted).unwrap();
+        let graph = vectors
+            .search_among_exact_up_to(&query, 5, &admitted, 0)
+            .unwrap();
+        // Every admitted vector compared: the exact answer is the best of the admitted set.
+        let mut every: Vec<(f32, u64)> = admitted
+            .iter()
+            .map(|key| {
+                let mut stored = vec![0.0f32; 8];
+                vectors
+                    .index
+                    .as_ref()
+                    .unwrap()
+                    .get(*key, &mut stored)
+                    .unwrap();
+                let dot: f32 = stored.iter().zip(&query).map(|(a, b)| a * b).sum();
+                (dot, *key)
+            })
+            .collect();
+        every.sort_by(|left, right| right.0.total_cmp(&left.0));
+        let keys = |list: &[(f32, u64)]| list.iter().map(|entry| entry.1).collect::<Vec<_>>();
+        assert_eq!(keys(&exact[..5]), keys(&every[..5]));
+        // The graph's filtered search keeps to the admitted set; on 300 vectors it finds
+        // the same five.
+        assert!(graph.iter().all(|entry| admitted.contains(&entry.1)));
+        assert_eq!(keys(&graph), keys(&every[..5]));
+        for ((left, _), (right, _)) in exact.iter().zip(&graph) {
+            assert!((left - right).abs() < 1e-5);
+        }
     }
 
     #[test]

@@ -117,17 +117,26 @@ pub enum CatalogError {
     Unavailable(String),
 }
 
-impl From<CatalogError> for Status {
-    fn from(error: CatalogError) -> Self {
-        let code = match &error {
+impl CatalogError {
+    /// The gRPC code of the error.
+    pub fn code(&self) -> Code {
+        match self {
             CatalogError::Invalid { .. } => Code::InvalidArgument,
             CatalogError::NotFound(_) => Code::NotFound,
             CatalogError::AlreadyExists(_) => Code::AlreadyExists,
             CatalogError::Full(_) => Code::ResourceExhausted,
             CatalogError::Unsupported(_) => Code::FailedPrecondition,
             CatalogError::Unavailable(_) => Code::Unavailable,
-        };
-        Status::new(code, crate::error::bounded_message(error.to_string()))
+        }
+    }
+}
+
+impl From<CatalogError> for Status {
+    fn from(error: CatalogError) -> Self {
+        Status::new(
+            error.code(),
+            crate::error::bounded_message(error.to_string()),
+        )
     }
 }
 
