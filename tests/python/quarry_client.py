@@ -8,6 +8,7 @@ without it is refused). The README's Python example is this file.
 """
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -64,8 +65,10 @@ def main():
             except grpc.RpcError as error:
                 assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
         documents = [
-            common_pb2.Document(id="py-kiwi", title="Kiwi", text="The kiwi is a flightless bird native to New Zealand."),
-            common_pb2.Document(id="py-llama", title="Llama", text="The llama is a domesticated camelid from the Andes of South America."),
+            common_pb2.Document(id="py-kiwi", title="Kiwi", text="The kiwi is a flightless bird native to New Zealand.",
+                                metadata_json=json.dumps({"kind": "bird", "legs": 2})),
+            common_pb2.Document(id="py-llama", title="Llama", text="The llama is a domesticated camelid from the Andes of South America.",
+                                metadata_json=json.dumps({"kind": "mammal", "legs": 4})),
             common_pb2.Document(id="py-bad", title="Bad", text=""),
         ]
         summary = quarry.Ingest(iter(documents), timeout=30)
@@ -75,8 +78,18 @@ def main():
         hits = quarry.Search(quarry_pb2.SearchRequest(query="flightless bird", k=3, mode=common_pb2.SEARCH_MODE_KEYWORD), timeout=30)
         assert hits.hits[0].doc_id == "py-kiwi", hits
 
+        # A metadata filter, applied before ranking.
+        four_legs = common_pb2.Filter(field=common_pb2.FieldCondition(
+            field="legs", range=common_pb2.FilterRange(gte=common_pb2.FilterValue(number=3))))
+        filtered = quarry.Search(quarry_pb2.SearchRequest(query="the", k=3, mode=common_pb2.SEARCH_MODE_KEYWORD,
+                                                          filter=four_legs), timeout=30)
+        assert [hit.doc_id for hit in filtered.hits] == ["py-llama"], filtered
+        assert json.loads(filtered.hits[0].metadata_json)["kind"] == "mammal", filtered
+
         answer = quarry.Ask(quarry_pb2.AskRequest(question="Where do llamas come from?", k=2), timeout=30)
         assert "py-llama" in answer.sources, answer
+        again = quarry.Ask(quarry_pb2.AskRequest(question="Where do llamas come from?", k=2), timeout=30)
+        assert again.cached and again.answer == answer.answer, again
         print(answer.answer)
         print("sources:", list(answer.sources), "confidence: %.2f" % answer.confidence)
 
