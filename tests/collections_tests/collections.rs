@@ -132,15 +132,21 @@ async fn collections_with_the_same_ids_are_independent_and_a_deletion_reaches_re
         ));
     }
     documents.push(in_collection("nowhere", "z", "lost"));
+    documents.push(Document {
+        metadata_json: "[1, 2]".to_string(),
+        ..in_collection("hr", "y", "metadata that is not an object")
+    });
     let summary = client
         .ingest(tokio_stream::iter(documents))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(summary.accepted, 12);
-    assert_eq!(summary.rejected, 1);
+    assert_eq!(summary.rejected, 2);
     assert_eq!(summary.errors[0].code, "NOT_FOUND");
     assert_eq!(summary.errors[0].field, "collection");
+    assert_eq!(summary.errors[1].code, "INVALID_ARGUMENT");
+    assert_eq!(summary.errors[1].field, "metadata_json");
 
     let hr = hit_texts(&mut client, "hr", "policy").await;
     assert_eq!(

@@ -456,6 +456,30 @@ async fn check_filters_on(shards: u32) {
         let hybrid = search(&mut client, query, K, SearchMode::Hybrid, Some(filter)).await;
         assert_same_ranking(&hybrid, &hybrid_reference, &what("hybrid"));
     }
+    // A value of a kind the field never held is refused, naming the field.
+    for (text, field) in [
+        ("year=\"2020\"", "year"),
+        ("team>=3", "team"),
+        ("score>=2020-01-01", "score"),
+    ] {
+        let filter = quarry_kit::filter::parse(text).unwrap();
+        let refused = client
+            .search(SearchRequest {
+                query: "policy".to_string(),
+                filter: Some(filter),
+                ..SearchRequest::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{text}");
+        assert!(
+            refused
+                .message()
+                .starts_with(&format!("filter: {field}: compared with")),
+            "{text}: {}",
+            refused.message()
+        );
+    }
     // The filters were neither all trivial nor all empty.
     let some = matched_counts
         .iter()

@@ -5,7 +5,9 @@
 //! as durable. Each document is stamped with a version as it arrives, so a later write of
 //! the same id wins on every replica whatever order the copies land in.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use quarry_kit::collections::{fields_of, FieldKinds, MAX_FIELDS};
 
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
@@ -22,7 +24,7 @@ use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
 use crate::shard_router::shard_for_document;
-use crate::validate::validate_document;
+use crate::validate::{metadata_of, validate_document};
 
 /// Most rejected documents named in one summary; the count covers the rest.
 const MAX_REPORTED_ERRORS: usize = 1000;
@@ -233,6 +235,18 @@ impl Gateway {
     /// accepted only if all of them acknowledged.
     #[tracing::instrument(name = "write_batch", skip_all, fields(shard, documents = batch.len()))]
     async fn write_batch(&self, collection: String, shard: u32, batch: Vec<Pending>) -> Tally {
+        let mut fields: BTreeMap<String, FieldKinds> = BTreeMap::new();
+        for pending in &batch {
+            // Checked by `validate_document` on the way in.
+            if let Ok(metadata) = metadata_of(&pending.document) {
+                for (path, kinds) in fields_of(&metadata) {
+                    if fields.len() < MAX_FIELDS || fields.contains_key(&path) {
+                        let entry = fields.entry(path).or_default();
+                        *entry = entry.with(kinds);
+                    }
+                }
+            }
+        }
         let mut tally = Tally::default();
         self.write_batch_into(&collection, shard, batch, &mut tally)
             .await;
@@ -240,7 +254,21 @@ impl Gateway {
         if tally.summary.accepted > 0 || tally.summary.rejected > 0 {
             self.record_write(&collection).await;
         }
+        if tally.summary.accepted > 0 {
+            self.record_fields(&collection, &fields).await;
+        }
         tally
+    }
+
+    /// Records the kinds of the metadata fields a batch wrote, for checking filters. A
+    /// catalog that cannot be reached is logged: filters on new fields go unchecked.
+    async fn record_fields(&self, collection: &str, fields: &BTreeMap<String, FieldKinds>) {
+        if fields.is_empty() {
+            return;
+        }
+        if let Err(error) = self.catalog.record_fields(collection, fields).await {
+            warn!(collection, error = %error, "could not record metadata fields' kinds");
+        }
     }
 
     async fn write_batch_into(

@@ -33,6 +33,10 @@ impl Gateway {
         if let Some(filter) = &filter {
             quarry_kit::filter::validate(filter)
                 .map_err(|error| GatewayError::Refused(error.message))?;
+            if let Some(record) = self.catalog.snapshot().get(&collection) {
+                quarry_kit::filter::check_kinds(filter, &record.fields, &collection)
+                    .map_err(|error| GatewayError::Refused(error.message))?;
+            }
         }
         Ok(SearchTarget { collection, filter })
     }

@@ -97,7 +97,49 @@ pub fn validate_document(document: &Document, config: &GatewayConfig) -> Result<
             ),
         ));
     }
+    if document.metadata_json.len() > config.max_document_bytes {
+        return Err(GatewayError::invalid(
+            "metadata_json",
+            format!(
+                "is {} bytes, the limit is {}",
+                document.metadata_json.len(),
+                config.max_document_bytes
+            ),
+        ));
+    }
+    metadata_of(document)?;
     Ok(())
+}
+
+/// A document's metadata as one JSON object: `metadata_json`, plus the entries of the
+/// string map it has no field for (as the shards store it).
+pub fn metadata_of(
+    document: &Document,
+) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
+    let mut metadata = match document.metadata_json.trim() {
+        "" => serde_json::Map::new(),
+        text => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => {
+                return Err(GatewayError::invalid(
+                    "metadata_json",
+                    "must be a JSON object",
+                ))
+            }
+            Err(error) => {
+                return Err(GatewayError::invalid(
+                    "metadata_json",
+                    format!("not JSON: {error}"),
+                ))
+            }
+        },
+    };
+    for (key, value) in &document.metadata {
+        metadata
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::Value::String(value.clone()));
+    }
+    Ok(metadata)
 }
 
 /// The id of a single-document request.
@@ -117,6 +159,32 @@ pub fn validate_id(id: &str, config: &GatewayConfig) -> Result<(), GatewayError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_must_be_a_json_object() {
+        let config = GatewayConfig::default();
+        let document = |metadata_json: &str| Document {
+            id: "a".to_string(),
+            text: "text".to_string(),
+            metadata_json: metadata_json.to_string(),
+            ..Document::default()
+        };
+        assert!(validate_document(&document(r#"{"year": 2020}"#), &config).is_ok());
+        assert!(validate_document(&document(""), &config).is_ok());
+        for bad in ["[1]", "{", "3"] {
+            let error = validate_document(&document(bad), &config).unwrap_err();
+            assert!(
+                error.to_string().starts_with("metadata_json:"),
+                "{bad}: {error}"
+            );
+        }
+        let mut mixed = document(r#"{"year": 2020}"#);
+        mixed.metadata.insert("year".to_string(), "old".to_string());
+        mixed.metadata.insert("team".to_string(), "hr".to_string());
+        let merged = metadata_of(&mixed).unwrap();
+        assert_eq!(merged["year"], 2020);
+        assert_eq!(merged["team"], "hr");
+    }
 
     fn config() -> GatewayConfig {
         GatewayConfig::default()

@@ -11,6 +11,7 @@
 //! `{"field": "team", "equals": "hr"}`, `{"field": "team", "one_of": ["hr", "legal"]}`,
 //! `{"field": "year", "range": {"gte": 2020, "lt": 2024}}`, `{"field": "x", "exists": true}`.
 
+use crate::collections::FieldKinds;
 use quarry_proto::v1::{
     field_condition::Test, filter::Kind, filter_value::Value, FieldCondition, Filter, FilterList,
     FilterRange, FilterValue, FilterValues,
@@ -181,6 +182,62 @@ pub fn range_kind(field: &str, range: &FilterRange) -> Result<ValueKind, FilterE
         ));
     }
     kind.ok_or_else(|| refuse(Some(field), "range: needs at least one bound"))
+}
+
+/// Checks that each condition compares its field with a kind of value the field has held
+/// in the collection (`fields`, recorded at ingest): `year="2020"` against a field that
+/// only ever held numbers is refused, naming the field, instead of matching nothing. A
+/// field no document has had yet is not checked; `exists` never is.
+pub fn check_kinds(
+    filter: &Filter,
+    fields: &std::collections::BTreeMap<String, FieldKinds>,
+    collection: &str,
+) -> Result<(), FilterError> {
+    match &filter.kind {
+        Some(Kind::All(list)) | Some(Kind::Any(list)) => list
+            .filters
+            .iter()
+            .try_for_each(|inner| check_kinds(inner, fields, collection)),
+        Some(Kind::Not(inner)) => check_kinds(inner, fields, collection),
+        Some(Kind::Field(condition)) => {
+            let Some(held) = fields.get(&condition.field).copied() else {
+                return Ok(());
+            };
+            let wanted: Vec<FieldKinds> = match &condition.test {
+                Some(Test::Equals(value)) => value_kind(value).into_iter().collect(),
+                Some(Test::OneOf(values)) => values.values.iter().filter_map(value_kind).collect(),
+                Some(Test::Range(range)) => [&range.gt, &range.gte, &range.lt, &range.lte]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(value_kind)
+                    .take(1)
+                    .collect(),
+                Some(Test::Exists(_)) | None => Vec::new(),
+            };
+            match wanted.iter().find(|kind| !held.contains(**kind)) {
+                Some(kind) => Err(refuse(
+                    Some(&condition.field),
+                    format!(
+                        "compared with a {}, but in collection {collection:?} it holds {} values",
+                        kind.name(),
+                        held.describe()
+                    ),
+                )),
+                None => Ok(()),
+            }
+        }
+        None => Ok(()),
+    }
+}
+
+fn value_kind(value: &FilterValue) -> Option<FieldKinds> {
+    match &value.value {
+        Some(Value::Text(_)) => Some(FieldKinds::TEXT),
+        Some(Value::Number(_)) => Some(FieldKinds::NUMBER),
+        Some(Value::Boolean(_)) => Some(FieldKinds::BOOLEAN),
+        Some(Value::Date(_)) => Some(FieldKinds::DATE),
+        None => None,
+    }
 }
 
 /// Reads `--filter`: the JSON form when it starts with `{`, the readable syntax otherwise.
@@ -570,6 +627,32 @@ mod tests {
             .message
             .starts_with("filter: year: range: needs"));
         assert!(validate(&Filter::default()).is_err());
+    }
+
+    #[test]
+    fn a_value_of_a_kind_the_field_never_held_is_refused() {
+        let metadata = serde_json::json!({"year": 2020, "team": "hr", "published": "2024-01-01"});
+        let fields = crate::collections::fields_of(metadata.as_object().unwrap());
+        for good in [
+            "year>=2019",
+            "team=hr",
+            "published>=2023-01-01",
+            "published=2024-01-01",
+            "year? other=3",
+        ] {
+            assert!(
+                check_kinds(&parse(good).unwrap(), &fields, "c").is_ok(),
+                "{good}"
+            );
+        }
+        for (bad, message) in [
+            ("year=\"2020\"", "filter: year: compared with a text, but in collection \"c\" it holds number values"),
+            ("team>=3", "filter: team: compared with a number"),
+            ("team>=2020-01-01", "filter: team: compared with a date"),
+        ] {
+            let error = check_kinds(&parse(bad).unwrap(), &fields, "c").unwrap_err();
+            assert!(error.message.starts_with(message), "{bad}: {error}");
+        }
     }
 
     #[test]

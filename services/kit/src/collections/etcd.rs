@@ -2,7 +2,9 @@
 //! record (JSON), created by a transaction that fails when the key exists; deleting a
 //! collection deletes its prefix in one transaction. `/quarry/<cluster>/collections/<name>/writes`
 //! is put after every acknowledged write, and its revision is the collection's generation,
-//! the same for every gateway. A follower lists the prefix and watches from that revision,
+//! the same for every gateway. `/quarry/<cluster>/collections/<name>/fields/<kind>/<path>`
+//! records that a metadata field has held a kind of value (one key per pair, so gateways
+//! recording at once never overwrite each other). A follower lists the prefix and watches from that revision,
 //! listing again after a compaction or a broken watch; the first list happens before
 //! `connect` returns, so nobody acts on an empty catalog that is merely not read yet.
 
@@ -17,19 +19,24 @@ use tracing::{info, warn};
 
 use super::{
     check_create, check_delete, new_record, CatalogError, CatalogSnapshot, Collection,
-    CollectionCatalog,
+    CollectionCatalog, FieldKinds,
 };
+
+/// Operations per etcd transaction (etcd's default `--max-txn-ops` is 128).
+const ETCD_TXN_OPS: usize = 100;
 
 /// Pause between attempts while etcd is unreachable.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 const RECORD: &str = "record";
 const WRITES: &str = "writes";
+const FIELDS: &str = "fields/";
 
 /// What the catalog's keys say, by collection name.
 #[derive(Debug, Default, Clone)]
 struct Keys {
     records: BTreeMap<String, (Collection, i64)>,
     writes: BTreeMap<String, i64>,
+    fields: BTreeMap<String, BTreeMap<String, FieldKinds>>,
 }
 
 impl Keys {
@@ -58,7 +65,28 @@ impl Keys {
             (WRITES, None) => {
                 self.writes.remove(name);
             }
-            _ => {}
+            (kind, value) => {
+                let Some((kind, path)) = kind
+                    .strip_prefix(FIELDS)
+                    .and_then(|field| field.split_once('/'))
+                else {
+                    return;
+                };
+                let Some(kind) = FieldKinds::from_name(kind) else {
+                    return;
+                };
+                let fields = self.fields.entry(name.to_string()).or_default();
+                match value {
+                    Some(_) => {
+                        let entry = fields.entry(path.to_string()).or_default();
+                        *entry = entry.with(kind);
+                    }
+                    // Only a whole collection's keys are ever deleted.
+                    None => {
+                        fields.remove(path);
+                    }
+                }
+            }
         }
     }
 
@@ -72,6 +100,11 @@ impl Keys {
         for (name, revision) in &self.writes {
             if let Some(collection) = snapshot.collections.get_mut(name) {
                 collection.generation = collection.generation.max(*revision as u64);
+            }
+        }
+        for (name, fields) in &self.fields {
+            if let Some(collection) = snapshot.collections.get_mut(name) {
+                collection.fields = fields.clone();
             }
         }
         snapshot
@@ -265,6 +298,48 @@ impl CollectionCatalog for EtcdCatalog {
             let mut changed = snapshot.as_ref().clone();
             if let Some(collection) = changed.collections.get_mut(name) {
                 collection.generation = revision;
+            }
+            *snapshot = Arc::new(changed);
+            true
+        });
+        Ok(())
+    }
+
+    async fn record_fields(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, FieldKinds>,
+    ) -> Result<(), CatalogError> {
+        let missing = match self.snapshot().get(name) {
+            Some(collection) => collection.unrecorded(fields),
+            None => return Ok(()),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client.clone();
+        let puts: Vec<TxnOp> = missing
+            .iter()
+            .map(|(path, kind)| {
+                let key = format!("{}{name}/{FIELDS}{}/{path}", self.prefix, kind.name());
+                TxnOp::put(key, Vec::<u8>::new(), None)
+            })
+            .collect();
+        for batch in puts.chunks(ETCD_TXN_OPS) {
+            client
+                .txn(Txn::new().and_then(batch.to_vec()))
+                .await
+                .map_err(unavailable)?;
+        }
+        // This gateway checks filters against them at once; the others through the watch.
+        self.sender.send_if_modified(|snapshot| {
+            let mut changed = snapshot.as_ref().clone();
+            let Some(collection) = changed.collections.get_mut(name) else {
+                return false;
+            };
+            for (path, kind) in &missing {
+                let entry = collection.fields.entry(path.clone()).or_default();
+                *entry = entry.with(*kind);
             }
             *snapshot = Arc::new(changed);
             true

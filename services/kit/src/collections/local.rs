@@ -6,6 +6,7 @@
 //! Generations are kept in memory and start from the wall clock in µs, so a restarted
 //! process never reuses a generation an external answer cache (Redis) may still hold.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 
 use super::{
     check_create, check_delete, new_record, CatalogError, CatalogSnapshot, Collection,
-    CollectionCatalog,
+    CollectionCatalog, FieldKinds,
 };
 
 const CATALOG_FILE: &str = "collections.json";
@@ -128,6 +129,32 @@ impl CollectionCatalog for LocalCatalog {
         Ok(())
     }
 
+    async fn record_fields(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, FieldKinds>,
+    ) -> Result<(), CatalogError> {
+        let missing = match self.sender.borrow().get(name) {
+            Some(collection) => collection.unrecorded(fields),
+            None => return Ok(()),
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        self.change(|snapshot| {
+            let collection = snapshot
+                .collections
+                .get_mut(name)
+                .ok_or_else(|| CatalogError::NotFound(name.to_string()))?;
+            for (path, kind) in missing {
+                let entry = collection.fields.entry(path).or_default();
+                *entry = entry.with(kind);
+            }
+            Ok(collection.clone())
+        })
+        .map(|_| ())
+    }
+
     fn watch(&self) -> watch::Receiver<Arc<CatalogSnapshot>> {
         self.sender.subscribe()
     }
@@ -140,12 +167,14 @@ fn clock_generation() -> u64 {
         .map_or(1, |elapsed| elapsed.as_micros() as u64)
 }
 
-/// Writes every record but `default`, durably.
+/// Writes every record (`default` only once it has recorded fields), durably.
 fn write_records(path: &Path, snapshot: &CatalogSnapshot) -> Result<(), CatalogError> {
     let records: Vec<&Collection> = snapshot
         .collections
         .values()
-        .filter(|collection| collection.name != super::DEFAULT_COLLECTION)
+        .filter(|collection| {
+            collection.name != super::DEFAULT_COLLECTION || !collection.fields.is_empty()
+        })
         .collect();
     let failed =
         |error: std::io::Error| CatalogError::Unavailable(format!("{}: {error}", path.display()));

@@ -14,6 +14,7 @@
 //! working; it needs no record.
 
 mod etcd;
+mod fields;
 mod local;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use tonic::{Code, Status};
 
 pub use etcd::EtcdCatalog;
+pub use fields::{fields_of, FieldKinds, MAX_FIELDS};
 pub use local::LocalCatalog;
 
 /// The collection a request that names none is about.
@@ -48,6 +50,9 @@ pub struct Collection {
     /// Changes after every acknowledged write (not serialised with the record).
     #[serde(skip)]
     pub generation: u64,
+    /// The kinds of value each metadata field has held (`fields.rs`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, FieldKinds>,
 }
 
 impl Collection {
@@ -59,7 +64,30 @@ impl Collection {
             description: "the collection of requests that name none".to_string(),
             created_at_ms: 0,
             generation: 0,
+            fields: BTreeMap::new(),
         }
+    }
+
+    /// The (field, single kind) pairs of `fields` this collection has not recorded yet,
+    /// within `MAX_FIELDS` fields.
+    pub fn unrecorded(&self, fields: &BTreeMap<String, FieldKinds>) -> Vec<(String, FieldKinds)> {
+        let mut known = self.fields.len();
+        let mut missing = Vec::new();
+        for (path, kinds) in fields {
+            let recorded = self.fields.get(path).copied();
+            if recorded.is_none() {
+                if known >= MAX_FIELDS {
+                    continue;
+                }
+                known += 1;
+            }
+            for kind in kinds.each() {
+                if !recorded.is_some_and(|recorded| recorded.contains(kind)) {
+                    missing.push((path.clone(), kind));
+                }
+            }
+        }
+        missing
     }
 }
 
@@ -183,6 +211,13 @@ pub trait CollectionCatalog: Send + Sync + 'static {
     /// Marks an acknowledged write to the collection: its generation changes, here at once
     /// and for every follower soon after.
     async fn record_write(&self, name: &str) -> Result<(), CatalogError>;
+    /// Records the kinds of value metadata fields of the collection have held (those not
+    /// recorded yet), so filters can be checked against them.
+    async fn record_fields(
+        &self,
+        name: &str,
+        fields: &BTreeMap<String, FieldKinds>,
+    ) -> Result<(), CatalogError>;
     /// The collections now, updated as they change.
     fn watch(&self) -> watch::Receiver<Arc<CatalogSnapshot>>;
 
@@ -214,6 +249,7 @@ fn new_record(name: &str, description: &str) -> Collection {
         description: description.to_string(),
         created_at_ms,
         generation: 0,
+        fields: BTreeMap::new(),
     }
 }
 
