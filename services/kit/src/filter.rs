@@ -287,32 +287,33 @@ fn parse_readable(text: &str) -> Result<Filter, FilterError> {
     })
 }
 
-/// Splits on spaces outside double quotes.
+/// Splits on spaces outside double quotes, leaving out empty words.
 fn split_words(text: &str) -> Result<Vec<String>, FilterError> {
-    let mut words = Vec::new();
+    let (words, unclosed) = split_unquoted(text, char::is_whitespace);
+    if unclosed {
+        return Err(refuse(None, "unclosed double quote"));
+    }
+    Ok(words.into_iter().filter(|word| !word.is_empty()).collect())
+}
+
+/// Pieces of `text` between `separator`s outside double quotes (quotes kept), and whether
+/// a quote was left open.
+fn split_unquoted(text: &str, separator: impl Fn(char) -> bool) -> (Vec<String>, bool) {
+    let mut pieces = Vec::new();
     let mut current = String::new();
     let mut quoted = false;
     for character in text.chars() {
-        match character {
-            '"' => {
-                quoted = !quoted;
-                current.push(character);
-            }
-            character if character.is_whitespace() && !quoted => {
-                if !current.is_empty() {
-                    words.push(std::mem::take(&mut current));
-                }
-            }
-            character => current.push(character),
+        if character == '"' {
+            quoted = !quoted;
+            current.push(character);
+        } else if separator(character) && !quoted {
+            pieces.push(std::mem::take(&mut current));
+        } else {
+            current.push(character);
         }
     }
-    if quoted {
-        return Err(refuse(None, "unclosed double quote"));
-    }
-    if !current.is_empty() {
-        words.push(current);
-    }
-    Ok(words)
+    pieces.push(current);
+    (pieces, quoted)
 }
 
 fn parse_condition(word: &str) -> Result<Filter, FilterError> {
@@ -378,21 +379,7 @@ fn parse_condition(word: &str) -> Result<Filter, FilterError> {
 
 /// `a,b,"c,d"` → a, b, c,d (commas inside quotes kept).
 fn split_values(text: &str) -> Vec<String> {
-    let mut values = Vec::new();
-    let mut current = String::new();
-    let mut quoted = false;
-    for character in text.chars() {
-        match character {
-            '"' => {
-                quoted = !quoted;
-                current.push(character);
-            }
-            ',' if !quoted => values.push(std::mem::take(&mut current)),
-            character => current.push(character),
-        }
-    }
-    values.push(current);
-    values
+    split_unquoted(text, |character| character == ',').0
 }
 
 /// A value of the readable syntax; `in_range`: a date-looking value is a date.
@@ -611,6 +598,7 @@ mod tests {
             ("year>", "filter: year: no value"),
             ("=3", "filter: \"=3\": no field"),
             ("year~3", "filter: \"year~3\": expected"),
+            ("team=\"hr legal", "filter: unclosed double quote"),
         ];
         for (text, expected) in cases {
             let error = parse(text).unwrap_err();
