@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use quarry_kit::collections::{fields_of, FieldKinds, MAX_FIELDS};
+use quarry_kit::collections::{FieldKinds, MAX_FIELDS};
 
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
@@ -24,7 +24,7 @@ use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
 use crate::shard_router::shard_for_document;
-use crate::validate::{metadata_of, validate_document};
+use crate::validate::validate_document;
 
 /// Most rejected documents named in one summary; the count covers the rest.
 const MAX_REPORTED_ERRORS: usize = 1000;
@@ -34,6 +34,8 @@ struct Pending {
     index: u64,
     document: Document,
     version: u64,
+    /// The kinds of its metadata fields (read once, by `validate_document`).
+    fields: BTreeMap<String, FieldKinds>,
 }
 
 /// The text a document is embedded from, as BM25 indexes it: title, a space, text.
@@ -124,7 +126,7 @@ impl Gateway {
             let bytes = document.id.len() + document.title.len() + document.text.len();
             metrics().ingest_bytes.inc_by(bytes as u64);
             let checked = validate_document(&document, &self.config)
-                .and_then(|()| self.collection_of(&document.collection, grant));
+                .and_then(|fields| Ok((self.collection_of(&document.collection, grant)?, fields)));
             match checked {
                 Err(GatewayError::InvalidArgument { field, reason }) => {
                     tally.reject(
@@ -152,7 +154,7 @@ impl Gateway {
                     failure = Some(other);
                     break;
                 }
-                Ok(collection) => {
+                Ok((collection, fields)) => {
                     let shard = shard_for_document(&document.id, shards);
                     let version = self.versions.next();
                     let buffer = buffers.entry((collection.clone(), shard)).or_default();
@@ -160,6 +162,7 @@ impl Gateway {
                         index,
                         document,
                         version,
+                        fields,
                     });
                     if buffer.len() >= self.config.ingest_batch {
                         let batch = std::mem::take(buffer);
@@ -236,15 +239,10 @@ impl Gateway {
     #[tracing::instrument(name = "write_batch", skip_all, fields(shard, documents = batch.len()))]
     async fn write_batch(&self, collection: String, shard: u32, batch: Vec<Pending>) -> Tally {
         let mut fields: BTreeMap<String, FieldKinds> = BTreeMap::new();
-        for pending in &batch {
-            // Checked by `validate_document` on the way in.
-            if let Ok(metadata) = metadata_of(&pending.document) {
-                for (path, kinds) in fields_of(&metadata) {
-                    if fields.len() < MAX_FIELDS || fields.contains_key(&path) {
-                        let entry = fields.entry(path).or_default();
-                        *entry = entry.with(kinds);
-                    }
-                }
+        for (path, kinds) in batch.iter().flat_map(|pending| &pending.fields) {
+            if fields.len() < MAX_FIELDS || fields.contains_key(path) {
+                let entry = fields.entry(path.clone()).or_default();
+                *entry = entry.with(*kinds);
             }
         }
         let mut tally = Tally::default();

@@ -1,5 +1,8 @@
 //! Request validation at the front door: every refusal is INVALID_ARGUMENT naming the field.
 
+use std::collections::BTreeMap;
+
+use quarry_kit::collections::{fields_of, metadata_of, FieldKinds};
 use quarry_kit::config::Fusion as FusionMethod;
 use quarry_kit::config::GatewayConfig;
 use quarry_proto::v1::{Document, Fusion, SearchMode};
@@ -69,8 +72,12 @@ pub fn resolve_fusion(raw: i32, default: FusionMethod) -> Result<FusionMethod, G
     }
 }
 
-/// A document to ingest: an id and a text, within the size limits. Returns the field at fault.
-pub fn validate_document(document: &Document, config: &GatewayConfig) -> Result<(), GatewayError> {
+/// A document to ingest: an id and a text, within the size limits, and metadata that is a
+/// JSON object. Returns the kinds of its metadata fields, or the field at fault.
+pub fn validate_document(
+    document: &Document,
+    config: &GatewayConfig,
+) -> Result<BTreeMap<String, FieldKinds>, GatewayError> {
     if document.id.trim().is_empty() {
         return Err(GatewayError::invalid("id", "must not be empty"));
     }
@@ -107,39 +114,9 @@ pub fn validate_document(document: &Document, config: &GatewayConfig) -> Result<
             ),
         ));
     }
-    metadata_of(document)?;
-    Ok(())
-}
-
-/// A document's metadata as one JSON object: `metadata_json`, plus the entries of the
-/// string map it has no field for (as the shards store it).
-pub fn metadata_of(
-    document: &Document,
-) -> Result<serde_json::Map<String, serde_json::Value>, GatewayError> {
-    let mut metadata = match document.metadata_json.trim() {
-        "" => serde_json::Map::new(),
-        text => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(_) => {
-                return Err(GatewayError::invalid(
-                    "metadata_json",
-                    "must be a JSON object",
-                ))
-            }
-            Err(error) => {
-                return Err(GatewayError::invalid(
-                    "metadata_json",
-                    format!("not JSON: {error}"),
-                ))
-            }
-        },
-    };
-    for (key, value) in &document.metadata {
-        metadata
-            .entry(key.clone())
-            .or_insert_with(|| serde_json::Value::String(value.clone()));
-    }
-    Ok(metadata)
+    let metadata =
+        metadata_of(document).map_err(|reason| GatewayError::invalid("metadata_json", reason))?;
+    Ok(fields_of(&metadata))
 }
 
 /// The id of a single-document request.
@@ -181,9 +158,13 @@ mod tests {
         let mut mixed = document(r#"{"year": 2020}"#);
         mixed.metadata.insert("year".to_string(), "old".to_string());
         mixed.metadata.insert("team".to_string(), "hr".to_string());
-        let merged = metadata_of(&mixed).unwrap();
-        assert_eq!(merged["year"], 2020);
-        assert_eq!(merged["team"], "hr");
+        let fields = validate_document(&mixed, &config).unwrap();
+        assert_eq!(
+            fields["year"],
+            FieldKinds::NUMBER,
+            "metadata_json wins over the map"
+        );
+        assert_eq!(fields["team"], FieldKinds::TEXT);
     }
 
     fn config() -> GatewayConfig {

@@ -19,6 +19,7 @@ mod shard;
 mod statistics;
 mod vectors;
 mod versions;
+mod wire;
 
 pub use collections::ShardCollections;
 pub use error::RetrieverError;

@@ -25,8 +25,8 @@ use tracing::{info, warn};
 
 use crate::collections::ShardCollections;
 use crate::error::RetrieverError;
-use crate::service::{stored_from_proto, stored_to_proto};
 use crate::shard::{IdVersion, Shard};
+use crate::wire::{stored_from_proto, stored_to_proto};
 
 /// Ids per `Export` request during a copy.
 const EXPORT_BATCH: usize = 512;

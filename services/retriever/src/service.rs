@@ -7,10 +7,10 @@ use std::sync::Arc;
 use prost::Message;
 use quarry_proto::v1::retriever_server::Retriever;
 use quarry_proto::v1::{
-    Candidate, CandidateList, CollectStatsRequest, CorpusStats, Document, DocumentVersion,
-    ExportRequest, FetchRequest, FetchResponse, IndexRequest, IndexResponse, ListVersionsRequest,
-    ShardDeleteRequest, ShardDeleteResponse, ShardInfoRequest, ShardInfoResponse,
-    ShardSearchRequest, ShardSearchResponse, TermStats,
+    CandidateList, CollectStatsRequest, CorpusStats, DocumentVersion, ExportRequest, FetchRequest,
+    FetchResponse, IndexRequest, IndexResponse, ListVersionsRequest, ShardDeleteRequest,
+    ShardDeleteResponse, ShardInfoRequest, ShardInfoResponse, ShardSearchRequest,
+    ShardSearchResponse,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -24,6 +24,10 @@ use crate::filter::compile_optional;
 use crate::metrics::{metrics, replica_labels};
 use crate::shard::{Shard, ShardCandidate, StoredDocument};
 use crate::statistics::CorpusStatistics;
+use crate::wire::{
+    candidate_to_proto, statistics_from_proto, statistics_to_proto, stored_from_proto,
+    stored_to_proto,
+};
 
 /// Documents committed together while an `Index` stream is read.
 const INDEX_COMMIT_BATCH: usize = 1000;
@@ -463,42 +467,6 @@ impl Retriever for RetrieverService {
     }
 }
 
-fn statistics_to_proto(statistics: &CorpusStatistics) -> CorpusStats {
-    let mut terms: Vec<TermStats> = statistics
-        .doc_freqs
-        .iter()
-        .map(|(term, doc_freq)| TermStats {
-            term: term.clone(),
-            doc_freq: *doc_freq,
-        })
-        .collect();
-    terms.sort_by(|left, right| left.term.cmp(&right.term));
-    CorpusStats {
-        num_docs: statistics.num_docs,
-        total_num_tokens: statistics.total_num_tokens,
-        terms,
-    }
-}
-
-fn statistics_from_proto(stats: &CorpusStats) -> CorpusStatistics {
-    CorpusStatistics {
-        num_docs: stats.num_docs,
-        total_num_tokens: stats.total_num_tokens,
-        doc_freqs: stats
-            .terms
-            .iter()
-            .map(|term| (term.term.clone(), term.doc_freq))
-            .collect(),
-    }
-}
-
-fn candidate_to_proto(candidate: ShardCandidate) -> Candidate {
-    Candidate {
-        doc_id: candidate.doc_id,
-        score: candidate.score,
-    }
-}
-
 /// What one shard search found, or that the gateway's statistics of this shard are stale.
 enum SearchOutcome {
     Stale(CorpusStatistics),
@@ -524,74 +492,6 @@ fn check_sub_queries(sub_queries: &[String]) -> Result<(), RetrieverError> {
         ));
     }
     Ok(())
-}
-
-/// A document as the shard stores it: `metadata_json` (a JSON object) with the string
-/// entries of `metadata` added where it has no field of that name.
-pub(crate) fn stored_from_proto(
-    document: Document,
-    vector: Vec<f32>,
-    version: u64,
-) -> Result<StoredDocument, RetrieverError> {
-    let mut metadata = match document.metadata_json.trim() {
-        "" => serde_json::Map::new(),
-        text => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(object)) => object,
-            Ok(_) => {
-                return Err(RetrieverError::invalid(
-                    "document.metadata_json",
-                    format!("must be a JSON object (document {:?})", document.id),
-                ))
-            }
-            Err(error) => {
-                return Err(RetrieverError::invalid(
-                    "document.metadata_json",
-                    format!("not JSON: {error} (document {:?})", document.id),
-                ))
-            }
-        },
-    };
-    for (key, value) in document.metadata {
-        metadata
-            .entry(key)
-            .or_insert(serde_json::Value::String(value));
-    }
-    Ok(StoredDocument {
-        version,
-        id: document.id,
-        title: document.title,
-        text: document.text,
-        metadata,
-        vector,
-    })
-}
-
-/// A stored document on the wire: the metadata as `metadata_json`, and every top-level
-/// field as text in `metadata` (for clients of the older, string-valued form).
-pub(crate) fn stored_to_proto(document: StoredDocument) -> Document {
-    let metadata_json = match document.metadata.is_empty() {
-        true => String::new(),
-        false => serde_json::Value::Object(document.metadata.clone()).to_string(),
-    };
-    let metadata = document
-        .metadata
-        .into_iter()
-        .map(|(key, value)| {
-            let text = match value {
-                serde_json::Value::String(text) => text,
-                other => other.to_string(),
-            };
-            (key, text)
-        })
-        .collect();
-    Document {
-        id: document.id,
-        title: document.title,
-        text: document.text,
-        metadata,
-        collection: String::new(),
-        metadata_json,
-    }
 }
 
 #[cfg(test)]
@@ -688,7 +588,7 @@ mod tests {
         .await
         .unwrap()
         .into_inner();
-        let ids = |list: &[Candidate]| -> Vec<String> {
+        let ids = |list: &[quarry_proto::v1::Candidate]| -> Vec<String> {
             let mut ids: Vec<String> = list.iter().map(|hit| hit.doc_id.clone()).collect();
             ids.sort();
             ids

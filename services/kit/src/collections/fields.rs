@@ -77,6 +77,28 @@ impl FieldKinds {
     }
 }
 
+/// A document's metadata as one JSON object: `metadata_json`, plus the entries of the
+/// older string map it has no field for. The gateway checks it with this on the way in and
+/// each shard stores exactly this; the error is the reason, for the caller to name its field.
+pub fn metadata_of(
+    document: &quarry_proto::v1::Document,
+) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let mut metadata = match document.metadata_json.trim() {
+        "" => serde_json::Map::new(),
+        text => match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => return Err("must be a JSON object".to_string()),
+            Err(error) => return Err(format!("not JSON: {error}")),
+        },
+    };
+    for (key, value) in &document.metadata {
+        metadata
+            .entry(key.clone())
+            .or_insert_with(|| serde_json::Value::String(value.clone()));
+    }
+    Ok(metadata)
+}
+
 /// The fields of a metadata object and the kinds of their values; nested objects' fields
 /// by dotted path, arrays by their elements' kinds. Paths over `MAX_PATH_BYTES` are left out.
 pub fn fields_of(

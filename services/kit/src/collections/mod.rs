@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tonic::{Code, Status};
 
 pub use etcd::EtcdCatalog;
-pub use fields::{fields_of, FieldKinds, MAX_FIELDS};
+pub use fields::{fields_of, metadata_of, FieldKinds, MAX_FIELDS};
 pub use local::LocalCatalog;
 
 /// The collection a request that names none is about.
