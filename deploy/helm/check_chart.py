@@ -4,7 +4,10 @@ Every manifest must pass the Kubernetes schema of KUBE_VERSION (kubernetes-valid
 unknown fields are errors), and the layout must be what the values ask for: one retriever
 StatefulSet per shard with one pod per replica, each told its shard; every role started with
 `quarry serve <role>` pointed at the same etcd and cluster, advertising its pod IP, serving
-/metrics; the bundled etcd only when asked for. Run by `make helm-check` (part of `make test`).
+/metrics; the bundled etcd only when asked for; and the two hook Jobs that resize a live
+cluster on `helm upgrade --set cluster.shards=M`, `quarry cluster scale --shards M --wait`
+with --if-shrinking before the upgrade and --if-growing after it, rendered at several shard
+counts. Run by `make helm-check` (part of `make test`).
 
 Usage: python check_chart.py HELM_BINARY CHART_DIR
 """
@@ -17,9 +20,17 @@ import yaml
 
 KUBE_VERSION = "1.30.0"
 ROLES = ["gateway", "analyzer", "generator", "evaluator", "scheduler"]
+# The resize hooks: Job name suffix -> (helm.sh/hook, the direction flag of `quarry cluster scale`).
+SCALE_HOOKS = {
+    "scale-shrink": ("pre-upgrade", "--if-shrinking"),
+    "scale-grow": ("post-install,post-upgrade", "--if-growing"),
+}
+# Every set of values rendered, for the summary line.
+RENDERED = set()
 
 
 def render(helm, chart, settings):
+    RENDERED.add(tuple(settings))
     command = [helm, "template", "rel", chart, "--kube-version", KUBE_VERSION]
     for setting in settings:
         command += ["--set", setting]
@@ -47,7 +58,7 @@ def flag(args, name):
 
 
 def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd, gateway_probe=7702,
-          role_probe=7700):
+          role_probe=7700, scale=True, scale_timeout=3600):
     code, text, error = render(helm, chart, settings)
     assert code == 0, f"helm template {settings} failed: {error}"
     docs = manifests(text)
@@ -109,7 +120,53 @@ def check(helm, chart, settings, shards, replicas, etcd_endpoints, bundled_etcd,
     etcd_sets = [name for name in statefulsets if name.endswith("-etcd")]
     assert bool(etcd_sets) == bundled_etcd, etcd_sets
     assert "rel-quarry-gateway" in by_kind(docs, "Service")
+    check_scale_jobs(docs, shards, etcd_endpoints, scale, scale_timeout)
     return docs
+
+
+def check_scale_jobs(docs, shards, etcd_endpoints, enabled, timeout):
+    """The resize hooks: shrink before an upgrade (drain the highest shards while their
+    StatefulSets still run), grow after install and upgrade (the new StatefulSets exist by
+    then); each `quarry cluster scale --shards <cluster.shards> --wait`, with the create
+    step's etcd and cluster flags, run like the roles' pods; none when disabled."""
+    jobs = by_kind(docs, "Job")
+    if not enabled:
+        assert not jobs, list(jobs)
+        return
+    assert set(jobs) == {f"rel-quarry-{suffix}" for suffix in SCALE_HOOKS}, list(jobs)
+    retriever = next(
+        workload
+        for workload in by_kind(docs, "StatefulSet").values()
+        if workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "retriever"
+    )
+    create = retriever["spec"]["template"]["spec"]["initContainers"][0]
+    for suffix, (hook, direction) in SCALE_HOOKS.items():
+        job = jobs[f"rel-quarry-{suffix}"]
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == hook, (suffix, annotations)
+        assert int(annotations["helm.sh/hook-weight"]) == 0, annotations
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert job["spec"]["backoffLimit"] >= 1
+        assert job["spec"]["activeDeadlineSeconds"] == timeout, job["spec"]
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        assert pod["securityContext"] == retriever["spec"]["template"]["spec"]["securityContext"]
+        assert "serviceAccountName" not in pod and "initContainers" not in pod
+        container = quarry_container(job)
+        assert container["image"] == create["image"]
+        assert container["imagePullPolicy"] == create["imagePullPolicy"]
+        args = container["args"]
+        assert args[:2] == ["cluster", "scale"], args
+        assert flag(args, "--shards") == str(shards), args
+        assert "--wait" in args and direction in args, args
+        other = {hook_flag for _, hook_flag in SCALE_HOOKS.values()} - {direction}
+        assert not other & set(args), args
+        # The same etcd and cluster as `quarry cluster create`, flag for flag.
+        for name in ["--etcd", "--cluster"]:
+            assert flag(args, name) == flag(create["args"], name), (name, args, create["args"])
+        assert flag(args, "--etcd") == etcd_endpoints
+        env = {entry["name"]: entry.get("value") for entry in container["env"]}
+        assert env["QUARRY_LOG_FORMAT"] == "json", env
 
 
 def main():
@@ -146,6 +203,7 @@ def main():
     check_gateway_security(helm, chart, docs)
     check_internal_tls(helm, chart)
     check_cache_and_rerank(helm, chart)
+    check_resize(helm, chart)
 
     # Refusals with a clear message rather than a broken release.
     code, _, error = render(helm, chart, ["etcd.enabled=false"])
@@ -162,7 +220,32 @@ def main():
     assert code != 0 and "internalTls.mode" in error, error
     code, _, error = render(helm, chart, ["internalTls.mode=required", "internalTls.certificates=existingSecret"])
     assert code != 0 and "internalTls.existingSecret" in error, error
-    print("helm chart: 10 value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+    print("helm chart:", len(RENDERED), "value sets render, validate against Kubernetes", KUBE_VERSION, "and match")
+
+
+def check_resize(helm, chart):
+    """`helm upgrade --set cluster.shards=M` in both directions: whatever M, one retriever
+    StatefulSet per shard and both hooks asking for M shards (2 -> 5 grows after the upgrade,
+    5 -> 3 shrinks before it); the partition count only on creation and only when set."""
+    for shards in [2, 5, 3]:
+        docs = check(helm, chart, [f"cluster.shards={shards}"], shards, 2, "http://rel-quarry-etcd:2379", True)
+        create = [workload["spec"]["template"]["spec"]["initContainers"][0]["args"]
+                  for workload in list(by_kind(docs, "StatefulSet").values()) + list(by_kind(docs, "Deployment").values())
+                  if workload["spec"]["template"]["spec"].get("initContainers")]
+        assert create and all("--partitions" not in args for args in create), create
+    docs = check(helm, chart, ["cluster.shards=5", "cluster.partitions=64"], 5, 2, "http://rel-quarry-etcd:2379", True)
+    retriever = by_kind(docs, "StatefulSet")["rel-quarry-shard-0"]
+    assert flag(retriever["spec"]["template"]["spec"]["initContainers"][0]["args"], "--partitions") == "64"
+    for job in by_kind(docs, "Job").values():
+        assert "--partitions" not in quarry_container(job)["args"], "partitions are fixed at creation"
+    check(helm, chart, ["cluster.shards=4", "cluster.scale.enabled=false"], 4, 2, "http://rel-quarry-etcd:2379", True,
+          scale=False)
+    check(helm, chart, ["cluster.shards=6", "cluster.scale.timeoutSeconds=7200"], 6, 2, "http://rel-quarry-etcd:2379",
+          True, scale_timeout=7200)
+    code, _, error = render(helm, chart, ["cluster.shards=17", "cluster.partitions=16"])
+    assert code != 0 and "cluster.partitions" in error, error
+    code, _, error = render(helm, chart, ["cluster.shards=0"])
+    assert code != 0 and "cluster.shards" in error, error
 
 
 def check_internal_tls(helm, chart):

@@ -115,7 +115,10 @@ async fn collections_with_the_same_ids_are_independent_and_a_deletion_reaches_re
     let ids = ["a", "b", "c", "d", "e", "f"];
     let shards: std::collections::BTreeSet<u32> = ids
         .iter()
-        .map(|id| quarry_gateway::shard_for_document(id, 2))
+        .map(|id| {
+            let partitioning = quarry_kit::placement::Partitioning::new(2, None).unwrap();
+            partitioning.initial_owner(partitioning.partition_of(id))
+        })
         .collect();
     assert_eq!(shards.len(), 2, "the ids cover both shards");
     let mut documents = Vec::new();

@@ -103,16 +103,17 @@ impl Gateway {
             name: collection.name.clone(),
             description: collection.description.clone(),
             created_at_ms: collection.created_at_ms,
-            shards: self.clients.shard_count(),
+            shards: self.placement_snapshot().serving_shards().len() as u32,
             ..CollectionInfo::default()
         }
     }
 
     /// Documents and vectors of a collection, one replica per shard.
     pub(crate) async fn count(&self, collection: &str, deadline: Deadline) -> Counted {
-        let shards = self.clients.shard_count();
+        // Each shard counts the partitions it owns (as it sees the placement).
+        let shards = self.placement_snapshot().serving_shards();
         let timeout = deadline.hop(self.shard_timeout());
-        let infos = (0..shards).map(|shard| async move {
+        let infos = shards.into_iter().map(|shard| async move {
             let call = ShardCall::ShardInfo(ShardInfoRequest {
                 collection: collection.to_string(),
             });

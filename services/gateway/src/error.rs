@@ -32,6 +32,10 @@ pub enum GatewayError {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// A shard refused a call routed by an older placement than its own (at `epoch`); the
+    /// caller refreshes its placement and routes again. UNAVAILABLE if it runs out of time.
+    #[error("placement changed: {message}")]
+    Moved { epoch: u64, message: String },
 }
 
 impl GatewayError {
@@ -40,6 +44,21 @@ impl GatewayError {
             field,
             reason: reason.into(),
         }
+    }
+
+    /// A shard's refusal of a call routed by an older placement, if `status` is one.
+    pub fn moved(status: &Status) -> Option<Self> {
+        let epoch = status
+            .metadata()
+            .get(quarry_kit::placement::MOVED_HEADER)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(Self::Moved {
+            epoch,
+            message: status.message().to_string(),
+        })
     }
 
     /// Wraps a failed call to another role; transport failures become UNAVAILABLE.
@@ -65,7 +84,9 @@ impl GatewayError {
             GatewayError::PermissionDenied(_) => Code::PermissionDenied,
             GatewayError::Refused(_) => Code::InvalidArgument,
             GatewayError::Catalog(error) => error.code(),
-            GatewayError::NoMember { .. } | GatewayError::Unavailable(_) => Code::Unavailable,
+            GatewayError::NoMember { .. }
+            | GatewayError::Unavailable(_)
+            | GatewayError::Moved { .. } => Code::Unavailable,
             GatewayError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             GatewayError::Downstream { code, .. } => *code,
             GatewayError::Internal(_) => Code::Internal,

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use moka::sync::Cache;
+use quarry_kit::placement::Placement;
 use quarry_proto::v1::{
     CollectStatsRequest, CorpusStats, Document, FetchRequest, ShardSearchRequest, TermStats,
 };
@@ -132,6 +133,8 @@ pub struct FanOutResult {
     /// Hedged shard calls.
     pub hedges: u32,
     pub statistics: StatisticsSource,
+    /// A shard refused the placement used (the newest epoch it named): route again.
+    pub moved: Option<u64>,
 }
 
 impl FanOutResult {
@@ -179,23 +182,32 @@ impl StatisticsCache {
     }
 }
 
-/// Searches every shard for ids and scores (the module says how statistics are found).
+/// Searches every shard that owns partitions in `placement`, each for exactly those, for
+/// ids and scores (the module says how statistics are found).
 pub async fn search_shards(
     client: &ShardClient,
     cache: &StatisticsCache,
     request: &FanOutRequest,
+    placement: &Placement,
     budget: Budget,
 ) -> FanOutResult {
-    let shards_total = client.shard_count();
+    let serving = placement.serving_shards();
+    let shards_total = serving.len() as u32;
+    // Per-shard lists are indexed by shard number.
+    let slots = placement.shard_count().max(1);
+    let partitions_of = |shard: u32| placement.owned_by(shard);
+    let epoch = placement.epoch;
     let mut failed: BTreeSet<u32> = BTreeSet::new();
     let mut hedges = 0;
-    let mut asking: Vec<u32> = (0..shards_total).collect();
+    let mut moved = None;
+    let mut asking: Vec<u32> = serving.clone();
     let mut statistics = StatisticsSource::NotNeeded;
     // Each asked shard's statistics; the sums of these are the cluster's.
     let mut per_shard: Option<Vec<CorpusStats>> = None;
-    let key = request.statistics_key();
+    // Statistics belong to one placement: another splits the same documents otherwise.
+    let key = format!("{}\u{1d}{epoch}", request.statistics_key());
     if request.wants_keywords() && shards_total > 1 {
-        if let Some(cached) = cache.get(&key, shards_total) {
+        if let Some(cached) = cache.get(&key, slots) {
             per_shard = Some(cached.as_ref().clone());
             statistics = StatisticsSource::Cached;
         } else {
@@ -206,6 +218,8 @@ pub async fn search_shards(
                         query: request.query.clone(),
                         sub_queries: request.sub_queries.clone(),
                         collection: request.collection.clone(),
+                        partitions: partitions_of(*shard),
+                        placement_epoch: epoch,
                     });
                     (*shard, call)
                 })
@@ -214,8 +228,9 @@ pub async fn search_shards(
                 .call_each(calls, budget.share(STATISTICS_SHARE))
                 .await;
             hedges += phase.hedges;
+            moved = moved.max(phase.moved);
             failed.extend(&phase.failed);
-            let mut collected = vec![CorpusStats::default(); shards_total as usize];
+            let mut collected = vec![CorpusStats::default(); slots as usize];
             for (shard, reply) in phase.answered {
                 if let ShardReply::CollectStats(stats) = reply {
                     collected[shard as usize] = stats;
@@ -253,6 +268,8 @@ pub async fn search_shards(
                     expected_local_stats,
                     collection: request.collection.clone(),
                     filter: request.filter.clone(),
+                    partitions: partitions_of(*shard),
+                    placement_epoch: epoch,
                 }));
                 (*shard, call)
             })
@@ -264,6 +281,7 @@ pub async fn search_shards(
         };
         let phase = client.call_each(calls, budget.share(share)).await;
         hedges += phase.hedges;
+        moved = moved.max(phase.moved);
         failed.extend(&phase.failed);
         asking.retain(|shard| !failed.contains(shard));
         let mut stale = false;
@@ -331,6 +349,7 @@ pub async fn search_shards(
         sub_queries,
         hedges,
         statistics,
+        moved,
     }
 }
 
@@ -342,14 +361,18 @@ pub struct Fetched {
     pub hits: Vec<ShardedCandidate>,
     pub shards_failed: Vec<u32>,
     pub hedges: u32,
+    /// A shard no longer serves a hit's partition at the placement searched with.
+    pub moved: Option<u64>,
 }
 
 /// Fetches title and text of `hits`: one batched `Fetch` per shard holding any of them, all
-/// at once, under what is left of `budget`.
+/// at once, under what is left of `budget`; each shard is asked as of `placement_epoch`,
+/// the epoch the hits were searched at.
 pub async fn fetch_stored(
     client: &ShardClient,
     collection: &str,
     hits: Vec<ShardedCandidate>,
+    placement_epoch: u64,
     budget: Budget,
 ) -> Fetched {
     let mut wanted: HashMap<u32, Vec<String>> = HashMap::new();
@@ -362,6 +385,7 @@ pub async fn fetch_stored(
     let mut stored: HashMap<(u32, String), Document> = HashMap::new();
     let mut failed = BTreeSet::new();
     let mut hedges = 0;
+    let mut moved = None;
     for _ in 0..MAX_FETCH_ROUNDS {
         if wanted.is_empty() {
             break;
@@ -373,12 +397,14 @@ pub async fn fetch_stored(
                 let request = FetchRequest {
                     ids: ids.clone(),
                     collection: collection.to_string(),
+                    placement_epoch,
                 };
                 (*shard, ShardCall::Fetch(request))
             })
             .collect();
         let phase = client.call_each(calls, budget.remaining()).await;
         hedges += phase.hedges;
+        moved = moved.max(phase.moved);
         failed.extend(phase.failed);
         for (shard, reply) in phase.answered {
             let ShardReply::Fetch(response) = reply else {
@@ -425,6 +451,7 @@ pub async fn fetch_stored(
         hits,
         shards_failed: failed.into_iter().collect(),
         hedges,
+        moved,
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use quarry_kit::collections::CollectionCatalog;
 use quarry_kit::config::{GatewayConfig, RerankConfig};
+use quarry_kit::placement::{Placement, PlacementStore};
 
 use crate::answer_cache::AnswerCache;
 use crate::cluster_clients::ClusterClients;
@@ -30,6 +31,9 @@ pub struct Gateway {
     /// The optional rerank stage, and how many candidates it sees and for which calls.
     pub(crate) reranker: Option<Reranker>,
     pub(crate) rerank: RerankConfig,
+    /// Which shard owns each partition; every query and write routes by one snapshot.
+    pub(crate) placement: Arc<dyn PlacementStore>,
+    placement_view: tokio::sync::watch::Receiver<Arc<Placement>>,
 }
 
 impl Gateway {
@@ -38,6 +42,7 @@ impl Gateway {
         cluster_name: String,
         clients: Arc<ClusterClients>,
         catalog: Arc<dyn CollectionCatalog>,
+        placement: Arc<dyn PlacementStore>,
     ) -> Self {
         let shards = ShardClient::new(
             Arc::new(GrpcShards::new(Arc::clone(&clients))),
@@ -55,6 +60,34 @@ impl Gateway {
             answers: AnswerCache::off(),
             reranker: None,
             rerank: RerankConfig::default(),
+            placement_view: placement.watch(),
+            placement,
+        }
+    }
+
+    /// The placement as this gateway last saw it.
+    pub(crate) fn placement_snapshot(&self) -> Arc<Placement> {
+        Arc::clone(&self.placement_view.borrow())
+    }
+
+    /// A placement at `epoch` or newer: the watch's, or read from the store when the watch
+    /// is behind.
+    pub(crate) async fn refresh_placement(&self, epoch: u64) -> Arc<Placement> {
+        let waited = quarry_kit::placement::wait_for_epoch(
+            &self.placement_view,
+            epoch,
+            std::time::Duration::from_millis(100),
+        )
+        .await;
+        if waited.epoch >= epoch {
+            return waited;
+        }
+        match self.placement.refresh().await {
+            Ok(placement) => placement,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not read the placement");
+                waited
+            }
         }
     }
 

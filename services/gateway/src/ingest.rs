@@ -23,9 +23,10 @@ use crate::error::GatewayError;
 use crate::front::CollectionGrant;
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
-use crate::shard_router::shard_for_document;
 use crate::validate::validate_document;
 
+/// Tries of one batch's documents with a newer placement after a shard moved past the last.
+const MAX_PLACEMENT_TRIES: u32 = 5;
 /// Most rejected documents named in one summary; the count covers the rest.
 const MAX_REPORTED_ERRORS: usize = 1000;
 
@@ -85,7 +86,7 @@ impl Gateway {
     where
         S: Stream<Item = Result<Document, Status>> + Unpin,
     {
-        let shards = self.clients.shard_count();
+        let placement = self.placement_snapshot();
         // One buffer per collection and shard (a stream may mix collections).
         let mut buffers: HashMap<(String, u32), Vec<Pending>> = HashMap::new();
         let mut tally = Tally::default();
@@ -155,7 +156,9 @@ impl Gateway {
                     break;
                 }
                 Ok((collection, fields)) => {
-                    let shard = shard_for_document(&document.id, shards);
+                    // Buffered by the partition's owner now; routed again when written.
+                    let partition = placement.partition_of(&document.id);
+                    let shard = placement.owner(partition).unwrap_or_default();
                     let version = self.versions.next();
                     let buffer = buffers.entry((collection.clone(), shard)).or_default();
                     buffer.push(Pending {
@@ -292,33 +295,103 @@ impl Gateway {
                 return;
             }
         };
+        // Routed by one placement snapshot per try: each document to its partition's
+        // writers (the owner, and a shard importing it). A shard that moved past the
+        // snapshot refuses; those documents go again under a newer placement.
+        let mut waiting: Vec<usize> = (0..batch.len()).collect();
+        let mut placement = self.placement_snapshot();
+        for attempt in 1..=MAX_PLACEMENT_TRIES {
+            let mut per_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+            for position in &waiting {
+                let partition = placement.partition_of(&batch[*position].document.id);
+                for writer in placement.writers(partition) {
+                    per_shard.entry(writer).or_default().push(*position);
+                }
+            }
+            let writes = per_shard.iter().map(|(writer, positions)| {
+                self.write_to_shard(
+                    collection,
+                    *writer,
+                    positions,
+                    &batch,
+                    vectors.as_deref(),
+                    placement.epoch,
+                )
+            });
+            let outcomes = join_all(writes).await;
+            // A document is written once every shard it went to took it.
+            // Per document: the first failure's code and message, and whether it was a move.
+            let mut failed: BTreeMap<usize, (Code, String, bool)> = BTreeMap::new();
+            let mut moved = None;
+            for ((writer, positions), outcome) in per_shard.iter().zip(outcomes) {
+                let Err(error) = outcome else { continue };
+                let is_move = matches!(error, GatewayError::Moved { .. });
+                if let GatewayError::Moved { epoch, .. } = &error {
+                    moved = moved.max(Some(*epoch));
+                } else {
+                    warn!(shard = writer, documents = positions.len(), error = %error, "shard refused a batch");
+                }
+                for position in positions {
+                    failed.entry(*position).or_insert_with(|| {
+                        (error.code(), format!("shard {writer}: {error}"), is_move)
+                    });
+                }
+            }
+            let retry = moved.is_some() && attempt < MAX_PLACEMENT_TRIES;
+            let mut again = Vec::new();
+            for position in waiting {
+                match failed.remove(&position) {
+                    None => tally.summary.accepted += 1,
+                    Some((_, _, true)) if retry => again.push(position),
+                    Some((code, message, _)) => {
+                        let pending = &batch[position];
+                        tally.reject(pending.index, &pending.document.id, code, "id", message);
+                    }
+                }
+            }
+            waiting = again;
+            if waiting.is_empty() {
+                return;
+            }
+            if let Some(epoch) = moved {
+                placement = self.refresh_placement(epoch).await;
+            }
+        }
+    }
+
+    /// Writes the documents at `positions` of `batch` to every replica of `shard` that takes
+    /// writes, routed at `epoch`; fails unless all of them committed.
+    async fn write_to_shard(
+        &self,
+        collection: &str,
+        shard: u32,
+        positions: &[usize],
+        batch: &[Pending],
+        vectors: Option<&[Vec<f32>]>,
+        epoch: u64,
+    ) -> Result<(), GatewayError> {
         let replicas = self.clients.shard_write_replicas(shard);
         if !replicas.iter().any(|replica| replica.ready) {
-            for pending in &batch {
-                tally.reject(
-                    pending.index,
-                    &pending.document.id,
-                    Code::Unavailable,
-                    "id",
-                    format!("shard {shard} has no ready replica"),
-                );
-            }
-            return;
+            return Err(GatewayError::Unavailable(format!(
+                "shard {shard} has no ready replica"
+            )));
         }
         let writes = replicas.iter().map(|replica| {
-            let requests: Vec<IndexRequest> = batch
+            let requests: Vec<IndexRequest> = positions
                 .iter()
-                .enumerate()
-                .map(|(position, pending)| IndexRequest {
-                    document: Some(Document {
-                        collection: collection.to_string(),
-                        ..pending.document.clone()
-                    }),
-                    vector: vectors
-                        .as_ref()
-                        .and_then(|vectors| vectors.get(position).cloned())
-                        .unwrap_or_default(),
-                    version: pending.version,
+                .map(|position| {
+                    let pending = &batch[*position];
+                    IndexRequest {
+                        document: Some(Document {
+                            collection: collection.to_string(),
+                            ..pending.document.clone()
+                        }),
+                        vector: vectors
+                            .and_then(|vectors| vectors.get(*position).cloned())
+                            .unwrap_or_default(),
+                        version: pending.version,
+                        placement_epoch: epoch,
+                    }
                 })
                 .collect();
             let timeout = std::time::Duration::from_millis(self.config.write_timeout_ms);
@@ -327,9 +400,10 @@ impl Gateway {
                 let mut request = tonic::Request::new(tokio_stream::iter(requests));
                 request.set_timeout(timeout);
                 match tokio::time::timeout(timeout, client.index(request)).await {
-                    Ok(outcome) => {
-                        outcome.map_err(|status| GatewayError::downstream("retriever", status))
-                    }
+                    Ok(outcome) => outcome.map(|_| ()).map_err(|status| {
+                        GatewayError::moved(&status)
+                            .unwrap_or_else(|| GatewayError::downstream("retriever", status))
+                    }),
                     Err(_) => Err(GatewayError::Unavailable(format!(
                         "shard {shard} replica {} did not commit within {} ms",
                         replica.replica, self.config.write_timeout_ms
@@ -337,24 +411,13 @@ impl Gateway {
                 }
             }
         });
-        let failure = join_all(writes)
-            .await
-            .into_iter()
-            .find_map(|outcome| outcome.err());
-        match failure {
-            None => tally.summary.accepted += batch.len() as u64,
-            Some(error) => {
-                warn!(shard, documents = batch.len(), error = %error, "shard refused a batch");
-                for pending in &batch {
-                    tally.reject(
-                        pending.index,
-                        &pending.document.id,
-                        error.code(),
-                        "id",
-                        format!("shard {shard}: {error}"),
-                    );
-                }
-            }
+        let outcomes = join_all(writes).await;
+        // A refusal by placement first: it is the one worth routing again for.
+        let mut failures: Vec<GatewayError> = outcomes.into_iter().filter_map(Result::err).collect();
+        failures.sort_by_key(|error| !matches!(error, GatewayError::Moved { .. }));
+        match failures.into_iter().next() {
+            None => Ok(()),
+            Some(error) => Err(error),
         }
     }
 }

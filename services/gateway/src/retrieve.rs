@@ -14,6 +14,9 @@ use crate::metrics::metrics;
 use crate::plan::RetrievalPlan;
 use crate::search::require_some_shard;
 
+/// Tries of one retrieval with a newer placement after a shard moved past the last.
+const MAX_PLACEMENT_TRIES: u32 = 4;
+
 /// Where a retrieval looks: a collection, and only the documents a filter admits.
 #[derive(Debug, Clone, Default)]
 pub struct SearchTarget {
@@ -109,37 +112,14 @@ impl Gateway {
         }
     }
 
-    /// Runs the plan for `query` and returns its best `k` with their stored fields;
-    /// `query_vector` is empty when the plan wants no vectors. Records the strategy and
-    /// whether the answer is partial on the current (server) span.
-    pub(crate) async fn retrieve(
+    /// The fused candidates of one search, cut to what is fetched.
+    fn fuse_searched(
         &self,
-        target: &SearchTarget,
-        query: &str,
+        searched: &crate::fan_out::FanOutResult,
         plan: &RetrievalPlan,
-        query_vector: Vec<f32>,
         k: u32,
-        deadline: Deadline,
-    ) -> Result<Retrieved, GatewayError> {
-        tracing::Span::current().record("strategy", plan.strategy.as_str());
-        let budget = Budget::new(deadline.hop(self.shard_timeout()));
-        let sub_query_k = plan.keyword_k.max(1);
-        let request = FanOutRequest {
-            collection: target.collection.clone(),
-            filter: target.filter.clone(),
-            query: query.to_string(),
-            keyword_k: plan.keyword_k,
-            vector_k: plan.vector_k,
-            query_vector,
-            sub_queries: plan.sub_queries.clone(),
-            sub_query_k: if plan.sub_queries.is_empty() {
-                0
-            } else {
-                sub_query_k
-            },
-        };
-        let searched = search_shards(&self.shards, &self.statistics, &request, budget).await;
-        require_some_shard(&searched)?;
+        sub_query_k: u32,
+    ) -> Vec<ShardedCandidate> {
         let keyword = top(&searched.keyword, plan.keyword_k);
         let vector = top(&searched.vector, plan.vector_k);
         let sub_keywords: Vec<&[ShardedCandidate]> = searched
@@ -171,7 +151,66 @@ impl Gateway {
             fuse(&lists, plan.fusion, self.config.rrf_k)
         };
         ranked.truncate(plan.rerank_candidates.unwrap_or(k).max(k) as usize);
-        let mut fetched = fetch_stored(&self.shards, &target.collection, ranked, budget).await;
+        ranked
+    }
+
+    /// Runs the plan for `query` and returns its best `k` with their stored fields;
+    /// `query_vector` is empty when the plan wants no vectors. Records the strategy and
+    /// whether the answer is partial on the current (server) span.
+    pub(crate) async fn retrieve(
+        &self,
+        target: &SearchTarget,
+        query: &str,
+        plan: &RetrievalPlan,
+        query_vector: Vec<f32>,
+        k: u32,
+        deadline: Deadline,
+    ) -> Result<Retrieved, GatewayError> {
+        tracing::Span::current().record("strategy", plan.strategy.as_str());
+        let budget = Budget::new(deadline.hop(self.shard_timeout()));
+        let sub_query_k = plan.keyword_k.max(1);
+        let request = FanOutRequest {
+            collection: target.collection.clone(),
+            filter: target.filter.clone(),
+            query: query.to_string(),
+            keyword_k: plan.keyword_k,
+            vector_k: plan.vector_k,
+            query_vector,
+            sub_queries: plan.sub_queries.clone(),
+            sub_query_k: if plan.sub_queries.is_empty() {
+                0
+            } else {
+                sub_query_k
+            },
+        };
+        // One placement snapshot per try; a shard that moved past it sends the query round
+        // again with a newer one, while the deadline allows.
+        let mut placement = self.placement_snapshot();
+        let mut tries = 0;
+        let (searched, mut fetched) = loop {
+            tries += 1;
+            let searched =
+                search_shards(&self.shards, &self.statistics, &request, &placement, budget).await;
+            if let Some(epoch) = searched.moved.filter(|_| tries < MAX_PLACEMENT_TRIES) {
+                placement = self.refresh_placement(epoch).await;
+                continue;
+            }
+            require_some_shard(&searched)?;
+            let ranked = self.fuse_searched(&searched, plan, k, sub_query_k);
+            let fetched = fetch_stored(
+                &self.shards,
+                &target.collection,
+                ranked,
+                placement.epoch,
+                budget,
+            )
+            .await;
+            if let Some(epoch) = fetched.moved.filter(|_| tries < MAX_PLACEMENT_TRIES) {
+                placement = self.refresh_placement(epoch).await;
+                continue;
+            }
+            break (searched, fetched);
+        };
         if let (Some(reranker), Some(_)) = (&self.reranker, plan.rerank_candidates) {
             let reranked = reranker.rerank(query, &mut fetched.hits).await;
             tracing::Span::current().record("reranked", reranked);

@@ -23,8 +23,12 @@ pub struct QuarryConfig {
     pub cluster: String,
     /// Where retrievers keep their shards.
     pub data_dir: PathBuf,
-    /// Number of shards of the cluster, fixed when it is created.
+    /// Number of shards: at creation (which fixes the partitions' blocks), and under
+    /// `quarry up` the count to run, resizing an existing data directory to it.
     pub shards: u32,
+    /// Partitions in all, fixed at creation (a multiple of `shards`; the most shards the
+    /// cluster can ever have). None: at least 16.
+    pub partitions: Option<u32>,
     /// Replicas per shard under `quarry up`.
     pub replicas: u32,
     /// Address this process's gRPC server listens on (the gateway's, under `quarry up`).
@@ -64,6 +68,7 @@ impl Default for QuarryConfig {
             cluster: "quarry".to_string(),
             data_dir: PathBuf::from("./quarry-data"),
             shards: 2,
+            partitions: None,
             replicas: 1,
             listen: "127.0.0.1:7700".to_string(),
             log_format: LogFormat::Human,

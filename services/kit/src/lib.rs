@@ -7,8 +7,11 @@
 pub mod collections;
 pub mod config;
 pub mod discovery;
+pub mod durable;
+pub mod election;
 pub mod error;
 pub mod filter;
+pub mod placement;
 pub mod grpc_body;
 pub mod metrics;
 pub mod mtls;

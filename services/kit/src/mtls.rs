@@ -57,6 +57,8 @@ pub fn allowed_callers(service: &str, method: &str) -> Option<&'static [Role]> {
         // Only gateways write to retrievers, and peer replicas catching up.
         ("quarry.v1.Retriever", "Index" | "Delete") => &[Gateway, Retriever],
         ("quarry.v1.Retriever", "ListVersions" | "Export") => &[Retriever],
+        // The placement coordinator (in a gateway) has a replica import a partition.
+        ("quarry.v1.Retriever", "ImportPartition") => &[Gateway],
         ("quarry.v1.Retriever", _) => &[Gateway, Retriever],
         ("quarry.v1.Analyzer", _) => &[Gateway, Evaluator, Scheduler],
         ("quarry.v1.Generator", _) => &[Gateway, Scheduler],

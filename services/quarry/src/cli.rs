@@ -270,8 +270,53 @@ pub struct WorkflowIdArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Writes the cluster's settings (shard count) to etcd, once.
+    /// Writes the cluster's settings (shard count, partitions) to etcd, once.
     Create(ClusterCreateArgs),
+    /// Grows or shrinks the retriever shards of a running cluster by moving partitions.
+    Scale(ClusterScaleArgs),
+    /// The placement: which shard owns each partition, and the moves under way.
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterScaleArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    #[arg(long, default_value = "quarry")]
+    pub cluster: String,
+    /// The shard count to reach (at most the partition count).
+    #[arg(long, required_unless_present = "abort")]
+    pub shards: Option<u32>,
+    /// Waits until every move has finished (or rolled back), printing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Prints the moves it would make, and changes nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Rolls back the moves of the scale under way that are not cut over yet.
+    #[arg(long, conflicts_with_all = ["shards", "dry_run"])]
+    pub abort: bool,
+    /// Does nothing unless `--shards` is more than the shards serving now (Helm's
+    /// post-upgrade hook).
+    #[arg(long, conflicts_with = "if_shrinking")]
+    pub if_growing: bool,
+    /// Does nothing unless `--shards` is fewer than the shards serving now (Helm's
+    /// pre-upgrade hook, draining shards before their StatefulSets go).
+    #[arg(long)]
+    pub if_shrinking: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterStatusArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    #[arg(long, default_value = "quarry")]
+    pub cluster: String,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -283,6 +328,10 @@ pub struct ClusterCreateArgs {
     pub cluster: String,
     #[arg(long)]
     pub shards: u32,
+    /// Partitions in all, a multiple of `--shards` (the most shards the cluster can grow
+    /// to); default: at least 16.
+    #[arg(long)]
+    pub partitions: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -563,9 +612,13 @@ pub struct UpArgs {
     /// Where the shards keep their data.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Number of retriever shards.
+    /// Number of retriever shards; on an existing data directory with another count, the
+    /// cluster is resized to it (partitions move while it serves).
     #[arg(long)]
     pub shards: Option<u32>,
+    /// Partitions in all, when the data directory is new (default: at least 16).
+    #[arg(long)]
+    pub partitions: Option<u32>,
     /// Replicas per shard.
     #[arg(long)]
     pub replicas: Option<u32>,

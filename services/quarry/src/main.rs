@@ -11,6 +11,7 @@ mod jsonl;
 mod keys;
 mod output;
 mod roles;
+mod scale;
 mod search_batch;
 mod serve;
 mod up;
@@ -90,6 +91,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_client_logging(&cli);
             let settings = quarry_kit::discovery::ClusterSettings {
                 shards: args.shards,
+                partitions: args.partitions,
             };
             let config = load_config(&cli, Map::new())?;
             let access = quarry_kit::discovery::EtcdAccess::with_endpoints(
@@ -98,8 +100,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let created =
                 quarry_kit::discovery::create_cluster(&access, &args.cluster, settings).await?;
-            println!("cluster {} has {} shard(s)", args.cluster, created.shards);
+            println!(
+                "cluster {} was created with {} shard(s) and {} partitions",
+                args.cluster,
+                created.shards,
+                created.partitioning()?.count()
+            );
             Ok(())
+        }
+        Command::Cluster(ClusterCommand::Scale(args)) => {
+            init_client_logging(&cli);
+            let config = load_config(&cli, Map::new())?;
+            scale::cluster_scale(&config, args).await
+        }
+        Command::Cluster(ClusterCommand::Status(args)) => {
+            init_client_logging(&cli);
+            let config = load_config(&cli, Map::new())?;
+            scale::cluster_status(&config, args).await
         }
         Command::SearchBatch(args) => {
             init_client_logging(&cli);
@@ -292,6 +309,9 @@ fn up_overrides(args: &UpArgs) -> Map<String, Value> {
     }
     if let Some(shards) = args.shards {
         flags.insert("shards".to_string(), json!(shards));
+    }
+    if let Some(partitions) = args.partitions {
+        flags.insert("partitions".to_string(), json!(partitions));
     }
     if let Some(replicas) = args.replicas {
         flags.insert("replicas".to_string(), json!(replicas));

@@ -14,12 +14,14 @@ use quarry_analyzer::{
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
 use quarry_gateway::front::FrontDoorLayer;
+use quarry_gateway::coordinator::{coordinate_while_elected, Coordinator};
 use quarry_gateway::{AnswerCache, ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
 use quarry_kit::collections::CollectionCatalog;
 use quarry_kit::config::{EncoderKind, InternalTlsMode, QuarryConfig};
 use quarry_kit::discovery::{Discovery, Member, Role, RoleChannels};
 use quarry_kit::mtls::{InternalTlsClient, InternalTlsServer};
+use quarry_kit::placement::PlacementStore;
 use quarry_kit::server::{dial_address, serve, RoleServer};
 use quarry_kit::tls::{CertFiles, ReloadingCert};
 use quarry_proto::v1::analyzer_server::AnalyzerServer;
@@ -30,7 +32,7 @@ use quarry_proto::v1::retriever_server::RetrieverServer;
 use quarry_proto::v1::scheduler_server::SchedulerServer;
 #[cfg(feature = "test-hooks")]
 use quarry_retriever::InjectedFault;
-use quarry_retriever::{recover, RecoveryOptions, RetrieverService, ShardCollections};
+use quarry_retriever::{recover, Importer, RecoveryOptions, RetrieverService, ShardCollections};
 use quarry_scheduler::{SchedulerNode, SchedulerService};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -52,7 +54,22 @@ pub struct RoleLaunch {
     pub discovery: Arc<dyn Discovery>,
     /// The collections: etcd's, the data directory's (`quarry up`), or only `default`.
     pub catalog: Arc<dyn CollectionCatalog>,
+    /// Which shard owns each partition: etcd's, the data directory's, or fixed.
+    pub placement: Arc<dyn PlacementStore>,
+    /// Whether a gateway coordinates resizes.
+    pub coordination: Coordination,
     pub shutdown: CancellationToken,
+}
+
+/// Who runs the placement coordinator.
+#[derive(Clone)]
+pub enum Coordination {
+    /// Nobody: roles given each other's addresses have a fixed placement.
+    None,
+    /// This process's gateway, alone (`quarry up`).
+    Local,
+    /// The gateway elected in etcd.
+    Elected(etcd_client::Client),
 }
 
 /// Where a retriever keeps a shard replica under the data directory.
@@ -70,6 +87,8 @@ pub async fn start_role(
         listener,
         discovery,
         catalog,
+        placement,
+        coordination,
         shutdown,
     } = launch;
     let local_address = listener.local_addr().context("listener address")?;
@@ -100,6 +119,10 @@ pub async fn start_role(
         &config,
         Arc::clone(&discovery),
         catalog,
+        Placed {
+            store: placement,
+            coordination,
+        },
         &address,
         &shutdown,
     )
@@ -125,11 +148,7 @@ pub async fn start_role(
     discovery.register(member.clone()).await?;
     if let Some(shard) = &stored_shard {
         let (shard, discovery) = (Arc::clone(shard), Arc::clone(&discovery));
-        let options = RecoveryOptions {
-            settle: Duration::from_millis(config.retriever.recovery_settle_ms),
-            internal_tls: InternalTlsClient::new(&config.internal_tls, &config.cluster)?,
-            ..RecoveryOptions::default()
-        };
+        let options = recovery_options(&config)?;
         tokio::spawn(async move {
             if let Err(error) = recover(shard, discovery, member, options).await {
                 tracing::error!(error = %error, "replica recovery failed; the replica is not served");
@@ -168,6 +187,21 @@ pub async fn start_role(
     Ok((address, task))
 }
 
+/// How a replica catches up and imports.
+fn recovery_options(config: &QuarryConfig) -> anyhow::Result<RecoveryOptions> {
+    Ok(RecoveryOptions {
+        settle: Duration::from_millis(config.retriever.recovery_settle_ms),
+        internal_tls: InternalTlsClient::new(&config.internal_tls, &config.cluster)?,
+        ..RecoveryOptions::default()
+    })
+}
+
+/// The placement a role follows, and whether it coordinates.
+struct Placed {
+    store: Arc<dyn PlacementStore>,
+    coordination: Coordination,
+}
+
 /// A role's server, where it sits, and what must be finished after it stops serving.
 struct BuiltRole {
     role_server: RoleServer,
@@ -184,6 +218,7 @@ async fn build_role(
     config: &QuarryConfig,
     discovery: Arc<dyn Discovery>,
     catalog: Arc<dyn CollectionCatalog>,
+    placed: Placed,
     address: &str,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<BuiltRole> {
@@ -200,11 +235,34 @@ async fn build_role(
             let answers = AnswerCache::from_config(&config.cache, &config.cluster)
                 .await
                 .map_err(anyhow::Error::msg)?;
+            match placed.coordination {
+                Coordination::None => {}
+                Coordination::Local => {
+                    let coordinator =
+                        Coordinator::new(Arc::clone(&placed.store), Arc::clone(&clients), None);
+                    tokio::spawn(coordinator.run(shutdown.clone()));
+                }
+                Coordination::Elected(client) => {
+                    let election = quarry_kit::election::Election::new(
+                        client,
+                        format!("/quarry/{}/placement/coordinator", config.cluster),
+                        address,
+                        config.discovery.lease_ttl_s,
+                    );
+                    tokio::spawn(coordinate_while_elected(
+                        election,
+                        Arc::clone(&placed.store),
+                        Arc::clone(&clients),
+                        shutdown.clone(),
+                    ));
+                }
+            }
             let gateway = Gateway::new(
                 config.gateway.clone(),
                 config.cluster.clone(),
                 clients,
                 catalog,
+                Arc::clone(&placed.store),
             )
             .with_answer_cache(answers)
             .with_reranker(&config.rerank)
@@ -245,23 +303,32 @@ async fn build_role(
         Role::Retriever => {
             let shard_number = config.retriever.shard;
             let replica_number = config.retriever.replica;
-            let shard_count = discovery.shard_count();
-            if shard_number >= shard_count {
-                anyhow::bail!("--shard {shard_number} does not exist: the cluster has {shard_count} shard(s), numbered from 0");
+            let placement = placed.store.watch();
+            let partitioning = placement.borrow().partitioning;
+            if shard_number >= partitioning.count() {
+                anyhow::bail!("--shard {shard_number} cannot exist: the cluster has {} partitions, so at most that many shards, numbered from 0", partitioning.count());
             }
             let directory = replica_dir(&config.data_dir, shard_number, replica_number);
-            check_shard_count(&directory, shard_count)?;
+            check_partitioning(&directory, partitioning)?;
             let collections = Arc::new(ShardCollections::open(
                 &directory,
                 shard_number,
                 replica_number,
                 config.retriever.writer_memory_bytes,
                 catalog.watch(),
+                placement,
             )?);
+            let importer = Arc::new(Importer::new(
+                Arc::clone(&collections),
+                Arc::clone(&discovery),
+                recovery_options(config)?,
+            ));
             tokio::spawn(Arc::clone(&collections).follow(shutdown.clone()));
             stored_shard = Some(Arc::clone(&collections));
             quarry_retriever::metrics::register(shard_number, replica_number);
-            let retriever = RetrieverService::new(collections).with_message_limit(limit);
+            let retriever = RetrieverService::new(collections)
+                .with_importer(importer)
+                .with_message_limit(limit);
             let fault = &config.retriever.fault;
             let injects = fault.delay_ms > 0
                 && fault.rate > 0.0
@@ -425,29 +492,47 @@ pub fn batch_options(config: &QuarryConfig) -> BatchOptions {
     }
 }
 
-/// A replica's data belongs to a cluster of a fixed shard count (its documents were routed
-/// for that count); refuses to serve it in a cluster with another count.
-fn check_shard_count(directory: &std::path::Path, shard_count: u32) -> anyhow::Result<()> {
+/// A replica's documents were routed by its cluster's partitioning (creation shard count and
+/// partitions); refuses to serve them under another. A replica of a version before
+/// partitions recorded only its shard count: that is the partitioning's creation count, and
+/// its data is split into partitions on open.
+fn check_partitioning(
+    directory: &std::path::Path,
+    partitioning: quarry_kit::placement::Partitioning,
+) -> anyhow::Result<()> {
     let marker = directory.join("cluster.json");
     std::fs::create_dir_all(directory)?;
-    match std::fs::read_to_string(&marker) {
-        Ok(text) => {
-            let recorded: serde_json::Value = serde_json::from_str(&text)?;
-            let recorded_shards = recorded["shards"].as_u64().unwrap_or(0);
-            if recorded_shards != u64::from(shard_count) {
-                anyhow::bail!(
-                    "the data in {} belongs to a cluster of {recorded_shards} shard(s); this cluster has {shard_count}",
-                    directory.display()
-                );
-            }
-            Ok(())
+    let record = || {
+        let bytes = serde_json::to_vec(&serde_json::json!({ "partitioning": partitioning }))?;
+        quarry_kit::durable::write_file(&marker, &bytes)?;
+        anyhow::Ok(())
+    };
+    let Ok(text) = std::fs::read_to_string(&marker) else {
+        return record();
+    };
+    let recorded: serde_json::Value = serde_json::from_str(&text)?;
+    if let Some(recorded) = recorded.get("partitioning") {
+        let recorded: quarry_kit::placement::Partitioning =
+            serde_json::from_value(recorded.clone())?;
+        if recorded != partitioning {
+            anyhow::bail!(
+                "the data in {} was partitioned for {} shard(s) x {} (created so); this cluster is {} x {}",
+                directory.display(),
+                recorded.base_shards,
+                recorded.per_shard,
+                partitioning.base_shards,
+                partitioning.per_shard
+            );
         }
-        Err(_) => {
-            std::fs::write(
-                &marker,
-                serde_json::json!({ "shards": shard_count }).to_string(),
-            )?;
-            Ok(())
-        }
+        return Ok(());
     }
+    let shards = recorded["shards"].as_u64().unwrap_or(0);
+    if shards != u64::from(partitioning.base_shards) {
+        anyhow::bail!(
+            "the data in {} belongs to a cluster created with {shards} shard(s); this cluster was created with {}",
+            directory.display(),
+            partitioning.base_shards
+        );
+    }
+    record()
 }

@@ -12,7 +12,8 @@ use quarry_kit::server::bind;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
-use crate::roles::{start_role, RoleLaunch};
+use crate::roles::{start_role, Coordination, RoleLaunch};
+use quarry_kit::placement::{EtcdPlacement, LocalPlacement, Partitioning, PlacementStore};
 
 pub async fn run_serve(
     role: Role,
@@ -46,6 +47,29 @@ pub async fn run_serve(
         // Roles given each other's addresses share no catalog: only `default` exists.
         None => Arc::new(LocalCatalog::fixed()),
     };
+    // The placement: etcd's (a gateway elected there coordinates resizes), or, for roles
+    // given each other's addresses, the initial one, fixed.
+    let (placement, coordination, etcd_placement) = match &etcd {
+        Some(etcd) => {
+            let store = EtcdPlacement::connect(
+                etcd.client(),
+                &config.cluster,
+                etcd.settings().partitioning()?,
+            )
+            .await?;
+            (
+                Arc::clone(&store) as Arc<dyn PlacementStore>,
+                Coordination::Elected(etcd.client()),
+                Some(store),
+            )
+        }
+        None => {
+            let shards = discovery.shard_count();
+            let partitioning = Partitioning::new(shards, config.partitions)?;
+            let store: Arc<dyn PlacementStore> = Arc::new(LocalPlacement::in_memory(partitioning));
+            (store, Coordination::None, None)
+        }
+    };
     let listener = bind(&config.listen).await?;
     if let Some(metrics_address) = &config.metrics.addr {
         spawn_metrics_endpoint(metrics_address, shutdown.clone()).await?;
@@ -56,12 +80,17 @@ pub async fn run_serve(
         listener,
         discovery,
         catalog,
+        placement,
+        coordination,
         shutdown,
     })
     .await?;
     let served = task.await?;
     if let Some(catalog) = etcd_catalog {
         catalog.close();
+    }
+    if let Some(placement) = etcd_placement {
+        placement.close();
     }
     if let Some(etcd) = etcd {
         etcd.close();

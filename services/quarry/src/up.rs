@@ -14,7 +14,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::roles::{start_role, RoleLaunch};
+use crate::roles::{replica_dir, start_role, Coordination, RoleLaunch};
+use quarry_kit::placement::{LocalPlacement, Partitioning, PlacementStore};
 
 /// A cluster running in this process.
 pub struct LocalCluster {
@@ -22,6 +23,7 @@ pub struct LocalCluster {
     pub gateway_address: String,
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    placement: Option<Arc<LocalPlacement>>,
 }
 
 impl LocalCluster {
@@ -29,8 +31,17 @@ impl LocalCluster {
     pub async fn start(config: &QuarryConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
-        let discovery: Arc<dyn Discovery> =
-            Arc::new(StaticDiscovery::new(config.shards, Vec::new()));
+        // The placement lives in the data directory; a directory made before it (or new)
+        // starts with every partition at its block's shard.
+        let partitioning = match LocalPlacement::read(&config.data_dir) {
+            Some(placement) => placement.partitioning,
+            None => existing_partitioning(config)?,
+        };
+        let placement = Arc::new(LocalPlacement::open(&config.data_dir, partitioning)?);
+        let current = placement.refresh().await?;
+        // Every shard that holds data or is asked for runs; a resize moves partitions.
+        let shards = current.shard_count().max(config.shards);
+        let discovery: Arc<dyn Discovery> = Arc::new(StaticDiscovery::new(shards, Vec::new()));
         // One process: the collections are kept in the data directory.
         let catalog: Arc<dyn CollectionCatalog> = Arc::new(
             LocalCatalog::open(&config.data_dir)
@@ -45,7 +56,7 @@ impl LocalCluster {
         ] {
             launches.push((role, config.clone(), "127.0.0.1:0".to_string()));
         }
-        for shard in 0..config.shards {
+        for shard in 0..shards {
             for replica in 0..config.replicas.max(1) {
                 let mut retriever_config = config.clone();
                 retriever_config.retriever.shard = shard;
@@ -58,6 +69,7 @@ impl LocalCluster {
             gateway_address: String::new(),
             tasks: JoinSet::new(),
             shutdown: shutdown.clone(),
+            placement: None,
         };
         for (role, mut role_config, listen) in launches {
             // One process: the gateway's health stands for every role, and several roles
@@ -81,6 +93,8 @@ impl LocalCluster {
                 listener,
                 discovery: Arc::clone(&discovery),
                 catalog: Arc::clone(&catalog),
+                placement: Arc::clone(&placement) as Arc<dyn PlacementStore>,
+                coordination: Coordination::Local,
                 shutdown: shutdown.clone(),
             })
             .await?;
@@ -90,7 +104,28 @@ impl LocalCluster {
             }
             cluster.tasks.spawn(flatten(task));
         }
+        // `--shards` other than the count serving: resize, as `quarry cluster scale` does.
+        let serving = current.serving_shards().len() as u32;
+        if config.shards != serving || !current.moves.is_empty() {
+            let (requested, moves) = crate::scale::request_scale(
+                placement.as_ref(),
+                config.shards,
+                crate::scale::Only::default(),
+                false,
+            )
+            .await?;
+            info!(from = serving, to = config.shards, moves = moves.len(), ?requested, "resizing");
+        }
+        cluster.placement = Some(placement);
         Ok(cluster)
+    }
+
+    /// Waits until no partition is moving (a resize asked for at start has finished).
+    pub async fn wait_settled(&self) -> anyhow::Result<()> {
+        if let Some(placement) = &self.placement {
+            crate::scale::wait_settled(placement.as_ref()).await?;
+        }
+        Ok(())
     }
 
     /// Waits until every role has stopped; the first failure stops the others.
@@ -136,6 +171,23 @@ pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow
         config.data_dir.display()
     );
     cluster.wait().await
+}
+
+/// The partitioning of a data directory without a placement: the shard count its replicas
+/// were made for (they recorded it), else a new cluster's from the configuration.
+fn existing_partitioning(config: &QuarryConfig) -> anyhow::Result<Partitioning> {
+    let recorded = std::fs::read_to_string(replica_dir(&config.data_dir, 0, 0).join("cluster.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    if let Some(recorded) = recorded {
+        if let Some(partitioning) = recorded.get("partitioning") {
+            return Ok(serde_json::from_value(partitioning.clone())?);
+        }
+        if let Some(shards) = recorded["shards"].as_u64() {
+            return Ok(Partitioning::new(shards as u32, None)?);
+        }
+    }
+    Ok(Partitioning::new(config.shards, config.partitions)?)
 }
 
 async fn flatten(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {

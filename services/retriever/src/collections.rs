@@ -1,11 +1,17 @@
-//! A replica's collections: one `Shard` (tantivy index, vector index, versions, tombstones)
-//! per collection, so each has its own BM25 statistics. `default` lives in the replica's
+//! A replica's collections: one `PartitionedIndex` (the partitions of the collection this
+//! shard holds, each a tantivy index, vector index, versions and tombstones) per
+//! collection, so each has its own BM25 statistics. `default` lives in the replica's
 //! directory itself (where the one index of earlier versions lives, so nothing moves on
 //! upgrade); another collection in `collections/<name>/`, with a marker naming the
 //! collection's uid. A collection is opened on first use, once the catalog has it, and
 //! dropped — closed and its directory removed — as soon as the catalog no longer has it
 //! (or has another collection of that name): at start for what was deleted while the
 //! replica was down, and on every catalog change after.
+//!
+//! The replica also follows the placement: it drops a partition as soon as the placement no
+//! longer has it here (moved away, or a move onto it rolled back), answers reads only for
+//! partitions it serves at the reader's epoch, and takes writes only for partitions it is a
+//! writer of, routed at or after the epoch their writers last changed (`Moved` otherwise).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,17 +19,21 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use quarry_kit::collections::{CatalogSnapshot, DEFAULT_COLLECTION};
+use quarry_kit::placement::Placement;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::RetrieverError;
-use crate::shard::Shard;
+use crate::partitions::PartitionedIndex;
 
 /// How long a request for a collection this replica has not seen waits for the catalog to
 /// show it (the gateway saw it created; this replica's watch may be a moment behind).
 const CATALOG_LAG: Duration = Duration::from_secs(2);
+/// How long a request routed at a placement epoch this replica has not seen yet waits for
+/// its watch to deliver it.
+const PLACEMENT_LAG: Duration = Duration::from_secs(2);
 const COLLECTIONS_DIR: &str = "collections";
 const MARKER_FILE: &str = "collection.json";
 
@@ -35,7 +45,7 @@ struct Marker {
 
 struct Open {
     uid: String,
-    shard: Arc<Shard>,
+    index: Arc<PartitionedIndex>,
 }
 
 /// Every collection of one shard replica.
@@ -45,6 +55,9 @@ pub struct ShardCollections {
     replica: u32,
     writer_memory_bytes: usize,
     catalog: watch::Receiver<Arc<CatalogSnapshot>>,
+    placement: watch::Receiver<Arc<Placement>>,
+    /// Stamps deletes that come without a version.
+    clock: quarry_kit::VersionClock,
     open: RwLock<HashMap<String, Open>>,
     /// One collection opened at a time (tantivy takes a directory's writer lock once).
     opening: tokio::sync::Mutex<()>,
@@ -59,14 +72,23 @@ impl ShardCollections {
         replica: u32,
         writer_memory_bytes: usize,
         catalog: watch::Receiver<Arc<CatalogSnapshot>>,
+        placement: watch::Receiver<Arc<Placement>>,
     ) -> Result<Self, RetrieverError> {
-        let default_shard = Arc::new(Shard::open(root, shard, replica, writer_memory_bytes)?);
+        let now = Arc::clone(&placement.borrow());
+        let default_index = Arc::new(PartitionedIndex::open(
+            root,
+            shard,
+            replica,
+            writer_memory_bytes,
+            now.partitioning,
+            |partition| now.kept_at(shard, partition),
+        )?);
         let mut open = HashMap::new();
         open.insert(
             DEFAULT_COLLECTION.to_string(),
             Open {
                 uid: DEFAULT_COLLECTION.to_string(),
-                shard: default_shard,
+                index: default_index,
             },
         );
         let collections = Self {
@@ -75,6 +97,8 @@ impl ShardCollections {
             replica,
             writer_memory_bytes,
             catalog,
+            placement,
+            clock: quarry_kit::VersionClock::default(),
             open: RwLock::new(open),
             opening: tokio::sync::Mutex::new(()),
         };
@@ -90,8 +114,75 @@ impl ShardCollections {
         self.replica
     }
 
+    /// A version for a delete that came without one.
+    pub fn next_version(&self) -> u64 {
+        self.clock.next()
+    }
+
+    /// The placement as this replica last saw it.
+    pub fn placement(&self) -> Arc<Placement> {
+        Arc::clone(&self.placement.borrow())
+    }
+
+    /// The placement once it reached `epoch` (or after a short wait, the one seen then).
+    pub async fn placement_at_least(&self, epoch: u64) -> Arc<Placement> {
+        quarry_kit::placement::wait_for_epoch(&self.placement, epoch, PLACEMENT_LAG).await
+    }
+
+    /// The partitions to read for a request routed at `epoch`: those asked for (all this
+    /// shard serves when none are), each served here at the placement seen.
+    pub async fn readable(&self, asked: &[u32], epoch: u64) -> Result<Vec<u32>, RetrieverError> {
+        let placement = self.placement_at_least(epoch).await;
+        if asked.is_empty() {
+            return Ok(placement.owned_by(self.shard));
+        }
+        for partition in asked {
+            if !placement.readable_at(self.shard, *partition) {
+                return Err(RetrieverError::Moved {
+                    epoch: placement.epoch,
+                    message: format!(
+                        "partition {partition} is not served by shard {} at placement epoch {}",
+                        self.shard, placement.epoch
+                    ),
+                });
+            }
+        }
+        Ok(asked.to_vec())
+    }
+
+    /// A check, for each partition written, that this shard takes writes to it routed at
+    /// `epoch` (0: a copy between replicas, taken for any partition kept here); read from
+    /// the placement as it is when the partition's writer is held.
+    pub fn write_fence(
+        &self,
+        epoch: u64,
+    ) -> impl Fn(u32) -> Result<(), RetrieverError> + Send + Sync + 'static {
+        let placement = self.placement.clone();
+        let shard = self.shard;
+        move |partition| {
+            let placement = placement.borrow();
+            let allowed = match epoch {
+                0 => placement.kept_at(shard, partition),
+                epoch => {
+                    placement.writers(partition).contains(&shard)
+                        && epoch >= placement.writers_since(partition)
+                }
+            };
+            match allowed {
+                true => Ok(()),
+                false => Err(RetrieverError::Moved {
+                    epoch: placement.epoch,
+                    message: format!(
+                        "shard {shard} takes no writes to partition {partition} routed at placement epoch {epoch} (now {})",
+                        placement.epoch
+                    ),
+                }),
+            }
+        }
+    }
+
     /// The `default` collection's index.
-    pub fn default_collection(&self) -> Arc<Shard> {
+    pub fn default_collection(&self) -> Arc<PartitionedIndex> {
         self.opened(DEFAULT_COLLECTION)
             .expect("default is opened at start and never dropped")
     }
@@ -102,28 +193,28 @@ impl ShardCollections {
     }
 
     /// Every open collection's index (to save their vectors on the way out).
-    pub fn opened_all(&self) -> Vec<Arc<Shard>> {
+    pub fn opened_all(&self) -> Vec<Arc<PartitionedIndex>> {
         self.open
             .read()
             .map(|open| {
                 open.values()
-                    .map(|entry| Arc::clone(&entry.shard))
+                    .map(|entry| Arc::clone(&entry.index))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    fn opened(&self, name: &str) -> Option<Arc<Shard>> {
+    fn opened(&self, name: &str) -> Option<Arc<PartitionedIndex>> {
         self.open
             .read()
             .ok()?
             .get(name)
-            .map(|entry| Arc::clone(&entry.shard))
+            .map(|entry| Arc::clone(&entry.index))
     }
 
     /// The index of collection `name` ("" is `default`), opened (created) on first use;
     /// NOT_FOUND when the catalog does not have it, INVALID_ARGUMENT for a bad name.
-    pub async fn get(&self, name: &str) -> Result<Arc<Shard>, RetrieverError> {
+    pub async fn get(&self, name: &str) -> Result<Arc<PartitionedIndex>, RetrieverError> {
         let name = quarry_kit::collections::resolve_name("collection", name)
             .map_err(|error| RetrieverError::Refused(error.to_string()))?;
         if let Some(shard) = self.opened(name) {
@@ -140,8 +231,11 @@ impl ShardCollections {
             name: name.to_string(),
             uid: uid.clone(),
         };
+        let placement = self.placement();
         let opened = tokio::task::spawn_blocking(move || {
-            open_marked(&directory, &marker, shard_number, replica, memory)
+            let keep = |partition| placement.kept_at(shard_number, partition);
+            let partitioning = placement.partitioning;
+            open_marked(&directory, &marker, shard_number, replica, memory, partitioning, keep)
         })
         .await
         .map_err(|error| RetrieverError::Internal(format!("opening a collection: {error}")))??;
@@ -151,7 +245,7 @@ impl ShardCollections {
                 name.to_string(),
                 Open {
                     uid,
-                    shard: Arc::clone(&opened),
+                    index: Arc::clone(&opened),
                 },
             );
         }
@@ -195,7 +289,8 @@ impl ShardCollections {
         let snapshot = Arc::clone(&self.catalog.borrow());
         let current =
             |name: &str, uid: &str| snapshot.get(name).is_some_and(|record| record.uid == uid);
-        let dropped: Vec<(String, Arc<Shard>)> = match self.open.write() {
+        self.drop_moved_partitions();
+        let dropped: Vec<(String, Arc<PartitionedIndex>)> = match self.open.write() {
             Ok(mut open) => {
                 let stale: Vec<String> = open
                     .iter()
@@ -206,7 +301,7 @@ impl ShardCollections {
                     .collect();
                 stale
                     .into_iter()
-                    .filter_map(|name| open.remove(&name).map(|entry| (name, entry.shard)))
+                    .filter_map(|name| open.remove(&name).map(|entry| (name, entry.index)))
                     .collect()
             }
             Err(_) => Vec::new(),
@@ -246,9 +341,27 @@ impl ShardCollections {
         }
     }
 
-    /// Reconciles after every catalog change, until `stop`.
+    /// Drops, in every open collection, the partitions the placement no longer keeps here.
+    fn drop_moved_partitions(&self) {
+        let placement = self.placement();
+        for index in self.opened_all() {
+            for partition in index.held() {
+                if placement.kept_at(self.shard, partition) {
+                    continue;
+                }
+                if let Err(error) = index.drop_partition(partition) {
+                    warn!(partition, error = %error, "could not drop a moved partition");
+                }
+            }
+        }
+    }
+
+    /// Reconciles after every catalog or placement change, until `stop`.
     pub async fn follow(self: Arc<Self>, stop: CancellationToken) {
         let mut catalog = self.catalog.clone();
+        let mut placement = self.placement.clone();
+        // A fixed placement's channel is closed: then only the catalog changes.
+        let mut placement_open = true;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -256,6 +369,9 @@ impl ShardCollections {
                     if changed.is_err() {
                         return;
                     }
+                }
+                changed = placement.changed(), if placement_open => {
+                    placement_open = changed.is_ok();
                 }
             }
             let this = Arc::clone(&self);
@@ -272,7 +388,9 @@ fn open_marked(
     shard: u32,
     replica: u32,
     writer_memory_bytes: usize,
-) -> Result<Shard, RetrieverError> {
+    partitioning: quarry_kit::placement::Partitioning,
+    keep: impl Fn(u32) -> bool,
+) -> Result<PartitionedIndex, RetrieverError> {
     let io = |error: std::io::Error| RetrieverError::Open {
         path: directory.display().to_string(),
         reason: error.to_string(),
@@ -292,5 +410,19 @@ fn open_marked(
         std::fs::write(&temporary, bytes).map_err(io)?;
         std::fs::rename(&temporary, &marker_path).map_err(io)?;
     }
-    Shard::open(directory, shard, replica, writer_memory_bytes)
+    PartitionedIndex::open(
+        directory,
+        shard,
+        replica,
+        writer_memory_bytes,
+        partitioning,
+        keep,
+    )
+}
+
+/// A placement of one shard with one partition (unit tests).
+#[cfg(test)]
+pub(crate) fn one_partition() -> watch::Receiver<Arc<Placement>> {
+    let partitioning = quarry_kit::placement::Partitioning::new(1, Some(1)).unwrap();
+    quarry_kit::placement::fixed(Placement::initial(partitioning))
 }

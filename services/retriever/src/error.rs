@@ -21,6 +21,13 @@ pub enum RetrieverError {
     /// No such collection (the message names `collection`).
     #[error("collection: no collection {0:?}")]
     UnknownCollection(String),
+    /// The request was routed by a placement this shard has moved past (a partition it
+    /// does not serve, or a write routed before the partition's writers changed).
+    #[error("{message}")]
+    Moved { epoch: u64, message: String },
+    /// A peer this work needs cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl RetrieverError {
@@ -39,7 +46,19 @@ impl From<RetrieverError> for Status {
                 Code::InvalidArgument
             }
             RetrieverError::UnknownCollection(_) => Code::NotFound,
+            RetrieverError::Moved { epoch, .. } => {
+                let mut status = Status::failed_precondition(quarry_kit::error::bounded_message(
+                    error.to_string(),
+                ));
+                if let Ok(value) = epoch.to_string().parse() {
+                    status
+                        .metadata_mut()
+                        .insert(quarry_kit::placement::MOVED_HEADER, value);
+                }
+                return status;
+            }
             RetrieverError::TooLarge(_) => Code::ResourceExhausted,
+            RetrieverError::Unavailable(_) => Code::Unavailable,
             RetrieverError::Index(_)
             | RetrieverError::Open { .. }
             | RetrieverError::Internal(_) => Code::Internal,

@@ -10,7 +10,9 @@ mod error;
 #[cfg(feature = "fault-injection")]
 mod fault;
 mod filter;
+mod import;
 pub mod metrics;
+mod partitions;
 mod ranking;
 mod recovery;
 mod schema;
@@ -22,7 +24,9 @@ mod versions;
 mod wire;
 
 pub use collections::ShardCollections;
+pub use partitions::{PartitionedIndex, Selection};
 pub use error::RetrieverError;
+pub use import::Importer;
 #[cfg(feature = "fault-injection")]
 pub use fault::InjectedFault;
 pub use recovery::{catch_up, recover, CatchUpReport, RecoveryOptions};

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::collections::ShardCollections;
 use crate::error::RetrieverError;
 use crate::shard::{IdVersion, Shard};
+use crate::wire::document_bytes;
 use crate::wire::{stored_from_proto, stored_to_proto};
 
 /// Ids per `Export` request during a copy.
@@ -42,6 +43,32 @@ pub struct CatchUpReport {
     pub deleted: u64,
     /// Documents and deletes only this replica held, pushed to the peer.
     pub pushed: u64,
+    /// Bytes of the documents copied (text, metadata, vectors).
+    pub bytes: u64,
+    /// Ids (documents and deletes) the peer listed.
+    pub listed: u64,
+}
+
+impl CatchUpReport {
+    fn add(&mut self, other: CatchUpReport) {
+        self.copied += other.copied;
+        self.deleted += other.deleted;
+        self.pushed += other.pushed;
+        self.bytes += other.bytes;
+        self.listed += other.listed;
+    }
+}
+
+/// What one catch-up pass reads and whether it writes back.
+#[derive(Clone, Copy)]
+pub struct PassScope<'a> {
+    pub collection: &'a str,
+    /// One partition; `None`: the whole collection as the peer lists it.
+    pub partition: Option<u32>,
+    /// The placement epoch the peer must have reached before it lists.
+    pub min_epoch: u64,
+    /// Push back what only this side holds (peer replicas of one shard); an import does not.
+    pub push: bool,
 }
 
 /// How a joining replica recovers.
@@ -171,6 +198,47 @@ async fn copy_from_peer(
     call_timeout: Duration,
     internal_tls: Option<&quarry_kit::mtls::InternalTlsClient>,
 ) -> Result<CatchUpReport, RetrieverError> {
+    let mut client = peer_client(peer, internal_tls)?;
+    let mut total = CatchUpReport::default();
+    let placement = collections.placement();
+    let kept: Vec<u32> = (0..placement.partitioning.count())
+        .filter(|partition| placement.kept_at(collections.shard(), *partition))
+        .collect();
+    for collection in collections.names() {
+        let index = collections.get(&collection).await?;
+        for partition in &kept {
+            let part = index.get_or_create_async(*partition).await?;
+            let scope = PassScope {
+                collection: &collection,
+                partition: Some(*partition),
+                min_epoch: 0,
+                push: true,
+            };
+            let report = tokio::time::timeout(
+                call_timeout * 4,
+                catch_up(&part, &mut client, &peer.address, scope, call_timeout, None),
+            )
+            .await
+            .map_err(|_| {
+                RetrieverError::Internal(format!(
+                    "catching up collection {collection} partition {partition} from {} timed out",
+                    peer.address
+                ))
+            })??;
+            total.add(report);
+        }
+    }
+    Ok(total)
+}
+
+/// Called with the documents and bytes of each batch a pass copies.
+pub type OnCopied<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
+
+/// A retriever client of `peer` (mutual TLS when this replica has a certificate).
+pub(crate) fn peer_client(
+    peer: &Member,
+    internal_tls: Option<&quarry_kit::mtls::InternalTlsClient>,
+) -> Result<RetrieverClient<Channel>, RetrieverError> {
     let channel = match internal_tls {
         Some(client) => client
             .endpoint(&peer.address, peer.role, peer.internal_tls)
@@ -178,47 +246,27 @@ async fn copy_from_peer(
         None => lazy_channel(&peer.address),
     }
     .map_err(|error| RetrieverError::Internal(error.to_string()))?;
-    let mut client = RetrieverClient::new(channel)
+    Ok(RetrieverClient::new(channel)
         .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
-    let mut total = CatchUpReport::default();
-    for collection in collections.names() {
-        let shard = collections.get(&collection).await?;
-        let report = tokio::time::timeout(
-            call_timeout * 4,
-            catch_up(
-                &shard,
-                &mut client,
-                &peer.address,
-                &collection,
-                call_timeout,
-            ),
-        )
-        .await
-        .map_err(|_| {
-            RetrieverError::Internal(format!(
-                "catching up collection {collection} from {} timed out",
-                peer.address
-            ))
-        })??;
-        total.copied += report.copied;
-        total.deleted += report.deleted;
-        total.pushed += report.pushed;
-    }
-    Ok(total)
+        .max_encoding_message_size(usize::MAX))
 }
 
-/// One pass: exchange version lists with the peer and copy every newer write both ways.
+/// One pass: exchange version lists with the peer and copy every newer write (both ways
+/// when `scope.push`).
 pub async fn catch_up(
     shard: &Arc<Shard>,
     peer: &mut RetrieverClient<Channel>,
     name: &str,
-    collection: &str,
+    scope: PassScope<'_>,
     call_timeout: Duration,
+    on_copied: Option<OnCopied<'_>>,
 ) -> Result<CatchUpReport, RetrieverError> {
+    let collection = scope.collection;
     let mut listed = peer
         .list_versions(ListVersionsRequest {
             collection: collection.to_string(),
+            partition: scope.partition,
+            min_epoch: scope.min_epoch,
         })
         .await
         .map_err(|status| peer_error(name, status))?
@@ -240,14 +288,22 @@ pub async fn catch_up(
         .into_iter()
         .map(|entry| (entry.id.clone(), entry))
         .collect();
-    let plan = plan(&ours, &theirs);
-    let mut report = CatchUpReport::default();
+    let mut plan = plan(&ours, &theirs);
+    if !scope.push {
+        plan.push.clear();
+        plan.push_deletes.clear();
+    }
+    let mut report = CatchUpReport {
+        listed: theirs.len() as u64,
+        ..CatchUpReport::default()
+    };
 
     for ids in plan.fetch.chunks(EXPORT_BATCH) {
         let mut exported = peer
             .export(ExportRequest {
                 ids: ids.to_vec(),
                 collection: collection.to_string(),
+                partition: scope.partition,
             })
             .await
             .map_err(|status| peer_error(name, status))?
@@ -263,8 +319,14 @@ pub async fn catch_up(
                 )?);
             }
         }
+        let bytes: u64 = documents.iter().map(document_bytes).sum();
         report.copied += documents.len() as u64;
+        report.bytes += bytes;
+        let count = documents.len() as u64;
         blocking(shard, move |shard| shard.upsert(&documents)).await?;
+        if let Some(on_copied) = on_copied {
+            on_copied(count, bytes);
+        }
     }
     if !plan.delete.is_empty() {
         report.deleted = plan.delete.len() as u64;
@@ -285,6 +347,7 @@ pub async fn catch_up(
                     collection: collection.to_string(),
                     ..stored_to_proto(document)
                 }),
+                placement_epoch: 0,
             })
             .collect();
         let mut call = tonic::Request::new(tokio_stream::iter(requests));
@@ -303,6 +366,7 @@ pub async fn catch_up(
             ids,
             version,
             collection: collection.to_string(),
+            placement_epoch: 0,
         });
         call.set_timeout(call_timeout);
         peer.delete(call)
@@ -422,11 +486,27 @@ mod tests {
             let catalog = quarry_kit::collections::CollectionCatalog::watch(
                 &quarry_kit::collections::LocalCatalog::fixed(),
             );
-            Arc::new(ShardCollections::open(directory, 0, replica, 20_000_000, catalog).unwrap())
+            Arc::new(
+                ShardCollections::open(
+                    directory,
+                    0,
+                    replica,
+                    20_000_000,
+                    catalog,
+                    crate::collections::one_partition(),
+                )
+                .unwrap(),
+            )
         };
         let there_collections = open(there_dir.path(), 1);
-        let here = open(here_dir.path(), 0).default_collection();
-        let there = there_collections.default_collection();
+        let here = open(here_dir.path(), 0)
+            .default_collection()
+            .get_or_create(0)
+            .unwrap();
+        let there = there_collections
+            .default_collection()
+            .get_or_create(0)
+            .unwrap();
         // Both had a and b; then each took writes while the other was away.
         for shard in [&here, &there] {
             shard
@@ -448,12 +528,19 @@ mod tests {
         there.delete(&["e".to_string()], 8).unwrap();
 
         let mut peer = serve(there_collections).await;
+        let scope = PassScope {
+            collection: "default",
+            partition: Some(0),
+            min_epoch: 0,
+            push: true,
+        };
         let report = catch_up(
             &here,
             &mut peer,
             "there",
-            "default",
+            scope,
             Duration::from_secs(10),
+            None,
         )
         .await
         .unwrap();
@@ -462,7 +549,9 @@ mod tests {
             CatchUpReport {
                 copied: 1,
                 deleted: 1,
-                pushed: 3
+                pushed: 3,
+                bytes: report.bytes,
+                listed: 4,
             }
         );
         assert_eq!(here.versions().unwrap(), there.versions().unwrap());
@@ -486,12 +575,13 @@ mod tests {
             &here,
             &mut peer,
             "there",
-            "default",
+            scope,
             Duration::from_secs(10),
+            None,
         )
         .await
         .unwrap();
-        assert_eq!(again, CatchUpReport::default());
+        assert_eq!((again.copied, again.deleted, again.pushed), (0, 0, 0));
     }
 
     #[test]

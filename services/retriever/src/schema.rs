@@ -213,3 +213,9 @@ impl FastIds {
         Ok(self.buffer.clone())
     }
 }
+
+/// The metadata field filters query (the same in every index of this schema).
+pub(crate) fn meta_field() -> Field {
+    static META: std::sync::OnceLock<Field> = std::sync::OnceLock::new();
+    *META.get_or_init(|| build_schema().1.meta)
+}

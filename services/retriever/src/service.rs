@@ -8,7 +8,7 @@ use prost::Message;
 use quarry_proto::v1::retriever_server::Retriever;
 use quarry_proto::v1::{
     CandidateList, CollectStatsRequest, CorpusStats, DocumentVersion, ExportRequest, FetchRequest,
-    FetchResponse, IndexRequest, IndexResponse, ListVersionsRequest, ShardDeleteRequest,
+    FetchResponse, ImportPartitionRequest, ImportProgress, IndexRequest, IndexResponse, ListVersionsRequest, ShardDeleteRequest,
     ShardDeleteResponse, ShardInfoRequest, ShardInfoResponse, ShardSearchRequest,
     ShardSearchResponse,
 };
@@ -21,8 +21,10 @@ use crate::error::RetrieverError;
 #[cfg(feature = "fault-injection")]
 use crate::fault::InjectedFault;
 use crate::filter::compile_optional;
+use crate::import::Importer;
 use crate::metrics::{metrics, replica_labels};
-use crate::shard::{Shard, ShardCandidate, StoredDocument};
+use crate::partitions::PartitionedIndex;
+use crate::shard::{ShardCandidate, StoredDocument};
 use crate::statistics::CorpusStatistics;
 use crate::wire::{
     candidate_to_proto, statistics_from_proto, statistics_to_proto, stored_from_proto,
@@ -55,6 +57,8 @@ type Streamed<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status
 #[derive(Clone)]
 pub struct RetrieverService {
     collections: Arc<ShardCollections>,
+    /// Copies partitions the placement moves here (none: `ImportPartition` is refused).
+    importer: Option<Arc<Importer>>,
     /// The largest reply this server may send; a reply that would outgrow it is cut or
     /// refused, never dropped by the transport.
     message_limit: usize,
@@ -66,10 +70,17 @@ impl RetrieverService {
     pub fn new(collections: Arc<ShardCollections>) -> Self {
         Self {
             collections,
+            importer: None,
             message_limit: DEFAULT_MESSAGE_LIMIT,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }
+    }
+
+    /// Takes partitions the placement moves onto this replica.
+    pub fn with_importer(mut self, importer: Arc<Importer>) -> Self {
+        self.importer = Some(importer);
+        self
     }
 
     /// The largest reply to send, as the server's `max_encoding_message_size`.
@@ -103,10 +114,10 @@ impl RetrieverService {
     async fn blocking<T, F>(&self, collection: &str, work: F) -> Result<T, Status>
     where
         T: Send + 'static,
-        F: FnOnce(&Shard) -> Result<T, RetrieverError> + Send + 'static,
+        F: FnOnce(&PartitionedIndex) -> Result<T, RetrieverError> + Send + 'static,
     {
-        let shard = self.collections.get(collection).await?;
-        tokio::task::spawn_blocking(move || work(&shard))
+        let index = self.collections.get(collection).await?;
+        tokio::task::spawn_blocking(move || work(&index))
             .await
             .map_err(|error| Status::internal(format!("shard task failed: {error}")))?
             .map_err(Status::from)
@@ -123,9 +134,15 @@ impl Retriever for RetrieverService {
         let mut request = request.into_inner();
         check_sub_queries(&request.sub_queries)?;
         let collection = std::mem::take(&mut request.collection);
+        let partitions = self
+            .collections
+            .readable(&request.partitions, request.placement_epoch)
+            .await?;
         let statistics = self
-            .blocking(&collection, move |shard| {
-                shard.collect_statistics_of(&query_texts(&request.query, &request.sub_queries))
+            .blocking(&collection, move |index| {
+                index
+                    .select(&partitions)
+                    .collect_statistics_of(&query_texts(&request.query, &request.sub_queries))
             })
             .await?;
         Ok(Response::new(statistics_to_proto(&statistics)))
@@ -175,19 +192,27 @@ impl Retriever for RetrieverService {
         let (keyword_k, vector_k) = (request.keyword_k as usize, request.vector_k as usize);
         let sub_query_k = request.sub_query_k as usize;
         let collection = request.collection.clone();
+        let partitions = self
+            .collections
+            .readable(&request.partitions, request.placement_epoch)
+            .await?;
         let outcome = self
-            .blocking(&collection, move |shard| {
-                let filter = compile_optional(request.filter.as_ref(), shard.meta_field())?;
+            .blocking(&collection, move |index| {
+                let shard = index.select(&partitions);
+                let filter = compile_optional(request.filter.as_ref(), crate::schema::meta_field())?;
                 let filter = filter.as_deref();
+                let queries = query_texts(&request.query, &request.sub_queries);
                 if let Some(expected) = expected {
-                    let local = shard.collect_statistics_of(&query_texts(
-                        &request.query,
-                        &request.sub_queries,
-                    ))?;
+                    let local = shard.collect_statistics_of(&queries)?;
                     if local != expected {
                         return Ok(SearchOutcome::Stale(local));
                     }
                 }
+                let wants_keywords = keyword_k > 0 || !request.sub_queries.is_empty();
+                let global = match wants_keywords {
+                    true => shard.scoring_statistics(global, &queries)?,
+                    false => None,
+                };
                 let keyword =
                     shard.search_keyword(&request.query, keyword_k, global.as_ref(), filter)?;
                 let vector = if vector_k > 0 {
@@ -268,8 +293,17 @@ impl Retriever for RetrieverService {
         let mut batches: HashMap<String, Vec<StoredDocument>> = HashMap::new();
         let mut indexed = 0;
         let mut bytes = 0;
+        let mut epoch = None;
         while let Some(message) = stream.next().await {
             let message = message?;
+            if epoch.is_none() {
+                // Routed at an epoch this replica has not seen: wait for its watch first.
+                self.collections
+                    .placement_at_least(message.placement_epoch)
+                    .await;
+                epoch = Some(message.placement_epoch);
+            }
+            let epoch = epoch.unwrap_or_default();
             let mut document = message
                 .document
                 .ok_or_else(|| Status::invalid_argument("document: missing"))?;
@@ -280,8 +314,9 @@ impl Retriever for RetrieverService {
             batch.push(stored);
             if batch.len() == INDEX_COMMIT_BATCH {
                 let full = std::mem::take(batch);
+                let fence = self.collections.write_fence(epoch);
                 indexed += self
-                    .blocking(&collection, move |shard| shard.upsert(&full))
+                    .blocking(&collection, move |index| index.upsert(full, &fence))
                     .await?;
             }
             if batches.len() > MAX_INDEX_COLLECTIONS {
@@ -294,8 +329,9 @@ impl Retriever for RetrieverService {
         }
         for (collection, batch) in batches {
             if !batch.is_empty() {
+                let fence = self.collections.write_fence(epoch.unwrap_or_default());
                 indexed += self
-                    .blocking(&collection, move |shard| shard.upsert(&batch))
+                    .blocking(&collection, move |index| index.upsert(batch, &fence))
                     .await?;
             }
         }
@@ -318,10 +354,18 @@ impl Retriever for RetrieverService {
         request: Request<ShardDeleteRequest>,
     ) -> Result<Response<ShardDeleteResponse>, Status> {
         let request = request.into_inner();
-        let (ids, version) = (request.ids, request.version);
+        self.collections
+            .placement_at_least(request.placement_epoch)
+            .await;
+        let version = match request.version {
+            0 => self.collections.next_version(),
+            version => version,
+        };
+        let deletes = request.ids.into_iter().map(|id| (id, version)).collect();
+        let fence = self.collections.write_fence(request.placement_epoch);
         let deleted = self
-            .blocking(&request.collection, move |shard| {
-                shard.delete(&ids, version)
+            .blocking(&request.collection, move |index| {
+                index.apply_deletes(deletes, &fence)
             })
             .await?;
         Ok(Response::new(ShardDeleteResponse { deleted }))
@@ -331,7 +375,11 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let FetchRequest { ids, collection } = request.into_inner();
+        let FetchRequest {
+            ids,
+            collection,
+            placement_epoch,
+        } = request.into_inner();
         if ids.len() > MAX_FETCH_IDS {
             return Err(RetrieverError::invalid(
                 "ids",
@@ -339,10 +387,22 @@ impl Retriever for RetrieverService {
             )
             .into());
         }
+        if placement_epoch > 0 {
+            // Every id's partition must still be served here, or a hit would go missing.
+            let placement = self.collections.placement_at_least(placement_epoch).await;
+            let mut partitions: Vec<u32> =
+                ids.iter().map(|id| placement.partition_of(id)).collect();
+            partitions.sort_unstable();
+            partitions.dedup();
+            self.collections
+                .readable(&partitions, placement_epoch)
+                .await?;
+        }
         let limit = self.message_limit;
         let reply = self
             .blocking(&collection, move |shard| {
                 let mut reply = FetchResponse::default();
+                // Documents of partitions being imported are not served (not complete yet).
                 // Documents are loaded one at a time, so a reply that would outgrow the
                 // message limit stops early and says how many ids it left for another call.
                 for (position, id) in ids.iter().enumerate() {
@@ -381,14 +441,18 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<ShardInfoRequest>,
     ) -> Result<Response<ShardInfoResponse>, Status> {
+        // Counts cover the partitions this shard serves (not those it imports or drains).
+        let served = self.collections.placement().owned_by(self.collections.shard());
         let info = self
-            .blocking(&request.into_inner().collection, |shard| {
+            .blocking(&request.into_inner().collection, move |index| {
+                let selection = index.select(&served);
                 Ok(ShardInfoResponse {
-                    shard: shard.shard(),
-                    replica: shard.replica(),
-                    num_docs: shard.num_docs(),
-                    data_dir: shard.data_dir().display().to_string(),
-                    num_vectors: shard.num_vectors(),
+                    shard: index.shard(),
+                    replica: index.replica(),
+                    num_docs: selection.num_docs(),
+                    data_dir: index.directory().display().to_string(),
+                    num_vectors: selection.num_vectors(),
+                    partitions: index.held(),
                 })
             })
             .await?;
@@ -401,8 +465,20 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<ListVersionsRequest>,
     ) -> Result<Response<Self::ListVersionsStream>, Status> {
+        let request = request.into_inner();
+        if request.min_epoch > 0 {
+            self.collections.placement_at_least(request.min_epoch).await;
+        }
         let versions = self
-            .blocking(&request.into_inner().collection, |shard| shard.versions())
+            .blocking(&request.collection, move |index| match request.partition {
+                None => index.select_all().versions(),
+                // Taken after every write holding the partition has committed: a write
+                // routed before the epoch waited for is either in the list or refused.
+                Some(partition) => match index.get(partition) {
+                    Some(part) => part.versions_settled(),
+                    None => Ok(Vec::new()),
+                },
+            })
             .await?;
         let messages: Vec<Result<DocumentVersion, Status>> = versions
             .into_iter()
@@ -417,13 +493,27 @@ impl Retriever for RetrieverService {
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
+    type ImportPartitionStream = Streamed<ImportProgress>;
+
+    async fn import_partition(
+        &self,
+        request: Request<ImportPartitionRequest>,
+    ) -> Result<Response<Self::ImportPartitionStream>, Status> {
+        let stream = self.start_import(request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
     type ExportStream = Streamed<IndexRequest>;
 
     async fn export(
         &self,
         request: Request<ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
-        let ExportRequest { ids, collection } = request.into_inner();
+        let ExportRequest {
+            ids,
+            collection,
+            partition: _,
+        } = request.into_inner();
         if ids.len() > MAX_EXPORT_IDS {
             return Err(RetrieverError::invalid(
                 "ids",
@@ -455,6 +545,7 @@ impl Retriever for RetrieverService {
                         document: Some(exported),
                         vector,
                         version,
+                        placement_epoch: 0,
                     };
                     if sender.send(Ok(message)).await.is_err() {
                         return;
@@ -464,6 +555,50 @@ impl Retriever for RetrieverService {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl RetrieverService {
+    /// `ImportPartition`: the copy runs on its own task (a caller that goes away does not
+    /// cut it short; it is idempotent, and one runs per partition at a time).
+    async fn start_import(
+        &self,
+        request: ImportPartitionRequest,
+    ) -> Result<Streamed<ImportProgress>, Status> {
+        let Some(importer) = self.importer.clone() else {
+            return Err(Status::failed_precondition(
+                "this retriever takes no partition imports (no discovery)",
+            ));
+        };
+        let (progress, mut updates) = tokio::sync::mpsc::channel(64);
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let import = importer.import(
+                request.partition,
+                request.source_shard,
+                request.epoch,
+                progress,
+            );
+            tokio::pin!(import);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut import => break outcome,
+                    Some(update) = updates.recv() => {
+                        let _ = sender.try_send(Ok(update));
+                    }
+                }
+            };
+            while let Ok(update) = updates.try_recv() {
+                let _ = sender.try_send(Ok(update));
+            }
+            match outcome {
+                Ok(_) => {}
+                Err(error) => {
+                    let _ = sender.send(Err(Status::from(error))).await;
+                }
+            }
+        });
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)))
     }
 }
 
@@ -508,9 +643,10 @@ mod tests {
             quarry_kit::collections::CollectionCatalog::watch(
                 &quarry_kit::collections::LocalCatalog::fixed(),
             ),
+            crate::collections::one_partition(),
         )
         .unwrap();
-        let shard = collections.default_collection();
+        let shard = collections.default_collection().get_or_create(0).unwrap();
         let stored: Vec<StoredDocument> = documents
             .iter()
             .map(|(id, text)| StoredDocument {

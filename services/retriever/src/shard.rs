@@ -108,7 +108,8 @@ impl Shard {
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
-        let writer = index.writer(writer_memory_bytes)?;
+        // One indexing thread: a replica holds many partitions, each with its own writer.
+        let writer = index.writer_with_num_threads(1, writer_memory_bytes)?;
         let opstamp = index.load_metas()?.opstamp;
         let vectors_dir = data_dir.join("usearch");
         let saved = match converted {
@@ -175,6 +176,7 @@ impl Shard {
     }
 
     /// The field metadata filters query.
+    #[cfg(test)]
     pub(crate) fn meta_field(&self) -> tantivy::schema::Field {
         self.fields.meta
     }
@@ -187,11 +189,23 @@ impl Shard {
     /// of the id (a document or a delete); returns once they are committed to disk, with how
     /// many documents were accepted (superseded ones included: they are already outdated).
     pub fn upsert(&self, documents: &[StoredDocument]) -> Result<u64, RetrieverError> {
+        self.upsert_fenced(documents, &|| Ok(()))
+    }
+
+    /// `upsert`, once `fence` allows it, asked while holding the writer: a write either
+    /// commits before anything that takes the writer after (`versions_settled`), or sees
+    /// what changed first.
+    pub fn upsert_fenced(
+        &self,
+        documents: &[StoredDocument],
+        fence: &dyn Fn() -> Result<(), RetrieverError>,
+    ) -> Result<u64, RetrieverError> {
         for document in documents {
             validate_document(document)?;
         }
         self.check_vectors(documents)?;
         let mut writer = self.lock_writer()?;
+        fence()?;
         let searcher = self.reader.searcher();
         let mut newest: HashMap<&str, u64> = HashMap::new();
         let mut applied = Vec::with_capacity(documents.len());
@@ -262,6 +276,12 @@ impl Shard {
         Ok(self
             .find_by_id(searcher, id)?
             .map(|document| stored_u64(&document, self.fields.version)))
+    }
+
+    /// `versions`, after every write that holds the writer now has committed.
+    pub fn versions_settled(&self) -> Result<Vec<IdVersion>, RetrieverError> {
+        let _writer = self.lock_writer()?;
+        self.versions()
     }
 
     /// The newest write of every id this replica holds or has deleted.
@@ -406,7 +426,17 @@ impl Shard {
     /// Applies deletes, each with its version: the tombstone is made durable first, then a
     /// stored document older than it is removed; a newer one stands.
     pub fn apply_deletes(&self, deletes: &[(String, u64)]) -> Result<u64, RetrieverError> {
+        self.apply_deletes_fenced(deletes, &|| Ok(()))
+    }
+
+    /// `apply_deletes`, once `fence` allows it (asked while holding the writer).
+    pub fn apply_deletes_fenced(
+        &self,
+        deletes: &[(String, u64)],
+        fence: &dyn Fn() -> Result<(), RetrieverError>,
+    ) -> Result<u64, RetrieverError> {
         let mut writer = self.lock_writer()?;
+        fence()?;
         let searcher = self.reader.searcher();
         let mut present = 0;
         let mut effective = Vec::with_capacity(deletes.len());

@@ -93,3 +93,17 @@ pub(crate) fn stored_to_proto(document: StoredDocument) -> Document {
         metadata_json,
     }
 }
+
+/// A document's size as a copy moves it: id, title, text, metadata and vector.
+pub(crate) fn document_bytes(document: &StoredDocument) -> u64 {
+    let metadata: usize = document
+        .metadata
+        .iter()
+        .map(|(key, value)| key.len() + value.to_string().len())
+        .sum();
+    (document.id.len()
+        + document.title.len()
+        + document.text.len()
+        + metadata
+        + document.vector.len() * std::mem::size_of::<f32>()) as u64
+}

@@ -5,7 +5,7 @@
 //! `dag` (one workflow's state machine), `dispatch` (which ready steps start, under caps),
 //! `attempt` (one attempt of a step: timeout, cancellation),
 //! `engine` (the leader's loop: persist, then start), `store` (etcd and file stores),
-//! `leader` (etcd election), `node` (a replica: lead or forward), `agents`, `templates`
+//! `node` (a replica: lead or forward), `agents`, `templates`
 //! (`research_and_write`), `service` (gRPC), `error`.
 
 pub mod agents;
@@ -14,7 +14,6 @@ pub mod dag;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
-pub mod leader;
 pub mod model;
 pub mod node;
 pub mod service;

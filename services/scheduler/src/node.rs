@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use crate::agents::Agents;
 use crate::engine::{Engine, EngineHandle, EngineSettings};
 use crate::error::SchedulerError;
-use crate::leader::Election;
+use quarry_kit::election::Election;
 use crate::model::workflow_is_terminal;
 use crate::store::{EtcdStore, WorkflowStore};
 
@@ -140,7 +140,12 @@ impl SchedulerNode {
             shutdown,
             internal_tls,
         } = options;
-        let election = Election::new(client.clone(), cluster, address, ttl_seconds);
+        let election = Election::new(
+            client.clone(),
+            format!("/quarry/{cluster}/scheduler/leader"),
+            address,
+            ttl_seconds,
+        );
         let store = EtcdStore::new(client, cluster);
         let (leading_sender, leading) = watch::channel(None);
         let done = CancellationToken::new();
@@ -198,7 +203,11 @@ impl SchedulerNode {
                 "the scheduler is starting; retry".to_string(),
             ));
         };
-        let Some(address) = election.leader_address().await? else {
+        let Some(address) = election
+            .leader_address()
+            .await
+            .map_err(|error| SchedulerError::Unavailable(error.to_string()))?
+        else {
             return Err(SchedulerError::Unavailable(
                 "no scheduler leader is elected".to_string(),
             ));

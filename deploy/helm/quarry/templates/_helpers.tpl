@@ -45,12 +45,8 @@ app.kubernetes.io/component: {{ .role }}
 - "0.0.0.0:{{ .Values.ports.metrics }}"
 {{- end -}}
 
-{{/* Environment every role gets. */}}
-{{- define "quarry.env" -}}
-- name: POD_IP
-  valueFrom:
-    fieldRef:
-      fieldPath: status.podIP
+{{/* Environment every quarry process gets, a role's or a one-off command's (the scale Jobs). */}}
+{{- define "quarry.commonEnv" -}}
 - name: QUARRY_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 - name: QUARRY_DISCOVERY__LEASE_TTL_S
@@ -59,6 +55,15 @@ app.kubernetes.io/component: {{ .role }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* Environment every role gets. */}}
+{{- define "quarry.env" -}}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{ include "quarry.commonEnv" . }}
 {{- if include "quarry.internalTlsSecret" . }}
 - name: QUARRY_INTERNAL_TLS__MODE
   value: {{ .Values.internalTls.mode | quote }}
@@ -121,6 +126,29 @@ livenessProbe:
   periodSeconds: 10
 {{- end -}}
 
+{{/* The flags naming the cluster in etcd, shared by `quarry cluster create` and
+     `quarry cluster scale`. */}}
+{{- define "quarry.clusterFlags" -}}
+- --etcd
+- {{ include "quarry.etcdEndpoints" . | quote }}
+- --cluster
+- {{ .Values.cluster.name | quote }}
+{{- end -}}
+
+{{/* The shard count, checked: at least 1, and at most cluster.partitions when that is set. */}}
+{{- define "quarry.shards" -}}
+{{- $shards := int .Values.cluster.shards -}}
+{{- if lt $shards 1 -}}
+{{- fail (printf "cluster.shards must be at least 1, got %v" .Values.cluster.shards) -}}
+{{- end -}}
+{{- with .Values.cluster.partitions -}}
+{{- if gt $shards (int .) -}}
+{{- fail (printf "cluster.shards (%d) cannot exceed cluster.partitions (%d): a shard holds at least one partition" $shards (int .)) -}}
+{{- end -}}
+{{- end -}}
+{{- $shards -}}
+{{- end -}}
+
 {{- define "quarry.clusterCreate" -}}
 - name: cluster-create
   image: {{ include "quarry.image" . }}
@@ -128,12 +156,13 @@ livenessProbe:
   args:
     - cluster
     - create
-    - --etcd
-    - {{ include "quarry.etcdEndpoints" . | quote }}
-    - --cluster
-    - {{ .Values.cluster.name | quote }}
+    {{- include "quarry.clusterFlags" . | nindent 4 }}
     - --shards
-    - {{ .Values.cluster.shards | quote }}
+    - {{ include "quarry.shards" . | quote }}
+    {{- with .Values.cluster.partitions }}
+    - --partitions
+    - {{ . | quote }}
+    {{- end }}
 {{- end -}}
 
 {{- define "quarry.podAnnotations" -}}

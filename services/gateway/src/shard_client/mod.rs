@@ -132,6 +132,8 @@ pub struct PhaseAnswers {
     /// Shards no replica of which answered, ascending.
     pub failed: Vec<u32>,
     pub hedges: u32,
+    /// The newest placement epoch a shard refused a call with (routed by an older one).
+    pub moved: Option<u64>,
 }
 
 /// Calls shards through `Shards`, with replica choice, hedging and one retry.
@@ -173,6 +175,10 @@ impl ShardClient {
                 Ok(answer) => {
                     phase.hedges += answer.hedges;
                     phase.answered.push((shard, answer.reply));
+                }
+                Err(GatewayError::Moved { epoch, .. }) => {
+                    phase.moved = phase.moved.max(Some(epoch));
+                    phase.failed.push(shard);
                 }
                 Err(error) => {
                     warn!(shard, rpc = rpc.map(Rpc::as_str), error = %error, "shard did not answer");
@@ -292,7 +298,8 @@ impl ShardClient {
                     if is_retryable(status.code()) {
                         self.balancer.record_failure(&replica.address);
                     }
-                    Err(GatewayError::downstream("retriever", status))
+                    Err(GatewayError::moved(&status)
+                        .unwrap_or_else(|| GatewayError::downstream("retriever", status)))
                 }
                 Err(_) => {
                     // A short limit says more about the caller's deadline than the replica.

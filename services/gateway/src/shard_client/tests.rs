@@ -334,6 +334,7 @@ async fn a_hanging_statistics_phase_leaves_time_to_search_the_other_shards() {
         &client,
         &StatisticsCache::default(),
         &request,
+        &placement_of(&client),
         Budget::new(Duration::from_secs(1)),
     )
     .await;
@@ -406,13 +407,13 @@ async fn statistics_are_collected_once_then_reused_and_a_changed_shard_answers_s
         ..FanOutRequest::default()
     };
     let budget = || Budget::new(Duration::from_secs(5));
-    let first = search_shards(&client, &cache, &request, budget()).await;
+    let first = search_shards(&client, &cache, &request, &placement_of(&client), budget()).await;
     assert_eq!(first.statistics, StatisticsSource::Collected);
     assert_eq!(shards.calls_of(Rpc::CollectStats), 2);
     // The fake scores every hit with the summed document count: 10 + 11.
     assert_eq!(first.keyword[0].candidate.score, 21.0);
 
-    let second = search_shards(&client, &cache, &request, budget()).await;
+    let second = search_shards(&client, &cache, &request, &placement_of(&client), budget()).await;
     assert_eq!(second.statistics, StatisticsSource::Cached);
     assert_eq!(
         shards.calls_of(Rpc::CollectStats),
@@ -422,13 +423,13 @@ async fn statistics_are_collected_once_then_reused_and_a_changed_shard_answers_s
     assert_eq!(shards.calls_of(Rpc::Search), 4);
 
     shards.statistics.lock().unwrap()[1] = statistics(30);
-    let third = search_shards(&client, &cache, &request, budget()).await;
+    let third = search_shards(&client, &cache, &request, &placement_of(&client), budget()).await;
     assert_eq!(third.statistics, StatisticsSource::Refreshed);
     assert_eq!(shards.calls_of(Rpc::CollectStats), 2);
     assert_eq!(third.keyword.len(), 2);
     assert!(third.keyword.iter().all(|hit| hit.candidate.score == 40.0));
 
-    let fourth = search_shards(&client, &cache, &request, budget()).await;
+    let fourth = search_shards(&client, &cache, &request, &placement_of(&client), budget()).await;
     assert_eq!(fourth.statistics, StatisticsSource::Cached);
 }
 
@@ -440,10 +441,12 @@ async fn one_shard_needs_no_statistics() {
         keyword_k: 10,
         ..FanOutRequest::default()
     };
+    let client = client(&shards);
     let result = search_shards(
-        &client(&shards),
+        &client,
         &StatisticsCache::default(),
         &request,
+        &placement_of(&client),
         Budget::new(Duration::from_secs(5)),
     )
     .await;
@@ -470,6 +473,7 @@ async fn fetching_asks_each_shard_once_and_again_for_what_did_not_fit() {
         &client(&shards),
         "default",
         hits,
+        0,
         Budget::new(Duration::from_secs(5)),
     )
     .await;
@@ -506,4 +510,10 @@ fn shard_calls_name_their_rpc() {
         .collect();
     assert_eq!(names.len(), 4);
     assert_eq!(search_call().rpc(), Rpc::Search);
+}
+
+/// Every partition at its block's shard, for a client's shard count.
+fn placement_of(client: &ShardClient) -> quarry_kit::placement::Placement {
+    let partitioning = quarry_kit::placement::Partitioning::new(client.shard_count(), None).unwrap();
+    quarry_kit::placement::Placement::initial(partitioning)
 }

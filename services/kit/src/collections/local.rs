@@ -180,14 +180,7 @@ fn write_records(path: &Path, snapshot: &CatalogSnapshot) -> Result<(), CatalogE
         |error: std::io::Error| CatalogError::Unavailable(format!("{}: {error}", path.display()));
     let bytes = serde_json::to_vec_pretty(&records)
         .map_err(|error| CatalogError::Unavailable(error.to_string()))?;
-    let temporary = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary).map_err(failed)?;
-        file.write_all(&bytes).map_err(failed)?;
-        file.sync_all().map_err(failed)?;
-    }
-    std::fs::rename(&temporary, path).map_err(failed)
+    crate::durable::write_file(path, &bytes).map_err(failed)
 }
 
 #[cfg(test)]

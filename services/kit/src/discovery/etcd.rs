@@ -26,7 +26,18 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// What `/quarry/<cluster>/config` holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {
+    /// The shard count the cluster was created with (the partitions' blocks; the shard
+    /// count now is the placement's).
     pub shards: u32,
+    /// Partitions in all; absent in clusters created before partitions (then the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u32>,
+}
+
+impl ClusterSettings {
+    pub fn partitioning(&self) -> Result<crate::placement::Partitioning, KitError> {
+        crate::placement::Partitioning::new(self.shards, self.partitions)
+    }
 }
 
 fn config_key(cluster: &str) -> String {
@@ -122,16 +133,13 @@ async fn connect(access: &EtcdAccess) -> Result<Client, KitError> {
     access.connect().await
 }
 
-/// Writes the cluster's settings once. Creating it again with the same settings is fine;
-/// with different ones it is refused.
+/// Writes the cluster's settings once; creating it again leaves them and answers them.
 pub async fn create_cluster(
     access: &EtcdAccess,
     cluster: &str,
     settings: ClusterSettings,
 ) -> Result<ClusterSettings, KitError> {
-    if settings.shards == 0 {
-        return Err(KitError::Config("shards must be at least 1".to_string()));
-    }
+    settings.partitioning()?;
     let mut client = connect(access).await?;
     let key = config_key(cluster);
     let value =
@@ -148,17 +156,13 @@ pub async fn create_cluster(
     if created {
         return Ok(settings);
     }
-    let existing = read_settings(&mut client, cluster).await?;
-    if existing != settings {
-        return Err(KitError::Config(format!(
-            "cluster {cluster:?} already exists with {} shard(s); it cannot be created again with {}",
-            existing.shards, settings.shards
-        )));
-    }
-    Ok(existing)
+    // Created already: its partitions stay as they were made; the shard count changes only
+    // through `quarry cluster scale` (so a pod's `create` step never fails after a resize).
+    read_settings(&mut client, cluster).await
 }
 
-async fn read_settings(client: &mut Client, cluster: &str) -> Result<ClusterSettings, KitError> {
+/// The cluster's settings as `create_cluster` wrote them.
+pub async fn read_settings(client: &mut Client, cluster: &str) -> Result<ClusterSettings, KitError> {
     let response = client
         .get(config_key(cluster), None)
         .await

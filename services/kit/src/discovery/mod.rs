@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::error::KitError;
 
-pub use etcd::{create_cluster, ClusterSettings, EtcdAccess, EtcdDiscovery};
+pub use etcd::{create_cluster, read_settings, ClusterSettings, EtcdAccess, EtcdDiscovery};
 pub use role_channels::{ChannelError, RoleChannels};
 pub use static_members::StaticDiscovery;
 

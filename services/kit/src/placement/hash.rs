@@ -1,8 +1,5 @@
-//! Which shard holds a document: jump consistent hash (Lamping & Veach, 2014) of a stable
-//! 64-bit hash (xxh3) of its id, so that ids spread evenly and the mapping is the same on
-//! every gateway and every platform.
-
-use xxhash_rust::xxh3::xxh3_64;
+//! Jump consistent hash (Lamping & Veach, 2014): with a stable 64-bit hash (xxh3) of an id,
+//! ids spread evenly and the mapping is the same on every process and every platform.
 
 /// Maps `key` to a bucket in `0..buckets`; moving from n to n+1 buckets relocates only 1/(n+1) of keys.
 pub fn jump_consistent_hash(mut key: u64, buckets: u32) -> u32 {
@@ -19,14 +16,14 @@ pub fn jump_consistent_hash(mut key: u64, buckets: u32) -> u32 {
     bucket as u32
 }
 
-/// The shard of a document id in a cluster of `shards` shards.
-pub fn shard_for_document(doc_id: &str, shards: u32) -> u32 {
-    jump_consistent_hash(xxh3_64(doc_id.as_bytes()), shards)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xxhash_rust::xxh3::xxh3_64;
+
+    fn shard_for_document(doc_id: &str, shards: u32) -> u32 {
+        jump_consistent_hash(xxh3_64(doc_id.as_bytes()), shards)
+    }
 
     #[test]
     fn one_bucket_takes_everything_and_results_are_in_range() {

@@ -1,8 +1,10 @@
-//! One leader among scheduler replicas, through etcd's election API. A replica campaigns on
-//! `/quarry/<cluster>/scheduler/leader` with its advertised address as the value, under a
-//! lease it keeps alive; `campaign` returns once it leads. The term ends the moment the lease
-//! cannot be refreshed (`Term::lost`), and on a graceful stop the lease is revoked so a
-//! standby takes over at once. Followers read the leader's address from the election.
+//! One leader among replicas of a role, through etcd's election API (the scheduler's
+//! `/quarry/<cluster>/scheduler/leader`, the placement coordinator's
+//! `/quarry/<cluster>/placement/coordinator`). A replica campaigns with its advertised address
+//! as the value, under a lease it keeps alive; `campaign` returns once it leads. The term ends
+//! the moment the lease cannot be refreshed (`Term::lost`), and on a graceful stop the lease
+//! is revoked so a standby takes over at once. Followers read the leader's address from the
+//! election. A leader's writes are fenced by the election key's creation revision.
 
 use std::time::Duration;
 
@@ -10,10 +12,10 @@ use etcd_client::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::error::SchedulerError;
+use crate::error::KitError;
 
-fn election_error(error: etcd_client::Error) -> SchedulerError {
-    SchedulerError::Unavailable(format!("etcd election: {error}"))
+fn election_error(error: etcd_client::Error) -> KitError {
+    KitError::Discovery(format!("etcd election: {error}"))
 }
 
 /// This replica's place in the election.
@@ -35,15 +37,12 @@ pub struct Term {
     client: Client,
 }
 
-pub fn election_name(cluster: &str) -> String {
-    format!("/quarry/{cluster}/scheduler/leader")
-}
-
 impl Election {
-    pub fn new(client: Client, cluster: &str, address: &str, ttl_seconds: i64) -> Self {
+    /// Campaigns in the election called `name` (an etcd key prefix).
+    pub fn new(client: Client, name: String, address: &str, ttl_seconds: i64) -> Self {
         Self {
             client,
-            name: election_name(cluster),
+            name,
             address: address.to_string(),
             ttl_seconds: ttl_seconds.max(2),
         }
@@ -54,7 +53,7 @@ impl Election {
     }
 
     /// The leader's advertised address, or `None` while nobody leads.
-    pub async fn leader_address(&self) -> Result<Option<String>, SchedulerError> {
+    pub async fn leader_address(&self) -> Result<Option<String>, KitError> {
         let mut election = self.client.election_client();
         match election.leader(self.name.as_str()).await {
             Ok(response) => Ok(response
@@ -66,7 +65,7 @@ impl Election {
     }
 
     /// Waits until this replica leads (or `shutdown`); its lease is kept alive meanwhile.
-    pub async fn campaign(&self, shutdown: &CancellationToken) -> Result<Term, SchedulerError> {
+    pub async fn campaign(&self, shutdown: &CancellationToken) -> Result<Term, KitError> {
         let mut client = self.client.clone();
         let lease = client
             .lease_grant(self.ttl_seconds, None)
@@ -83,8 +82,8 @@ impl Election {
         let mut election = client.election_client();
         let campaign = election.campaign(self.name.as_str(), self.address.as_str(), lease);
         let outcome = tokio::select! {
-            _ = shutdown.cancelled() => Err(SchedulerError::Unavailable("shutting down".to_string())),
-            _ = lost.cancelled() => Err(SchedulerError::Unavailable("lease lost while campaigning".to_string())),
+            _ = shutdown.cancelled() => Err(KitError::Discovery("shutting down".to_string())),
+            _ = lost.cancelled() => Err(KitError::Discovery("lease lost while campaigning".to_string())),
             response = campaign => response.map_err(election_error),
         };
         let response = match outcome {
@@ -98,11 +97,11 @@ impl Election {
         let Some(leader) = response.leader() else {
             lost.cancel();
             let _ = client.lease_revoke(lease).await;
-            return Err(SchedulerError::Internal(
+            return Err(KitError::Discovery(
                 "campaign answered without a leader key".to_string(),
             ));
         };
-        info!(address = self.address, lease, "elected scheduler leader");
+        info!(election = self.name, address = self.address, lease, "elected leader");
         Ok(Term {
             key: leader.key().to_vec(),
             revision: leader.rev(),
@@ -154,7 +153,7 @@ async fn keep_alive(mut client: Client, lease: i64, ttl_seconds: i64, lost: Canc
     }
     .await;
     if let Err(error) = outcome {
-        warn!(lease, error, "scheduler lease lost");
+        warn!(lease, error, "leader lease lost");
     }
     lost.cancel();
 }
