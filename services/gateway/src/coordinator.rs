@@ -99,7 +99,11 @@ impl Coordinator {
             return self.abort(placement).await;
         }
         // Moves cut over finish first; then the batch in flight; then a new batch.
-        if placement.moves.iter().any(|moving| moving.phase == Phase::Dropping) {
+        if placement
+            .moves
+            .iter()
+            .any(|moving| moving.phase == Phase::Dropping)
+        {
             tokio::time::sleep(DROP_GRACE).await;
             let done: Vec<u32> = placement
                 .moves
@@ -163,7 +167,10 @@ impl Coordinator {
             .await?;
             return Ok(());
         }
-        if copying.iter().any(|moving| moving.phase == Phase::Importing) {
+        if copying
+            .iter()
+            .any(|moving| moving.phase == Phase::Importing)
+        {
             let started: Vec<u32> = copying.iter().map(|moving| moving.partition).collect();
             self.replace(placement, |next| {
                 for moving in &mut next.moves {
@@ -297,7 +304,11 @@ impl Coordinator {
     /// Rolls back every move not cut over, finishes the others, and settles the target at
     /// the shards that own partitions.
     async fn abort(&self, placement: &Placement) -> Result<(), GatewayError> {
-        if placement.moves.iter().any(|moving| moving.phase == Phase::Dropping) {
+        if placement
+            .moves
+            .iter()
+            .any(|moving| moving.phase == Phase::Dropping)
+        {
             tokio::time::sleep(DROP_GRACE).await;
         }
         let settled = self

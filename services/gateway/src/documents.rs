@@ -175,7 +175,11 @@ impl Gateway {
                 collection: collection.clone(),
                 placement_epoch: placement.epoch,
             };
-            match self.shards.call(shard, ShardCall::Fetch(request), timeout).await {
+            match self
+                .shards
+                .call(shard, ShardCall::Fetch(request), timeout)
+                .await
+            {
                 Err(GatewayError::Moved { epoch, .. }) if tries < MAX_PLACEMENT_TRIES => {
                     placement = self.refresh_placement(epoch).await;
                 }

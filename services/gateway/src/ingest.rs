@@ -413,7 +413,8 @@ impl Gateway {
         });
         let outcomes = join_all(writes).await;
         // A refusal by placement first: it is the one worth routing again for.
-        let mut failures: Vec<GatewayError> = outcomes.into_iter().filter_map(Result::err).collect();
+        let mut failures: Vec<GatewayError> =
+            outcomes.into_iter().filter_map(Result::err).collect();
         failures.sort_by_key(|error| !matches!(error, GatewayError::Moved { .. }));
         match failures.into_iter().next() {
             None => Ok(()),

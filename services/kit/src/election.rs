@@ -101,7 +101,12 @@ impl Election {
                 "campaign answered without a leader key".to_string(),
             ));
         };
-        info!(election = self.name, address = self.address, lease, "elected leader");
+        info!(
+            election = self.name,
+            address = self.address,
+            lease,
+            "elected leader"
+        );
         Ok(Term {
             key: leader.key().to_vec(),
             revision: leader.rev(),

@@ -13,8 +13,8 @@ use quarry_analyzer::{
     OpenAiEncoder,
 };
 use quarry_evaluator::{AnalyzerEmbedder, EvaluatorService};
-use quarry_gateway::front::FrontDoorLayer;
 use quarry_gateway::coordinator::{coordinate_while_elected, Coordinator};
+use quarry_gateway::front::FrontDoorLayer;
 use quarry_gateway::{AnswerCache, ClusterClients, Gateway, QuarryService};
 use quarry_generator::GeneratorService;
 use quarry_kit::collections::CollectionCatalog;

@@ -246,7 +246,10 @@ pub async fn cluster_status(config: &QuarryConfig, args: &ClusterStatusArgs) -> 
             placement.epoch
         );
         for shard in placement.serving_shards() {
-            println!("  shard {shard}: partitions {:?}", placement.owned_by(shard));
+            println!(
+                "  shard {shard}: partitions {:?}",
+                placement.owned_by(shard)
+            );
         }
         if !placement.moves.is_empty() {
             println!("  {}", progress_line(&placement, progress.as_ref()));

@@ -114,7 +114,13 @@ impl LocalCluster {
                 false,
             )
             .await?;
-            info!(from = serving, to = config.shards, moves = moves.len(), ?requested, "resizing");
+            info!(
+                from = serving,
+                to = config.shards,
+                moves = moves.len(),
+                ?requested,
+                "resizing"
+            );
         }
         cluster.placement = Some(placement);
         Ok(cluster)
@@ -176,9 +182,10 @@ pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow
 /// The partitioning of a data directory without a placement: the shard count its replicas
 /// were made for (they recorded it), else a new cluster's from the configuration.
 fn existing_partitioning(config: &QuarryConfig) -> anyhow::Result<Partitioning> {
-    let recorded = std::fs::read_to_string(replica_dir(&config.data_dir, 0, 0).join("cluster.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+    let recorded =
+        std::fs::read_to_string(replica_dir(&config.data_dir, 0, 0).join("cluster.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
     if let Some(recorded) = recorded {
         if let Some(partitioning) = recorded.get("partitioning") {
             return Ok(serde_json::from_value(partitioning.clone())?);

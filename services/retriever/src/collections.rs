@@ -235,7 +235,15 @@ impl ShardCollections {
         let opened = tokio::task::spawn_blocking(move || {
             let keep = |partition| placement.kept_at(shard_number, partition);
             let partitioning = placement.partitioning;
-            open_marked(&directory, &marker, shard_number, replica, memory, partitioning, keep)
+            open_marked(
+                &directory,
+                &marker,
+                shard_number,
+                replica,
+                memory,
+                partitioning,
+                keep,
+            )
         })
         .await
         .map_err(|error| RetrieverError::Internal(format!("opening a collection: {error}")))??;

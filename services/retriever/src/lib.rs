@@ -24,11 +24,11 @@ mod versions;
 mod wire;
 
 pub use collections::ShardCollections;
-pub use partitions::{PartitionedIndex, Selection};
 pub use error::RetrieverError;
-pub use import::Importer;
 #[cfg(feature = "fault-injection")]
 pub use fault::InjectedFault;
+pub use import::Importer;
+pub use partitions::{PartitionedIndex, Selection};
 pub use recovery::{catch_up, recover, CatchUpReport, RecoveryOptions};
 pub use service::RetrieverService;
 pub use shard::{IdVersion, Shard, ShardCandidate, StoredDocument};

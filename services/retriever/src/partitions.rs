@@ -141,7 +141,10 @@ impl PartitionedIndex {
         if partition >= self.partitioning.count() {
             return Err(RetrieverError::invalid(
                 "partition",
-                format!("{partition} is out of range 0..{}", self.partitioning.count()),
+                format!(
+                    "{partition} is out of range 0..{}",
+                    self.partitioning.count()
+                ),
             ));
         }
         if let Some(part) = self.get(partition) {

@@ -8,9 +8,9 @@ use prost::Message;
 use quarry_proto::v1::retriever_server::Retriever;
 use quarry_proto::v1::{
     CandidateList, CollectStatsRequest, CorpusStats, DocumentVersion, ExportRequest, FetchRequest,
-    FetchResponse, ImportPartitionRequest, ImportProgress, IndexRequest, IndexResponse, ListVersionsRequest, ShardDeleteRequest,
-    ShardDeleteResponse, ShardInfoRequest, ShardInfoResponse, ShardSearchRequest,
-    ShardSearchResponse,
+    FetchResponse, ImportPartitionRequest, ImportProgress, IndexRequest, IndexResponse,
+    ListVersionsRequest, ShardDeleteRequest, ShardDeleteResponse, ShardInfoRequest,
+    ShardInfoResponse, ShardSearchRequest, ShardSearchResponse,
 };
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -199,7 +199,8 @@ impl Retriever for RetrieverService {
         let outcome = self
             .blocking(&collection, move |index| {
                 let shard = index.select(&partitions);
-                let filter = compile_optional(request.filter.as_ref(), crate::schema::meta_field())?;
+                let filter =
+                    compile_optional(request.filter.as_ref(), crate::schema::meta_field())?;
                 let filter = filter.as_deref();
                 let queries = query_texts(&request.query, &request.sub_queries);
                 if let Some(expected) = expected {
@@ -442,7 +443,10 @@ impl Retriever for RetrieverService {
         request: Request<ShardInfoRequest>,
     ) -> Result<Response<ShardInfoResponse>, Status> {
         // Counts cover the partitions this shard serves (not those it imports or drains).
-        let served = self.collections.placement().owned_by(self.collections.shard());
+        let served = self
+            .collections
+            .placement()
+            .owned_by(self.collections.shard());
         let info = self
             .blocking(&request.into_inner().collection, move |index| {
                 let selection = index.select(&served);
@@ -598,7 +602,9 @@ impl RetrieverService {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            receiver,
+        )))
     }
 }
 

@@ -21,9 +21,9 @@ use tracing::{info, warn};
 use crate::agents::Agents;
 use crate::engine::{Engine, EngineHandle, EngineSettings};
 use crate::error::SchedulerError;
-use quarry_kit::election::Election;
 use crate::model::workflow_is_terminal;
 use crate::store::{EtcdStore, WorkflowStore};
+use quarry_kit::election::Election;
 
 /// Pause before campaigning again after a term ended.
 const RETRY_PAUSE: Duration = Duration::from_millis(300);

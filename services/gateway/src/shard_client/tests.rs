@@ -514,6 +514,7 @@ fn shard_calls_name_their_rpc() {
 
 /// Every partition at its block's shard, for a client's shard count.
 fn placement_of(client: &ShardClient) -> quarry_kit::placement::Placement {
-    let partitioning = quarry_kit::placement::Partitioning::new(client.shard_count(), None).unwrap();
+    let partitioning =
+        quarry_kit::placement::Partitioning::new(client.shard_count(), None).unwrap();
     quarry_kit::placement::Placement::initial(partitioning)
 }

@@ -162,7 +162,10 @@ pub async fn create_cluster(
 }
 
 /// The cluster's settings as `create_cluster` wrote them.
-pub async fn read_settings(client: &mut Client, cluster: &str) -> Result<ClusterSettings, KitError> {
+pub async fn read_settings(
+    client: &mut Client,
+    cluster: &str,
+) -> Result<ClusterSettings, KitError> {
     let response = client
         .get(config_key(cluster), None)
         .await

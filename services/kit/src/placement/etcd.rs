@@ -192,11 +192,11 @@ impl PlacementStore for EtcdPlacement {
             ));
         }
         let replaced = client
-            .txn(
-                Txn::new()
-                    .when(conditions)
-                    .and_then([TxnOp::put(key.as_str(), encode(next)?, None)]),
-            )
+            .txn(Txn::new().when(conditions).and_then([TxnOp::put(
+                key.as_str(),
+                encode(next)?,
+                None,
+            )]))
             .await
             .map_err(etcd_error)?
             .succeeded();

@@ -26,9 +26,8 @@ impl LocalPlacement {
     pub fn open(data_dir: &std::path::Path, partitioning: Partitioning) -> Result<Self, KitError> {
         let path = data_dir.join(PLACEMENT_FILE);
         let placement = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
-                KitError::Config(format!("{}: {error}", path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|error| KitError::Config(format!("{}: {error}", path.display())))?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 Placement::initial(partitioning)
             }

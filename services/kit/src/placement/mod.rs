@@ -214,7 +214,9 @@ impl Placement {
     }
 
     pub fn move_of(&self, partition: u32) -> Option<&Move> {
-        self.moves.iter().find(|moving| moving.partition == partition)
+        self.moves
+            .iter()
+            .find(|moving| moving.partition == partition)
     }
 
     pub fn owner(&self, partition: u32) -> Option<u32> {
@@ -244,9 +246,9 @@ impl Placement {
     /// over but not yet dropped (for queries holding an older snapshot).
     pub fn readable_at(&self, shard: u32, partition: u32) -> bool {
         self.owner(partition) == Some(shard)
-            || self.move_of(partition).is_some_and(|moving| {
-                moving.from == shard && moving.phase == Phase::Dropping
-            })
+            || self
+                .move_of(partition)
+                .is_some_and(|moving| moving.from == shard && moving.phase == Phase::Dropping)
     }
 
     /// Whether `shard` keeps `partition`'s files: it owns, imports or still drains it.

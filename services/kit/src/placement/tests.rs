@@ -60,7 +60,9 @@ fn growing_and_shrinking_keeps_shards_balanced_with_the_fewest_moves() {
     assert_eq!(sizes, [3, 3, 3, 3, 4]);
     // Shrinking drains the highest shards only.
     let shrink = plan_moves(&five, 2);
-    assert!(shrink.iter().all(|moving| moving.from >= 2 && moving.to < 2));
+    assert!(shrink
+        .iter()
+        .all(|moving| moving.from >= 2 && moving.to < 2));
     let two = apply(&five, &shrink);
     assert_eq!(counts(&two, 2), [8, 8]);
     assert!(plan_moves(&two, 2).is_empty());
