@@ -156,7 +156,11 @@ async fn search_load(load: Arc<Load>, address: String) {
             SearchMode::Semantic,
             SearchMode::Hybrid,
         ][turn % 3];
-        let collection = if turn % 2 == 0 { "stable" } else { "default" };
+        let collection = if turn.is_multiple_of(2) {
+            "stable"
+        } else {
+            "default"
+        };
         turn += 1;
         match client.search(search(query, mode, collection)).await {
             Ok(response) => {

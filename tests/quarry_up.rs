@@ -593,3 +593,95 @@ async fn a_slow_replica_is_hedged_on_its_peer_and_not_without_hedging() {
         }
     }
 }
+
+/// The top-5 ids of a few queries in every mode.
+async fn top_ids_of_every_mode(client: &mut QuarryClient<Channel>) -> Vec<Vec<String>> {
+    let mut all = Vec::new();
+    for query in ["largest planet", "bread yeast", "bacteria mould"] {
+        for mode in [
+            SearchMode::Keyword,
+            SearchMode::Semantic,
+            SearchMode::Hybrid,
+        ] {
+            let response = client
+                .search(SearchRequest {
+                    mode: mode as i32,
+                    ..search(query, 5)
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!response.partial);
+            all.push(response.hits.into_iter().map(|hit| hit.doc_id).collect());
+        }
+    }
+    all
+}
+
+/// Waits until the placement has no move left and `shards` shards own partitions.
+async fn wait_for_shards(client: &mut QuarryClient<Channel>, shards: usize) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = client
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let placement = status.placement.unwrap_or_default();
+        let serving: std::collections::BTreeSet<u32> = placement.owners.iter().copied().collect();
+        if placement.moves.is_empty() && serving.len() == shards {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "not at {shards} shards: {placement:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarry_up_with_another_shard_count_resizes_the_data_directory() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut quarry = QuarryUp::start(data_dir.path(), 2).await;
+    let mut client = quarry.client().await;
+    let accepted = client
+        .ingest(tokio_stream::iter(corpus()))
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted;
+    assert_eq!(accepted, corpus().len() as u64);
+    let before = top_ids_of_every_mode(&mut client).await;
+    assert!(quarry.stop().success());
+
+    for shards in [3, 1] {
+        let mut resized = QuarryUp::start(data_dir.path(), shards).await;
+        let mut client = resized.client().await;
+        wait_for_shards(&mut client, shards as usize).await;
+        assert_eq!(
+            top_ids_of_every_mode(&mut client).await,
+            before,
+            "{shards} shards"
+        );
+        let status = client
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.num_docs, corpus().len() as u64);
+        assert_eq!(status.num_vectors, corpus().len() as u64);
+        for document in corpus() {
+            let found = client
+                .get_document(GetDocumentRequest {
+                    id: document.id.clone(),
+                    ..GetDocumentRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(found.text, document.text);
+        }
+        assert!(resized.stop().success());
+    }
+}

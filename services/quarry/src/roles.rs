@@ -69,7 +69,7 @@ pub enum Coordination {
     /// This process's gateway, alone (`quarry up`).
     Local,
     /// The gateway elected in etcd.
-    Elected(etcd_client::Client),
+    Elected(Box<etcd_client::Client>),
 }
 
 /// Where a retriever keeps a shard replica under the data directory.
@@ -244,7 +244,7 @@ async fn build_role(
                 }
                 Coordination::Elected(client) => {
                     let election = quarry_kit::election::Election::new(
-                        client,
+                        *client,
                         format!("/quarry/{}/placement/coordinator", config.cluster),
                         address,
                         config.discovery.lease_ttl_s,

@@ -59,7 +59,7 @@ pub async fn run_serve(
             .await?;
             (
                 Arc::clone(&store) as Arc<dyn PlacementStore>,
-                Coordination::Elected(etcd.client()),
+                Coordination::Elected(Box::new(etcd.client())),
                 Some(store),
             )
         }

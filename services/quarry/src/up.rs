@@ -23,7 +23,6 @@ pub struct LocalCluster {
     pub gateway_address: String,
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
-    placement: Option<Arc<LocalPlacement>>,
 }
 
 impl LocalCluster {
@@ -69,7 +68,6 @@ impl LocalCluster {
             gateway_address: String::new(),
             tasks: JoinSet::new(),
             shutdown: shutdown.clone(),
-            placement: None,
         };
         for (role, mut role_config, listen) in launches {
             // One process: the gateway's health stands for every role, and several roles
@@ -122,16 +120,7 @@ impl LocalCluster {
                 "resizing"
             );
         }
-        cluster.placement = Some(placement);
         Ok(cluster)
-    }
-
-    /// Waits until no partition is moving (a resize asked for at start has finished).
-    pub async fn wait_settled(&self) -> anyhow::Result<()> {
-        if let Some(placement) = &self.placement {
-            crate::scale::wait_settled(placement.as_ref()).await?;
-        }
-        Ok(())
     }
 
     /// Waits until every role has stopped; the first failure stops the others.
