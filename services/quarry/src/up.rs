@@ -70,6 +70,12 @@ impl LocalCluster {
             shutdown: shutdown.clone(),
         };
         for (role, mut role_config, listen) in launches {
+            if role == Role::Gateway {
+                // The gateway's health stands for the cluster: it serves once every shard
+                // has a replica that caught up (replicas started together exchange writes
+                // first, which takes a settle of `retriever.recovery_settle_ms`).
+                wait_for_ready_shards(discovery.as_ref(), shards).await;
+            }
             // One process: the gateway's health stands for every role, and several roles
             // cannot share one plaintext health port.
             role_config.internal_tls.health_listen = None;
@@ -166,6 +172,24 @@ pub async fn run_up(config: QuarryConfig, shutdown: CancellationToken) -> anyhow
         config.data_dir.display()
     );
     cluster.wait().await
+}
+
+/// Waits (at most a minute) until every shard below `shards` has a ready replica.
+async fn wait_for_ready_shards(discovery: &dyn Discovery, shards: u32) {
+    let mut members = discovery.watch();
+    let all_ready = |set: &quarry_kit::discovery::MemberSet| {
+        (0..shards).all(|shard| set.shard_replicas(shard).next().is_some())
+    };
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        members.wait_for(|set| all_ready(set)),
+    )
+    .await;
+    if waited.is_err() {
+        tracing::warn!(
+            "some shard has no ready replica after a minute; starting the gateway anyway"
+        );
+    }
 }
 
 /// The partitioning of a data directory without a placement: the shard count its replicas
