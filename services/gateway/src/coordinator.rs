@@ -25,7 +25,7 @@ use crate::cluster_clients::ClusterClients;
 use crate::error::GatewayError;
 
 /// Moves copied at once.
-const BATCH: usize = 4;
+const BATCH: usize = 8;
 /// How long a source keeps a partition after the cut-over for queries holding an older
 /// snapshot (they are told to route again after it).
 const DROP_GRACE: Duration = Duration::from_secs(1);

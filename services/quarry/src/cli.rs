@@ -342,6 +342,8 @@ pub enum BenchCommand {
     Analyzer(AnalyzerBenchArgs),
     /// Tail latency with one replica slowed on 5% of its requests, hedging off and on.
     Tail(TailArgs),
+    /// Moving partitions: move rate, and search and ingest during moves against steady.
+    Scale(ScaleBenchArgs),
     /// Delay from a model server's first streamed token to a gRPC client's first token.
     FirstToken(FirstTokenArgs),
     /// Embedding throughput of short queries, one at a time and from concurrent clients.
@@ -377,6 +379,24 @@ pub struct FiltersBenchArgs {
     /// Questions asked fresh and then from the cache.
     #[arg(long, default_value_t = 50)]
     pub asks: usize,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleBenchArgs {
+    /// A BEIR folder whose corpus is moved between shards.
+    #[arg(long, default_value = "../shared/data/scifact")]
+    pub dataset: PathBuf,
+    /// Documents indexed (all by default).
+    #[arg(long)]
+    pub limit_docs: Option<usize>,
+    /// Scales run in process after the resize at start (3 -> 2 -> 3 ...).
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Seconds of steady load between scales.
+    #[arg(long, default_value_t = 4)]
+    pub steady_s: u64,
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

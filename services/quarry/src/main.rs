@@ -156,6 +156,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format, "warn");
             bench::run_filters_bench(args, config).await
         }
+        Command::Bench(BenchCommand::Scale(args)) => {
+            let config = load_config(&cli, Map::new())?;
+            init_logging(config.log_format, "warn");
+            bench::run_scale_bench(args, config).await
+        }
         Command::Bench(BenchCommand::Overload(args)) => {
             let config = load_config(&cli, Map::new())?;
             init_logging(config.log_format, "warn");

@@ -23,6 +23,8 @@ pub struct LocalCluster {
     pub gateway_address: String,
     tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    /// Which shard owns each partition (kept in the data directory).
+    pub placement: Arc<LocalPlacement>,
 }
 
 impl LocalCluster {
@@ -68,6 +70,7 @@ impl LocalCluster {
             gateway_address: String::new(),
             tasks: JoinSet::new(),
             shutdown: shutdown.clone(),
+            placement: Arc::clone(&placement),
         };
         for (role, mut role_config, listen) in launches {
             if role == Role::Gateway {

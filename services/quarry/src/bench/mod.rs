@@ -4,7 +4,8 @@
 //! one at a time against concurrent, batched), `scheduler` (no-op steps per second with
 //! durable state in etcd), `tracing` (query throughput with span export off and on),
 //! `query-path` (latency and bytes by shard count), `overload` (Asks at 10× capacity) and
-//! `filters` (a filtered hybrid search against an unfiltered one; a cached Ask).
+//! `filters` (a filtered hybrid search against an unfiltered one; a cached Ask) and `scale`
+//! (moving partitions under search and ingest load).
 
 mod analyzer;
 mod beir;
@@ -17,6 +18,7 @@ mod local_etcd;
 pub mod metrics;
 mod overload;
 mod query_path;
+mod scale;
 mod scheduler;
 mod tail;
 #[cfg(feature = "test-hooks")]
@@ -262,5 +264,23 @@ pub async fn run_scheduler_bench(
     config: QuarryConfig,
 ) -> anyhow::Result<()> {
     let report = scheduler::run_scheduler(args, config).await?;
+    print_and_save(&report, args.out.as_deref())
+}
+
+pub async fn run_scale_bench(
+    args: &crate::cli::ScaleBenchArgs,
+    config: QuarryConfig,
+) -> anyhow::Result<()> {
+    let mut dataset = Dataset::load(&args.dataset)?;
+    if let Some(limit) = args.limit_docs {
+        dataset.corpus.truncate(limit);
+    }
+    let report = scale::run_scale(scale::ScaleOptions {
+        dataset,
+        config,
+        rounds: args.rounds,
+        steady: std::time::Duration::from_secs(args.steady_s),
+    })
+    .await?;
     print_and_save(&report, args.out.as_deref())
 }
