@@ -191,6 +191,7 @@ bench: model bench-analyzer
 	$(RELEASE) bench tracing --dataset $(DATASET) --seconds 4 --rounds 9 --concurrency 8 --out bench/results/tracing.json
 	$(RELEASE) bench overload --dataset $(DATASET) --seconds 60 --factor 10 --out bench/results/overload.json
 	$(RELEASE) bench filters --dataset $(DATASET) --out bench/results/filters.json
+	$(RELEASE) bench scale --dataset $(DATASET) --out bench/results/scale.json
 
 bench-analyzer: model
 	cargo build --release -p quarry $(HOOKS)

@@ -1,7 +1,8 @@
 //! Elastic shards, across processes with a real etcd: a cluster created with 2 retriever
 //! shards (16 partitions) grows to 3, then 5, and shrinks to 2 with `quarry cluster scale`,
 //! while searches and writes (updates and deletes) run on two gateways. A gateway (the
-//! coordinator among them) and a target replica are killed during the scales.
+//! coordinator among them) and a target replica are killed during the scales, the writing
+//! gateway is paused (SIGSTOP) across a shrink's cut-overs, and a scale is aborted.
 //!
 //! Checked: no search fails, none is partial, none repeats an id; every acknowledged write is
 //! there at its final version and every acknowledged delete is gone; with writes paused,
@@ -388,9 +389,42 @@ async fn shards_grow_and_shrink_under_load_without_failed_queries_lost_writes_or
     );
     load.paused.store(false, Ordering::Relaxed);
 
-    // 5 → 2: the highest shards drain.
-    let shrunk = scale(&etcd, 2, true);
-    assert!(shrunk.status.success(), "{shrunk:?}");
+    // 5 → 2: the highest shards drain, while the writing gateway is paused (SIGSTOP) across
+    // the cut-overs and drops; if it was the coordinator, the other takes over.
+    let started = scale(&etcd, 2, false);
+    assert!(started.status.success(), "{started:?}");
+    gateways[1].signal("STOP");
+    wait_settled(&mut first, 2, Duration::from_secs(180)).await;
+    gateways[1].signal("CONT");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // An aborted scale settles where its moves stood: cut over or rolled back, none half.
+    let started = scale(&etcd, 4, false);
+    assert!(started.status.success(), "{started:?}");
+    let aborted = std::process::Command::new(env!("CARGO_BIN_EXE_quarry"))
+        .args([
+            "cluster",
+            "scale",
+            "--etcd",
+            &etcd.endpoint,
+            "--cluster",
+            CLUSTER,
+        ])
+        .args(["--abort", "--wait"])
+        .output()
+        .unwrap();
+    assert!(aborted.status.success(), "{aborted:?}");
+    let status = first
+        .cluster_status(ClusterStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .placement
+        .unwrap();
+    let serving: HashSet<u32> = status.owners.iter().copied().collect();
+    assert!(status.moves.is_empty() && status.target_shards == serving.len() as u32);
+    let back = scale(&etcd, 2, true);
+    assert!(back.status.success(), "{back:?}");
     wait_settled(&mut first, 2, Duration::from_secs(180)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 

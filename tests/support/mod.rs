@@ -284,6 +284,16 @@ impl Served {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("running");
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal}");
+    }
+
     /// SIGTERM, and wait for the process to finish.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -28,7 +28,7 @@ use crate::error::GatewayError;
 const BATCH: usize = 8;
 /// How long a source keeps a partition after the cut-over for queries holding an older
 /// snapshot (they are told to route again after it).
-const DROP_GRACE: Duration = Duration::from_secs(1);
+const DROP_GRACE: Duration = Duration::from_millis(500);
 /// Pause before trying a failed step again.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How often progress is reported while copying.

@@ -114,7 +114,7 @@ impl Importer {
                 .await?;
             if pass == 0 {
                 total.store(pass_report.listed, Ordering::Relaxed);
-                tokio::time::sleep(self.options.settle).await;
+                tokio::time::sleep(self.options.import_settle).await;
             }
             report.copied += pass_report.copied;
             report.deleted += pass_report.deleted;

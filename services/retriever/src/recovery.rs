@@ -76,6 +76,9 @@ pub struct PassScope<'a> {
 pub struct RecoveryOptions {
     /// Wait between the two passes: longer than gateways take to see a new member.
     pub settle: Duration,
+    /// Wait between the two passes of a partition import. Shorter: writes routed before
+    /// the import are refused by the source, not waited out; the second pass is insurance.
+    pub import_settle: Duration,
     /// Per-call deadline towards the peer.
     pub call_timeout: Duration,
     /// This replica's certificate, for peers that take mutual TLS.
@@ -86,6 +89,7 @@ impl Default for RecoveryOptions {
     fn default() -> Self {
         Self {
             settle: Duration::from_secs(1),
+            import_settle: Duration::from_millis(100),
             call_timeout: Duration::from_secs(60),
             internal_tls: None,
         }
