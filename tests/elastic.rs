@@ -520,3 +520,39 @@ fn walk_partitions(directory: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scale_finishes_when_etcd_restarts_during_it() {
+    let mut etcd = Etcd::with_cluster(CLUSTER, 2);
+    let data = tempfile::tempdir().unwrap();
+    let mut retrievers = Vec::new();
+    for shard in 0..3 {
+        let mut args = member_args(&etcd);
+        args.extend([
+            "--data-dir".to_string(),
+            data.path().join(format!("r{shard}")).display().to_string(),
+            "--shard".to_string(),
+            shard.to_string(),
+        ]);
+        retrievers.push(Served::start("retriever", &args).await);
+    }
+    let _analyzer = Served::start("analyzer", &member_args(&etcd)).await;
+    let gateway = Served::start("gateway", &member_args(&etcd)).await;
+    let mut first = client(&gateway.address).await;
+    first
+        .create_collection(quarry_proto::v1::CreateCollectionRequest {
+            name: "stable".to_string(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ingest(&mut first, stable_corpus()).await, 240);
+    let before = rankings(&mut first).await;
+    let started = scale(&etcd, 3, false);
+    assert!(started.status.success(), "{started:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    etcd.restart_after(Duration::from_millis(500));
+    wait_settled(&mut first, 3, Duration::from_secs(60)).await;
+    assert_eq!(rankings(&mut first).await, before);
+    assert_eq!(count(&mut first, "stable").await, (240, 240));
+}

@@ -356,8 +356,7 @@ impl EtcdDiscovery {
     /// grants a new one and registers again.
     async fn keep_registered(self: Arc<Self>, node_id: String) {
         loop {
-            let Some((member, lease)) = self.registrations.lock().await.get(&node_id).cloned()
-            else {
+            let Some((_, lease)) = self.registrations.lock().await.get(&node_id).cloned() else {
                 return;
             };
             let outcome = self.keep_alive(lease).await;
@@ -368,6 +367,12 @@ impl EtcdDiscovery {
                 warn!(node_id, error = %error, "lease lost; registering again");
             }
             loop {
+                // The entry as it is now: `update` may have changed it (a replica that caught
+                // up is ready) since the lease was granted.
+                let Some((member, _)) = self.registrations.lock().await.get(&node_id).cloned()
+                else {
+                    return;
+                };
                 match self.lease_and_put(&member).await {
                     Ok(new_lease) => {
                         if let Some(entry) = self.registrations.lock().await.get_mut(&node_id) {
