@@ -492,3 +492,72 @@ impl Selection {
         Ok(versions)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(id: &str, version: u64) -> StoredDocument {
+        StoredDocument {
+            id: id.to_string(),
+            title: id.to_string(),
+            text: format!("text of {id} at {version}"),
+            vector: vec![1.0, version as f32, 0.5],
+            version,
+            ..StoredDocument::default()
+        }
+    }
+
+    #[test]
+    fn a_single_index_of_an_earlier_version_is_split_into_its_partitions() {
+        let directory = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..60).map(|number| format!("doc-{number}")).collect();
+        {
+            let single = Shard::open(directory.path(), 0, 0, 20_000_000).unwrap();
+            let documents: Vec<StoredDocument> = ids.iter().map(|id| document(id, 5)).collect();
+            single.upsert(&documents).unwrap();
+            single.delete(&ids[..10], 9).unwrap();
+            single.persist_vectors().unwrap();
+        }
+        let partitioning = Partitioning::new(1, Some(4)).unwrap();
+        let index =
+            PartitionedIndex::open(directory.path(), 0, 0, 20_000_000, partitioning, |_| true)
+                .unwrap();
+        assert!(
+            !directory.path().join("tantivy").exists(),
+            "the single index is gone"
+        );
+        let all = index.select_all();
+        assert_eq!(all.num_docs(), 50);
+        assert_eq!(all.num_vectors(), 50);
+        // Every id sits in its own partition, with its version; the deletes came along.
+        for part in index.held() {
+            let versions = index.select(&[part]).versions().unwrap();
+            assert!(versions
+                .iter()
+                .all(|entry| partitioning.partition_of(&entry.id) == part));
+        }
+        let versions = all.versions().unwrap();
+        assert_eq!(versions.len(), 60);
+        for entry in &versions {
+            let deleted = ids[..10].contains(&entry.id);
+            assert_eq!(entry.deleted, deleted, "{}", entry.id);
+            assert_eq!(entry.version, if deleted { 9 } else { 5 });
+        }
+        let fetched = index.fetch(&ids[10..12]).unwrap();
+        assert_eq!(fetched[0], document(&ids[10], 5));
+        // Opened again: nothing to convert, the same content.
+        drop(all);
+        drop(index);
+        let again =
+            PartitionedIndex::open(directory.path(), 0, 0, 20_000_000, partitioning, |_| true)
+                .unwrap();
+        assert_eq!(again.select_all().num_docs(), 50);
+        // A partition the placement no longer keeps here is deleted on open.
+        drop(again);
+        let kept =
+            PartitionedIndex::open(directory.path(), 0, 0, 20_000_000, partitioning, |p| p == 0)
+                .unwrap();
+        assert!(kept.held().iter().all(|partition| *partition == 0));
+    }
+}
