@@ -556,3 +556,59 @@ async fn a_scale_finishes_when_etcd_restarts_during_it() {
     assert_eq!(rankings(&mut first).await, before);
     assert_eq!(count(&mut first, "stable").await, (240, 240));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scale_finishes_when_a_source_replica_is_killed_during_the_copy() {
+    let etcd = Etcd::with_cluster(CLUSTER, 2);
+    let data = tempfile::tempdir().unwrap();
+    let retriever = |shard: u32, replica: u32| {
+        let mut args = member_args(&etcd);
+        args.extend([
+            "--data-dir".to_string(),
+            data.path()
+                .join(format!("r{shard}-{replica}"))
+                .display()
+                .to_string(),
+            "--shard".to_string(),
+            shard.to_string(),
+            "--replica".to_string(),
+            replica.to_string(),
+        ]);
+        args
+    };
+    // Shards 0 and 1 with two replicas each (the sources), shard 2 with one (the target).
+    let mut sources = Vec::new();
+    for shard in 0..2 {
+        for replica in 0..2 {
+            sources.push(Served::start("retriever", &retriever(shard, replica)).await);
+        }
+    }
+    let _target = Served::start("retriever", &retriever(2, 0)).await;
+    let _analyzer = Served::start("analyzer", &member_args(&etcd)).await;
+    let gateway = Served::start("gateway", &member_args(&etcd)).await;
+    let mut first = client(&gateway.address).await;
+    first
+        .create_collection(quarry_proto::v1::CreateCollectionRequest {
+            name: "stable".to_string(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ingest(&mut first, stable_corpus()).await, 240);
+    let before = rankings(&mut first).await;
+    let started = scale(&etcd, 3, false);
+    assert!(started.status.success(), "{started:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // kill -9 of one replica of each source shard: the copy goes on from the other.
+    sources[0].kill();
+    sources[2].kill();
+    wait_settled(&mut first, 3, Duration::from_secs(60)).await;
+    assert_eq!(rankings(&mut first).await, before);
+    assert_eq!(count(&mut first, "stable").await, (240, 240));
+    // Back, they drop what moved away and catch up on the rest from their peers.
+    sources[0].restart().await;
+    sources[2].restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rankings(&mut first).await, before);
+    assert_eq!(count(&mut first, "stable").await, (240, 240));
+}
