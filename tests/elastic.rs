@@ -39,6 +39,34 @@ fn member_args(etcd: &Etcd) -> Vec<String> {
     ]
 }
 
+/// The flags of retriever `shard`/`replica`, its data under `data`.
+fn retriever_args(etcd: &Etcd, data: &std::path::Path, shard: u32, replica: u32) -> Vec<String> {
+    let mut args = member_args(etcd);
+    args.extend([
+        "--data-dir".to_string(),
+        data.join(format!("r{shard}-{replica}"))
+            .display()
+            .to_string(),
+        "--shard".to_string(),
+        shard.to_string(),
+        "--replica".to_string(),
+        replica.to_string(),
+    ]);
+    args
+}
+
+/// Creates `stable` and ingests the fixed corpus into it.
+async fn load_stable(client: &mut QuarryClient<Channel>) {
+    client
+        .create_collection(quarry_proto::v1::CreateCollectionRequest {
+            name: "stable".to_string(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ingest(client, stable_corpus()).await, 240);
+}
+
 async fn client(address: &str) -> QuarryClient<Channel> {
     let channel = Channel::from_shared(address.to_string())
         .unwrap()
@@ -296,19 +324,10 @@ async fn wait_settled(client: &mut QuarryClient<Channel>, shards: u32, patience:
 async fn shards_grow_and_shrink_under_load_without_failed_queries_lost_writes_or_moved_rankings() {
     let etcd = Etcd::with_cluster(CLUSTER, 2);
     let data = tempfile::tempdir().unwrap();
-    let retriever = |shard: u32| {
-        let mut args = member_args(&etcd);
-        args.extend([
-            "--data-dir".to_string(),
-            data.path().join(format!("r{shard}")).display().to_string(),
-            "--shard".to_string(),
-            shard.to_string(),
-        ]);
-        args
-    };
     let mut retrievers = Vec::new();
     for shard in 0..5 {
-        retrievers.push(Served::start("retriever", &retriever(shard)).await);
+        let args = retriever_args(&etcd, data.path(), shard, 0);
+        retrievers.push(Served::start("retriever", &args).await);
     }
     let _analyzer = Served::start("analyzer", &member_args(&etcd)).await;
     let mut gateways = Vec::new();
@@ -320,17 +339,8 @@ async fn shards_grow_and_shrink_under_load_without_failed_queries_lost_writes_or
 
     let mut first = client(&gateways[0].address).await;
     let mut reference_client = reference.client().await;
-    for target in [&mut first, &mut reference_client] {
-        target
-            .create_collection(quarry_proto::v1::CreateCollectionRequest {
-                name: "stable".to_string(),
-                description: String::new(),
-            })
-            .await
-            .unwrap();
-    }
-    assert_eq!(ingest(&mut first, stable_corpus()).await, 240);
-    assert_eq!(ingest(&mut reference_client, stable_corpus()).await, 240);
+    load_stable(&mut first).await;
+    load_stable(&mut reference_client).await;
     let expected_rankings = rankings(&mut reference_client).await;
     assert_eq!(
         rankings(&mut first).await,
@@ -489,7 +499,7 @@ async fn shards_grow_and_shrink_under_load_without_failed_queries_lost_writes_or
         "2 shards again vs 1"
     );
     for shard in 2..5 {
-        let directory = data.path().join(format!("r{shard}"));
+        let directory = data.path().join(format!("r{shard}-0"));
         let held: Vec<_> = walk_partitions(&directory);
         assert!(held.is_empty(), "shard {shard} still holds {held:?}");
     }
@@ -527,26 +537,13 @@ async fn a_scale_finishes_when_etcd_restarts_during_it() {
     let data = tempfile::tempdir().unwrap();
     let mut retrievers = Vec::new();
     for shard in 0..3 {
-        let mut args = member_args(&etcd);
-        args.extend([
-            "--data-dir".to_string(),
-            data.path().join(format!("r{shard}")).display().to_string(),
-            "--shard".to_string(),
-            shard.to_string(),
-        ]);
+        let args = retriever_args(&etcd, data.path(), shard, 0);
         retrievers.push(Served::start("retriever", &args).await);
     }
     let _analyzer = Served::start("analyzer", &member_args(&etcd)).await;
     let gateway = Served::start("gateway", &member_args(&etcd)).await;
     let mut first = client(&gateway.address).await;
-    first
-        .create_collection(quarry_proto::v1::CreateCollectionRequest {
-            name: "stable".to_string(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(ingest(&mut first, stable_corpus()).await, 240);
+    load_stable(&mut first).await;
     let before = rankings(&mut first).await;
     let started = scale(&etcd, 3, false);
     assert!(started.status.success(), "{started:?}");
@@ -561,21 +558,7 @@ async fn a_scale_finishes_when_etcd_restarts_during_it() {
 async fn a_scale_finishes_when_a_source_replica_is_killed_during_the_copy() {
     let etcd = Etcd::with_cluster(CLUSTER, 2);
     let data = tempfile::tempdir().unwrap();
-    let retriever = |shard: u32, replica: u32| {
-        let mut args = member_args(&etcd);
-        args.extend([
-            "--data-dir".to_string(),
-            data.path()
-                .join(format!("r{shard}-{replica}"))
-                .display()
-                .to_string(),
-            "--shard".to_string(),
-            shard.to_string(),
-            "--replica".to_string(),
-            replica.to_string(),
-        ]);
-        args
-    };
+    let retriever = |shard, replica| retriever_args(&etcd, data.path(), shard, replica);
     // Shards 0 and 1 with two replicas each (the sources), shard 2 with one (the target).
     let mut sources = Vec::new();
     for shard in 0..2 {
@@ -587,14 +570,7 @@ async fn a_scale_finishes_when_a_source_replica_is_killed_during_the_copy() {
     let _analyzer = Served::start("analyzer", &member_args(&etcd)).await;
     let gateway = Served::start("gateway", &member_args(&etcd)).await;
     let mut first = client(&gateway.address).await;
-    first
-        .create_collection(quarry_proto::v1::CreateCollectionRequest {
-            name: "stable".to_string(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(ingest(&mut first, stable_corpus()).await, 240);
+    load_stable(&mut first).await;
     let before = rankings(&mut first).await;
     let started = scale(&etcd, 3, false);
     assert!(started.status.success(), "{started:?}");

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use quarry_kit::discovery::Discovery;
-use quarry_proto::v1::ImportProgress;
+use quarry_proto::v1::{ImportPartitionRequest, ImportProgress};
 use tokio::sync::mpsc;
+use tonic::Status;
 use tracing::{info, warn};
 
 use crate::collections::ShardCollections;
@@ -40,6 +41,41 @@ impl Importer {
             options,
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts an import on its own task (a caller that goes away does not cut it short: it
+    /// is idempotent, and one runs per partition at a time); its progress, then its
+    /// outcome, arrive on the returned channel.
+    pub fn start(
+        self: Arc<Self>,
+        request: ImportPartitionRequest,
+    ) -> mpsc::Receiver<Result<ImportProgress, Status>> {
+        let (progress, mut updates) = mpsc::channel(64);
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let import = self.import(
+                request.partition,
+                request.source_shard,
+                request.epoch,
+                progress,
+            );
+            tokio::pin!(import);
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut import => break outcome,
+                    Some(update) = updates.recv() => {
+                        let _ = sender.try_send(Ok(update));
+                    }
+                }
+            };
+            while let Ok(update) = updates.try_recv() {
+                let _ = sender.try_send(Ok(update));
+            }
+            if let Err(error) = outcome {
+                let _ = sender.send(Err(Status::from(error))).await;
+            }
+        });
+        receiver
     }
 
     /// Copies `partition` from `source_shard`, reporting progress on `progress`; checks first

@@ -108,10 +108,6 @@ impl PartitionedIndex {
         )
     }
 
-    pub fn partitioning(&self) -> Partitioning {
-        self.partitioning
-    }
-
     pub fn shard(&self) -> u32 {
         self.shard
     }

@@ -403,7 +403,6 @@ impl Retriever for RetrieverService {
         let reply = self
             .blocking(&collection, move |shard| {
                 let mut reply = FetchResponse::default();
-                // Documents of partitions being imported are not served (not complete yet).
                 // Documents are loaded one at a time, so a reply that would outgrow the
                 // message limit stops early and says how many ids it left for another call.
                 for (position, id) in ids.iter().enumerate() {
@@ -503,8 +502,15 @@ impl Retriever for RetrieverService {
         &self,
         request: Request<ImportPartitionRequest>,
     ) -> Result<Response<Self::ImportPartitionStream>, Status> {
-        let stream = self.start_import(request.into_inner()).await?;
-        Ok(Response::new(stream))
+        let Some(importer) = self.importer.clone() else {
+            return Err(Status::failed_precondition(
+                "this retriever takes no partition imports (no discovery)",
+            ));
+        };
+        let updates = importer.start(request.into_inner());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(updates),
+        )))
     }
 
     type ExportStream = Streamed<IndexRequest>;
@@ -559,52 +565,6 @@ impl Retriever for RetrieverService {
         });
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(stream)))
-    }
-}
-
-impl RetrieverService {
-    /// `ImportPartition`: the copy runs on its own task (a caller that goes away does not
-    /// cut it short; it is idempotent, and one runs per partition at a time).
-    async fn start_import(
-        &self,
-        request: ImportPartitionRequest,
-    ) -> Result<Streamed<ImportProgress>, Status> {
-        let Some(importer) = self.importer.clone() else {
-            return Err(Status::failed_precondition(
-                "this retriever takes no partition imports (no discovery)",
-            ));
-        };
-        let (progress, mut updates) = tokio::sync::mpsc::channel(64);
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            let import = importer.import(
-                request.partition,
-                request.source_shard,
-                request.epoch,
-                progress,
-            );
-            tokio::pin!(import);
-            let outcome = loop {
-                tokio::select! {
-                    outcome = &mut import => break outcome,
-                    Some(update) = updates.recv() => {
-                        let _ = sender.try_send(Ok(update));
-                    }
-                }
-            };
-            while let Ok(update) = updates.try_recv() {
-                let _ = sender.try_send(Ok(update));
-            }
-            match outcome {
-                Ok(_) => {}
-                Err(error) => {
-                    let _ = sender.send(Err(Status::from(error))).await;
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            receiver,
-        )))
     }
 }
 

@@ -259,11 +259,6 @@ impl Placement {
             })
     }
 
-    /// Whether nothing is moving and the owners match the count asked for.
-    pub fn settled(&self) -> bool {
-        self.moves.is_empty() && self.serving_shards().len() as u32 == self.target_shards
-    }
-
     /// The next placement: `change` applied, the epoch advanced, and `writers_since` of
     /// every partition whose writers changed set to the new epoch.
     pub fn next(&self, change: impl FnOnce(&mut Placement)) -> Placement {
